@@ -1,0 +1,9 @@
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+
+# exactness tests run in float64 (DESIGN.md); the package itself defaults to float32
+jax.config.update("jax_enable_x64", True)
