@@ -1,0 +1,51 @@
+"""Inference-time scaling by SMC (``bk.scaling``): particle filtering, particle Gibbs and parallel
+tempering over generators and reward models, baselines (best-of-N, weighted majority vote, beam
+search), validation worlds with exact answers, and Feynman–Kac correctors for diffusion models."""
+
+from bayeskit.inference.scaling.generator import (
+    Generator,
+    RewardModel,
+    TokenState,
+    check_generator,
+    host_generator,
+    host_reward_model,
+)
+from bayeskit.inference.scaling.particle import (
+    Particles,
+    ScalingResult,
+    SweepOutput,
+    beam_search,
+    best_of_n,
+    parallel_tempering,
+    particle_filtering,
+    particle_gibbs,
+    select_answer,
+    smc_sweep,
+    trace_lineage,
+    weighted_majority_vote,
+)
+from bayeskit.inference.scaling.worlds import ChainState, MarkovWorld, random_markov_world
+
+__all__ = [
+    "Generator",
+    "RewardModel",
+    "TokenState",
+    "check_generator",
+    "host_generator",
+    "host_reward_model",
+    "Particles",
+    "ScalingResult",
+    "SweepOutput",
+    "beam_search",
+    "best_of_n",
+    "parallel_tempering",
+    "particle_filtering",
+    "particle_gibbs",
+    "select_answer",
+    "smc_sweep",
+    "trace_lineage",
+    "weighted_majority_vote",
+    "ChainState",
+    "MarkovWorld",
+    "random_markov_world",
+]
