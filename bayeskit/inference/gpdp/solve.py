@@ -55,16 +55,31 @@ def check_grid(grid, name: str, *, covers=None, min_size: int = 2) -> np.ndarray
 
 
 def solve_mdp(transitions, rewards, discount, *, solver: str = "value_iteration", tolerance: float = 1e-6,
-              max_iterations: int = 10_000) -> dp.DPSolution:
-    """Solve the discounted MDP with value or policy iteration and check the outcome (raises
-    :class:`~bayeskit.errors.ConvergenceError` on non-finite values or a missed tolerance)."""
+              max_iterations: int = 10_000, horizon: int | None = None) -> dp.DPSolution:
+    """Solve the MDP and check the outcome (raises :class:`~bayeskit.errors.ConvergenceError` on
+    non-finite values or a missed tolerance).
+
+    ``horizon=None``: infinite-horizon discounted problem, γ in (0, 1), by ``solver``
+    (``"value_iteration"`` or ``"policy_iteration"``). ``horizon=T``: backward induction over T steps
+    with γ in (0, 1] (:func:`~bayeskit.inference.gpdp.dp.finite_horizon`), returning the first-step
+    policy; ``discount=1, horizon=999`` is the paper's value iteration run to its 1000-iteration cap.
+    """
     check_choice(solver, "solver", ("value_iteration", "policy_iteration"))
-    discount = check_in_interval(discount, "discount", 0.0, 1.0, closed="neither")
-    max_iterations = check_positive_int(max_iterations, "max_iterations")
-    if solver == "value_iteration":
-        sol = dp.value_iteration(transitions, rewards, discount, tolerance=tolerance, max_iterations=max_iterations)
+    if horizon is not None:
+        horizon = check_positive_int(horizon, "horizon")
+        discount = check_in_interval(discount, "discount", 0.0, 1.0, closed="right")
+        fh = dp.finite_horizon(transitions, rewards, horizon, discount=discount)
+        q = dp.bellman_q(jnp.asarray(transitions), jnp.asarray(rewards), fh.values[1], discount)
+        res = jnp.max(jnp.abs(fh.values[0] - fh.values[1]))
+        sol = dp.DPSolution(fh.values[0], fh.policies[0], q, jnp.asarray(horizon), res, jnp.asarray(True))
     else:
-        sol = dp.policy_iteration(transitions, rewards, discount, max_iterations=max_iterations)
+        discount = check_in_interval(discount, "discount", 0.0, 1.0, closed="neither")
+        max_iterations = check_positive_int(max_iterations, "max_iterations")
+        if solver == "value_iteration":
+            sol = dp.value_iteration(transitions, rewards, discount, tolerance=tolerance,
+                                     max_iterations=max_iterations)
+        else:
+            sol = dp.policy_iteration(transitions, rewards, discount, max_iterations=max_iterations)
     if not bool(jnp.all(jnp.isfinite(sol.value))):
         raise ConvergenceError(f"{solver} produced non-finite values; check the rewards and transitions")
     if not bool(sol.converged):
@@ -76,13 +91,29 @@ def solve_mdp(transitions, rewards, discount, *, solver: str = "value_iteration"
 
 
 def gp_transition_tensor(posterior: GPPosterior, state_grid, actions_grid, *, num_draws: int | None = 100,
-                         absorbing_states: tuple[int, ...] = (0,), escapement_fn: Callable = dp.escapement):
+                         absorbing_states: tuple[int, ...] = (0,), escapement_fn: Callable = dp.escapement,
+                         convention: str = "exact"):
     """:math:`P_{aij}` from the GP predictive (normal rows with the latent variance), averaged over
-    ``num_draws`` hyperparameter draws. Returns (A, N, N)."""
+    ``num_draws`` hyperparameter draws. Returns (A, N, N).
+
+    ``convention="exact"`` (default) evaluates the predictive at the escapement
+    :math:`S_{ai} = \\max(x_i - h_a, 0)`, as the paper's text defines it. ``convention="paper"``
+    reproduces the published code (``gp_calc_F`` in cboettig/nonparametric-bayes): the mean is taken
+    one grid step *below* the escapement (grid index :math:`i - j - 1`, and 0 when :math:`i - j \\le 1`)
+    and the variance at the pre-harvest state :math:`x_i`; it needs ``actions_grid`` on the state grid.
+    """
+    check_choice(convention, "convention", ("exact", "paper"))
     grid = jnp.asarray(state_grid, jnp.result_type(float))
     acts = jnp.asarray(actions_grid, grid.dtype)
-    s = escapement_fn(grid[None, :], acts[:, None])
-    mean, var = posterior.predict(s, num_draws)
+    if convention == "exact":
+        s = escapement_fn(grid[None, :], acts[:, None])
+        mean, var = posterior.predict(s, num_draws)
+    else:
+        m, v = posterior.predict(grid, num_draws)  # (D, N)
+        j = jnp.argmin(jnp.abs(grid[None, :] - acts[:, None]), axis=1)  # (A,)
+        k = jnp.arange(grid.shape[0])[None, :] - j[:, None]  # (A, N) grid index of x_i - h_a
+        mean = jnp.where(k[None] <= 1, 0.0, m[:, jnp.clip(k - 1, 0, grid.shape[0] - 1)])
+        var = jnp.broadcast_to(v[:, None, :], mean.shape)
     return dp.transition_tensor(mean, jnp.sqrt(var), grid, family="normal", absorbing_states=tuple(absorbing_states))
 
 
@@ -198,7 +229,7 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
           method: str = "nuts", num_warmup: int = 500, num_samples: int = 500, num_chains: int = 1,
           num_posterior_draws: int = 100, absorbing_states: tuple[int, ...] = (0,),
           solver: str = "value_iteration", tolerance: float = 1e-6, max_iterations: int = 10_000,
-          progress_bar: bool = False) -> GPDPResult:
+          horizon: int | None = None, convention: str = "exact", progress_bar: bool = False) -> GPDPResult:
     """Gaussian-process dynamic programming, end to end.
 
     Args:
@@ -219,6 +250,10 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
         num_posterior_draws: hyperparameter draws averaged in the transition tensor.
         absorbing_states: grid indices that are absorbing (default: the first, stock 0).
         solver: ``"value_iteration"`` or ``"policy_iteration"``.
+        horizon: None (infinite horizon) or a number of steps for backward induction (then
+            ``discount`` may be 1; ``discount=1, horizon=999`` is the paper's value iteration).
+        convention: ``"exact"`` or ``"paper"`` (the published code's transition rows, see
+            :func:`gp_transition_tensor`).
 
     Returns:
         :class:`GPDPResult`.
@@ -242,7 +277,10 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
     acts = check_grid(actions_grid, "actions_grid", min_size=1)
     if not callable(reward_fn):
         raise ConfigurationError("`reward_fn` must be a callable reward_fn(state, action)")
-    discount = check_in_interval(discount, "discount", 0.0, 1.0, closed="neither")
+    discount = check_in_interval(discount, "discount", 0.0, 1.0, closed="neither" if horizon is None else "right")
+    check_choice(convention, "convention", ("exact", "paper"))
+    if horizon is not None:
+        check_positive_int(horizon, "horizon")
     check_choice(method, "method", ("nuts", "map"))
     check_choice(solver, "solver", ("value_iteration", "policy_iteration"))
     if isinstance(kernel, str):
@@ -281,10 +319,11 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
     posterior = fit_gp(key, data, kernel=kernel_fn, priors=priors, method=method, num_warmup=num_warmup,
                        num_samples=num_samples, num_chains=num_chains, progress_bar=progress_bar)
     transitions = gp_transition_tensor(posterior, grid, acts, num_draws=num_posterior_draws,
-                                       absorbing_states=tuple(int(i) for i in absorbing_states))
+                                       absorbing_states=tuple(int(i) for i in absorbing_states), convention=convention)
     if not bool(jnp.all(jnp.isfinite(transitions))):
         raise ConvergenceError("the GP transition tensor has non-finite entries (degenerate hyperparameters?)")
-    sol = solve_mdp(transitions, rewards, discount, solver=solver, tolerance=tolerance, max_iterations=max_iterations)
+    sol = solve_mdp(transitions, rewards, discount, solver=solver, tolerance=tolerance, max_iterations=max_iterations,
+                    horizon=horizon)
     mean, var = posterior.predict(jnp.asarray(grid, dtype), num_posterior_draws)
     pol = np.asarray(sol.policy)
     return GPDPResult(grid, acts, pol, acts[pol], np.asarray(sol.value), np.asarray(sol.q_values),
