@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["to_datatree", "ess", "summary"]
+__all__ = ["to_datatree", "save_datatree", "ess", "summary"]
 
 # groups whose arrays have leading (chain, draw) axes
 SAMPLE_GROUPS = ("posterior", "posterior_predictive", "prior", "prior_predictive", "sample_stats", "log_likelihood")
@@ -89,3 +89,29 @@ def summary(tree, group: str = "posterior", **kwargs):
     import arviz as az
 
     return az.summary(tree, group=group, **kwargs)
+
+
+def save_datatree(tree, folder) -> list[str]:
+    """Write each group of a result's DataTree to ``folder/<group>.nc`` (netCDF via SciPy, no extra
+    dependency; booleans stored as int8) and the root attributes to ``folder/attrs.json``.
+    Returns the written paths. Read a group back with ``xarray.open_dataset(path)``."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, node in tree.children.items():
+        ds = node.to_dataset()
+        for var in list(ds.data_vars) + list(ds.coords):
+            if ds[var].dtype == bool:
+                ds[var] = ds[var].astype("int8")
+        ds.attrs = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in ds.attrs.items()}
+        path = folder / f"{name}.nc"
+        ds.to_netcdf(path, engine="scipy")
+        paths.append(str(path))
+    attrs_path = folder / "attrs.json"
+    attrs_path.write_text(json.dumps({k: (v if isinstance(v, (int, float, str)) else str(v))
+                                      for k, v in tree.attrs.items()}, indent=2))
+    paths.append(str(attrs_path))
+    return paths

@@ -15,6 +15,7 @@ leading particle axis (faster: one fused sample for all particles). States may b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -122,7 +123,8 @@ class StateSpaceModel:
         Latent states are the site ``"x"`` (shape ``(T, *state_shape)``) and observations the site
         ``"y"``. Parameters come from ``params`` if given, else from the ``prior`` function (whose
         sample sites become latent sites of the model). The returned function takes no arguments,
-        so ``numpyro.infer.MCMC(NUTS(model)).run(key)`` runs NUTS on the same model.
+        so ``numpyro.infer.MCMC(NUTS(model)).run(key)`` runs NUTS on the same model. The callables
+        receive single (unbatched) states here, so vectorized callables must broadcast.
         """
         import numpyro
         from numpyro.contrib.control_flow import scan
@@ -135,16 +137,13 @@ class StateSpaceModel:
 
         def model():
             theta = params if params is not None else ssm.prior()
-            x0 = numpyro.sample("x_0", _single(ssm.initial(theta), ssm.vectorized))
-            numpyro.sample("y_0", _single(ssm.observation(theta, _batch(x0, ssm.vectorized), 0),
-                                          ssm.vectorized), obs=ys[0])
+            x0 = numpyro.sample("x_0", ssm.initial(theta))
+            numpyro.sample("y_0", ssm.observation(theta, x0, 0), obs=ys[0])
 
             def body(x_prev, inp):
                 t, y = inp
-                x = numpyro.sample("x", _single(ssm.transition(theta, _batch(x_prev, ssm.vectorized), t),
-                                                ssm.vectorized))
-                numpyro.sample("y", _single(ssm.observation(theta, _batch(x, ssm.vectorized), t),
-                                            ssm.vectorized), obs=y)
+                x = numpyro.sample("x", ssm.transition(theta, x_prev, t))
+                numpyro.sample("y", ssm.observation(theta, x, t), obs=y)
                 return x, None
 
             if num_steps > 1:
@@ -176,24 +175,7 @@ def _sum_event(d, value):
     return lp
 
 
-def _single(d, vectorized):
-    # In to_numpyro the state has no particle axis; vectorized callables got a batch of one.
-    if vectorized:
-        return _squeeze_batch(d)
-    return d
-
-
-def _batch(x, vectorized):
-    return x[None] if vectorized else x
-
-
-def _squeeze_batch(d):
-    # reshape a distribution with batch shape (1,) to batch shape ()
-    if tuple(d.batch_shape) == (1,):
-        return jax.tree_util.tree_map(lambda a: a[0] if hasattr(a, "shape") and a.ndim > 0 and a.shape[0] == 1 else a, d)
-    return d
-
-
+@partial(jax.jit, static_argnums=(0, 3))
 def _simulate(ssm: StateSpaceModel, key, params, num_steps: int):
     k0, ky0, kscan = jax.random.split(key, 3)
     x0 = ssm.sample_initial(k0, params, 1)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayeskit import _checks
-from bayeskit.errors import DegenerateWeightsError, ModelError
+from bayeskit.errors import ConfigurationError, DegenerateWeightsError, ModelError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc.feynman_kac import Proposal, bootstrap, guided
 from bayeskit.inference.smc.resampling import get_scheme
@@ -175,6 +175,12 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
         ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
         check_model_params(ssm, params)
         ssm.validate(params, ys)
+        if sharding is not None:
+            n_dev = len(sharding.device_set)
+            if num_particles % n_dev:
+                raise ConfigurationError(
+                    f"`num_particles` ({num_particles}) must be divisible by the number of devices in "
+                    f"`sharding` ({n_dev})")
     state, out = _run_filter(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
                              resampling=resampling, history=history, proposal=proposal, sharding=sharding)
     mean, var = out.summaries

@@ -104,10 +104,12 @@ def residual(key, log_weights, num_samples: int):
     log_res = jnp.where(res > 0, jnp.log(jnp.where(res > 0, res, 1.0)), -jnp.inf)
     # if no residual mass is left (all counts integral), any draw is discarded below
     log_res = jnp.where(jnp.all(res <= 0), jnp.zeros_like(log_res), log_res)
-    extra = multinomial(key, log_res, num_samples)
+    k_draw, k_perm = jax.random.split(key)
+    # multinomial() returns its i.i.d. draws sorted; shuffle them so any prefix is an i.i.d. sample
+    extra = jax.random.permutation(k_perm, multinomial(k_draw, log_res, num_samples))
     det_idx = _expand(det, num_samples)
     pos = jnp.arange(num_samples)
-    # positions >= num_det take the multinomial draws (a uniformly random subset of them)
+    # positions >= num_det take the first num_samples - num_det residual draws
     return jnp.where(pos < num_det, det_idx, extra[pos - num_det]).astype(jnp.int32)
 
 
