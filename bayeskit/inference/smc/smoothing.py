@@ -1,0 +1,185 @@
+r"""Reference particle smoothers: forward filtering backward sampling and the O(N^2) forward-only smoother.
+
+Both rely on the backward kernel of a particle filter,
+
+.. math::
+    \Lambda_t(i, j) = \frac{\omega_{t-1}^j\, m_t(\xi_{t-1}^j, \xi_t^i)}{\sum_l \omega_{t-1}^l\, m_t(\xi_{t-1}^l, \xi_t^i)} .
+
+**FFBS** (Godsill, Doucet & West 2004): run a filter storing every cloud, draw :math:`b_{T-1} \sim
+\mathrm{Cat}(W_{T-1})` and :math:`b_{t-1} \sim \Lambda_t(b_t, \cdot)`; each path is an exact draw from the
+particle approximation of the joint smoothing distribution. Cost O(TNM) for M paths, memory O(TN).
+
+**Forward-only smoother** (Del Moral, Doucet & Singh 2010): the PaRIS recursion with the expectation over
+:math:`\Lambda_t` computed exactly, :math:`\tau_t^i = \sum_j \Lambda_t(i,j)[\tau_{t-1}^j + \tilde h_t(\xi_{t-1}^j, \xi_t^i)]`.
+Cost O(N^2) per step; PaRIS with K backward draws converges to it as K grows (on the same particle system:
+same ``key``). Use both as references for tests and small problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from bayeskit import _checks
+from bayeskit.inference.smc import engine
+from bayeskit.inference.smc.feynman_kac import FeynmanKac, bootstrap
+from bayeskit.inference.smc.filtering import check_model_params, check_weights
+from bayeskit.inference.smc.resampling import get_scheme
+
+__all__ = ["FFBSResult", "ffbs", "backward_sample", "forward_smoother", "path_functional"]
+
+
+def backward_sample(key, fk: FeynmanKac, particles, log_weights, num_paths: int):
+    r"""Backward sampling through a stored particle system.
+
+    Args:
+        key: ``jax.random`` key.
+        fk: the Feynman–Kac model (its ``log_transition`` gives :math:`\log m_t`).
+        particles: (T, N, ...) clouds; log_weights: (T, N) their log-weights.
+        num_paths: M.
+
+    Returns:
+        ``(paths, indices)``: paths (M, T, ...) and the particle index of each path at each time (M, T).
+    """
+    T = log_weights.shape[0]
+    k_last, k_loop = jax.random.split(key)
+    b_last = jax.random.categorical(k_last, log_weights[-1], shape=(num_paths,))
+
+    def step(b_next, inp):
+        t, k = inp  # draw b_t given b_{t+1}
+        x_t = jax.tree_util.tree_map(lambda a: a[t], particles)
+        x_next = jax.tree_util.tree_map(lambda a: a[t + 1][b_next], particles)
+        n = log_weights.shape[1]
+
+        def logits(xn):
+            xb = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), xn)
+            return log_weights[t] + fk.log_transition(t + 1, x_t, xb)
+
+        lg = jax.vmap(logits)(x_next)
+        b = jax.random.categorical(k, lg, axis=-1)
+        return b, b
+
+    if T > 1:
+        keys = jax.random.split(k_loop, T - 1)
+        _, bs = jax.lax.scan(step, b_last, (jnp.arange(T - 1), keys), reverse=True)
+        idx = jnp.concatenate([bs, b_last[None]], axis=0).T  # (M, T)
+    else:
+        idx = b_last[:, None]
+    paths = jax.tree_util.tree_map(lambda a: a[jnp.arange(T)[None, :], idx], particles)
+    return paths, idx
+
+
+def path_functional(functional: Callable, paths):
+    """:math:`\\sum_t \\tilde h_t(x_{t-1}, x_t)` for each path of ``paths`` (M, T, ...) -> pytree (M, ...)."""
+    T = paths.shape[1]
+
+    def one(path):
+        h0 = functional(0, None, path[0])
+        if T == 1:
+            return h0
+        hs = jax.vmap(lambda t, xp, x: functional(t, xp, x))(jnp.arange(1, T), path[:-1], path[1:])
+        return jax.tree_util.tree_map(lambda a, b: a + jnp.sum(b, axis=0), h0, hs)
+
+    return jax.vmap(one)(paths)
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["paths", "estimate", "log_evidence", "ess"],
+         meta_fields=["num_particles", "num_paths"])
+@dataclasses.dataclass(frozen=True)
+class FFBSResult:
+    """Output of :func:`ffbs`: ``paths`` (M, T, ...), ``estimate`` (mean over paths of the additive functional),
+    ``log_evidence``, ``ess`` (T,)."""
+
+    paths: Any
+    estimate: Any
+    log_evidence: Any
+    ess: Any
+    num_particles: int
+    num_paths: int
+
+    def to_arviz(self):
+        """ArviZ DataTree: ``posterior`` with the M paths as draws of one chain (site ``x``, dims time)."""
+        import numpy as np
+
+        from bayeskit.diagnostics import to_datatree
+
+        T = int(np.shape(self.paths)[1])
+        return to_datatree({"posterior": {"x": np.asarray(self.paths)[None]},
+                            "sample_stats": {}, "filtering": {"ess": self.ess}},
+                           dims={"x": ["time"], "ess": ["time"]}, coords={"time": np.arange(T)},
+                           attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles,
+                                  "inference_library": "bayeskit"})
+
+
+@partial(jax.jit, static_argnames=("ssm", "num_particles", "num_paths", "resampling", "functional"))
+def _ffbs_jit(key, ssm, params, ys, ess_threshold, *, num_particles, num_paths, resampling, functional):
+    fk = bootstrap(ssm, params, ys)
+    k_f, k_b = jax.random.split(key)
+    state, out = engine.run(k_f, fk, num_particles, resampling=resampling, ess_threshold=ess_threshold, history=True)
+    paths, _ = backward_sample(k_b, fk, out.particles, out.log_weights, num_paths)
+    est = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), path_functional(functional, paths))
+    return paths, est, state.log_evidence, out.info
+
+
+def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_paths: int = 100, functional: Callable | None = None,
+         resampling: str | Callable = "systematic", ess_threshold: float = 0.5) -> FFBSResult:
+    """Forward filtering backward sampling: ``num_paths`` paths from a bootstrap filter's backward kernel.
+
+    ``functional`` (``h(t, x_prev, x)`` per particle, as in :func:`~bayeskit.smc.paris`) gives ``estimate``,
+    the average over paths of :math:`\\sum_t \\tilde h_t`. O(T N M) time, O(T N) memory.
+
+    Example:
+        >>> import jax, bayeskit as bk
+        >>> from bayeskit.models import linear_gaussian as lg
+        >>> p = lg.example_params(1)
+        >>> _, ys = lg.ssm.simulate(jax.random.key(0), p, 20)
+        >>> bk.smc.ffbs(jax.random.key(1), lg.ssm, p, ys, num_particles=50, num_paths=10).paths.shape
+        (10, 20, 1)
+    """
+    from bayeskit.inference.smc.paris import check_backward_model, check_functional, default_functional
+
+    functional = default_functional if functional is None else functional
+    _checks.check_key(key)
+    num_particles = _checks.check_positive_int(num_particles, "num_particles")
+    num_paths = _checks.check_positive_int(num_paths, "num_paths")
+    get_scheme(resampling)
+    ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
+    check_model_params(ssm, params)
+    ssm.validate(params, ys)
+    check_functional(functional, ssm, params)
+    check_backward_model(ssm, params, None, 0)
+    paths, est, logz, info = _ffbs_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
+                                       num_paths=num_paths, resampling=resampling, functional=functional)
+    check_weights(info.nonfinite, "ffbs")
+    return FFBSResult(paths, est, logz, info.ess, num_particles, num_paths)
+
+
+def forward_smoother(key, ssm, params, ys, num_particles: int = 100, *, functional: Callable | None = None,
+                     resampling: str | Callable = "systematic", ess_threshold: float = 0.5, online: bool = False):
+    """The exact O(N^2) forward-only additive smoother (Del Moral, Doucet & Singh 2010).
+
+    Same interface and result type as :func:`~bayeskit.smc.paris` (:class:`~bayeskit.smc.PaRISResult`, with
+    ``num_backward = 0``); with the same ``key`` it runs on the same particle system as PaRIS, so PaRIS's
+    estimate converges to this one as ``num_backward`` grows.
+    """
+    from bayeskit.inference.smc.paris import (PaRISResult, _paris_jit, _validate_common, _weighted_sum,
+                                              default_functional)
+
+    functional = default_functional if functional is None else functional
+    num_particles, _, _ = _validate_common(key, ssm, params, ys, num_particles, 1, 0, functional, None)
+    get_scheme(resampling)
+    ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
+    state, infos = _paris_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
+                              functional=functional, num_backward=1, resampling=resampling, num_trials=0,
+                              log_transition_bound=None, chunk_size=None, online=online, exact=True)
+    check_weights(infos.smc.nonfinite, "forward_smoother")
+    return PaRISResult(
+        estimate=_weighted_sum(state.smc.log_weights, state.stats),
+        online_estimates=infos.estimate if online else None, log_evidence=state.smc.log_evidence,
+        ess=infos.smc.ess, resampled=infos.smc.resampled, num_fallback=infos.num_fallback,
+        particles=state.smc.particles, log_weights=state.smc.log_weights, stats=state.stats,
+        nonfinite=infos.smc.nonfinite, num_particles=num_particles, num_backward=0, num_trials=0)
