@@ -82,7 +82,20 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigurationError(f"unknown benchmark {name!r}; available: {sorted(available)}")
             print(f"== benchmark {name}")
             _run_script(available[name], ["--quick"] if args.quick else [])
+        print(f"updated {merge_results()}")
     return 0
+
+
+def merge_results() -> Path:
+    """Concatenate ``benchmarks/results/*.md`` (one per benchmark script) into ``benchmarks/RESULTS.md``."""
+    folder = REPO_ROOT / "benchmarks"
+    parts = [p.read_text().strip() for p in sorted((folder / "results").glob("*.md"))]
+    header = ("# Benchmark results\n\nWritten by `bayeskit bench` from `benchmarks/results/*.md`; each section "
+              "names the machine it ran on. Times are medians after a warm-up (compile excluded) unless "
+              "stated; ratios are alternative time / bayeskit time (> 1 means bayeskit is faster).\n")
+    path = folder / "RESULTS.md"
+    path.write_text(header + "\n" + "\n\n".join(parts) + "\n")
+    return path
 
 
 if __name__ == "__main__":  # pragma: no cover

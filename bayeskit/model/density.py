@@ -27,7 +27,7 @@ from bayeskit.errors import ModelError
 __all__ = ["LogDensity", "log_density"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: usable as a static jit argument
 class LogDensity:
     """Log-density functions of a NumPyro model over unconstrained latent values ``z`` (a dict).
 
