@@ -1,0 +1,443 @@
+r"""Light Schrödinger Bridge (Korotin, Gushchin & Burnaev, ICLR 2024).
+
+The entropic OT / Schrödinger bridge between :math:`p_0` and :math:`p_1` with Brownian reference
+:math:`dX_t = \sqrt{\varepsilon}\, dW_t` on :math:`[0, 1]` has conditional plan
+:math:`\pi(y \mid x) \propto \exp(\langle x, y\rangle / \varepsilon)\, v(y)` for an *adjusted potential*
+:math:`v`. LightSB parameterises :math:`v` as an unnormalised Gaussian mixture
+
+.. math::
+    v_\theta(y) = \sum_{k=1}^K \alpha_k\, \mathcal N(y \mid r_k, \varepsilon S_k),
+
+with :math:`S_k` diagonal or full (:math:`S_k = U_k \operatorname{diag}(s_k) U_k^\top`). Everything is then
+in closed form:
+
+* normaliser :math:`C_\theta(x) = \sum_k \alpha_k \exp\big((x^\top S_k x + 2 r_k^\top x) / (2\varepsilon)\big)`;
+* conditional plan :math:`\pi_\theta(y \mid x) = \sum_k w_k(x)\, \mathcal N(y \mid r_k + S_k x, \varepsilon S_k)`,
+  :math:`w_k(x) \propto \alpha_k \exp\big((x^\top S_k x + 2 r_k^\top x) / (2\varepsilon)\big)`;
+* training loss (an upper bound of KL to the true plan, up to a constant)
+  :math:`\mathcal L(\theta) = \mathbb E_{x\sim p_0} \log C_\theta(x) - \mathbb E_{y \sim p_1} \log v_\theta(y)`;
+* SB drift of :math:`dX_t = g(X_t, t)\,dt + \sqrt{\varepsilon}\, dW_t`: with :math:`M_k(t) = t S_k + (1-t) I`,
+
+  .. math::
+      g(x, t) = \sum_k \tilde w_k(x, t)\, M_k(t)^{-1}\big(r_k + (S_k - I) x\big),\qquad
+      \log \tilde w_k(x,t) = \log\alpha_k - \tfrac12 \log\det M_k
+        + \tfrac{1}{2\varepsilon}\big[x^\top M_k^{-1}(S_k - I)x + 2 r_k^\top M_k^{-1} x - t\, r_k^\top M_k^{-1} r_k\big] + c(x,t),
+
+  which is :math:`\varepsilon \nabla_x \log \int \mathcal N(y \mid x, (1-t)\varepsilon I)\, e^{\|y\|^2/2\varepsilon} v_\theta(y)\, dy`
+  written so that it stays finite at :math:`t = 0`.
+
+Parameters live in a :class:`LightSBParams` NamedTuple pytree; :class:`LightSB` is the fitted, frozen
+result (``LightSB.fit(...)``) with ``sample``, ``log_prob``, ``drift``, ``sample_trajectory``, ``save`` / ``load``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
+from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
+
+__all__ = [
+    "LightSBParams",
+    "LightSB",
+    "init_params",
+    "covariances",
+    "log_potential",
+    "log_normaliser",
+    "loss",
+    "conditional_components",
+    "conditional_log_prob",
+    "conditional_sample",
+    "drift",
+    "euler_maruyama",
+]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+class LightSBParams(NamedTuple):
+    """LightSB parameters (a pytree).
+
+    Attributes:
+        log_alpha: (K,) log mixture weights :math:`\\log\\alpha_k` (unnormalised).
+        r: (K, D) component means :math:`r_k`.
+        log_s: (K, D) log eigenvalues (diagonal case: log diagonal) of :math:`S_k`.
+        rotation: (K, D, D) :math:`U_k` with :math:`S_k = U_k \\operatorname{diag}(e^{\\text{log\\_s}}) U_k^\\top`
+            (full case), or ``None`` for diagonal covariances.
+    """
+
+    log_alpha: jax.Array
+    r: jax.Array
+    log_s: jax.Array
+    rotation: Any = None
+
+
+def _check_epsilon(epsilon) -> float:
+    try:
+        e = float(epsilon)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"`epsilon` must be a positive number, got {epsilon!r}") from exc
+    if not (np.isfinite(e) and e > 0):
+        raise ConfigurationError(f"`epsilon` must be a positive number (the reference noise variance), got {epsilon}")
+    return e
+
+
+def init_params(key, target_samples, num_components: int, *, covariance: str = "diag",
+                init_scale: float = 0.1) -> LightSBParams:
+    """Initialise as the reference code does: :math:`r_k` at random target samples, :math:`S_k = 0.1 I`,
+    equal weights, :math:`U_k = I`."""
+    target_samples = jnp.asarray(target_samples)
+    n, d = target_samples.shape
+    idx = jax.random.choice(key, n, (num_components,), replace=num_components > n)
+    dtype = target_samples.dtype
+    log_alpha = jnp.full((num_components,), -jnp.log(num_components), dtype)
+    log_s = jnp.full((num_components, d), jnp.log(init_scale), dtype)
+    rotation = None
+    if covariance == "full":
+        rotation = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (num_components, d, d))
+    return LightSBParams(log_alpha, target_samples[idx], log_s, rotation)
+
+
+def covariances(params: LightSBParams) -> jax.Array:
+    """The matrices :math:`S_k`, shape (K, D, D)."""
+    s = jnp.exp(params.log_s)
+    if params.rotation is None:
+        return jax.vmap(jnp.diag)(s)
+    u = params.rotation
+    return jnp.einsum("kij,kj,klj->kil", u, s, u)
+
+
+def _quad_terms(params: LightSBParams, x):
+    """x^T S_k x and S_k x for x of shape (..., D): returns (..., K) and (..., K, D)."""
+    s = jnp.exp(params.log_s)
+    if params.rotation is None:
+        sx = s * x[..., None, :]
+    else:
+        u = params.rotation
+        ux = jnp.einsum("kji,...j->...ki", u, x)  # U_k^T x
+        sx = jnp.einsum("kij,...kj->...ki", u, s * ux)
+    return jnp.sum(x[..., None, :] * sx, -1), sx
+
+
+def _log_weights_unnorm(params: LightSBParams, x, epsilon):
+    xsx, sx = _quad_terms(params, x)
+    return params.log_alpha + (xsx + 2.0 * jnp.einsum("kd,...d->...k", params.r, x)) / (2.0 * epsilon), sx
+
+
+def log_normaliser(params: LightSBParams, x, epsilon) -> jax.Array:
+    """:math:`\\log C_\\theta(x)` for x of shape (..., D)."""
+    lw, _ = _log_weights_unnorm(params, x, epsilon)
+    return jax.scipy.special.logsumexp(lw, axis=-1)
+
+
+def _component_logpdf(params: LightSBParams, y, mean, epsilon):
+    """log N(y | mean_k, eps S_k) for y (..., D), mean (..., K, D) -> (..., K)."""
+    d = y.shape[-1]
+    s = jnp.exp(params.log_s)
+    diff = y[..., None, :] - mean
+    if params.rotation is None:
+        maha = jnp.sum(diff**2 / s, -1)
+        logdet = jnp.sum(params.log_s, -1)
+    else:
+        cov = covariances(params)
+        chol = jnp.linalg.cholesky(cov)
+        sol = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
+        maha = jnp.sum(sol**2, -1)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+    return -0.5 * (maha / epsilon + d * (_LOG_2PI + jnp.log(epsilon)) + logdet)
+
+
+def log_potential(params: LightSBParams, y, epsilon) -> jax.Array:
+    """:math:`\\log v_\\theta(y)` for y of shape (..., D)."""
+    mean = jnp.broadcast_to(params.r, y.shape[:-1] + params.r.shape)
+    return jax.scipy.special.logsumexp(params.log_alpha + _component_logpdf(params, y, mean, epsilon), axis=-1)
+
+
+def loss(params: LightSBParams, x0, x1, epsilon) -> jax.Array:
+    """LightSB objective :math:`\\mathbb E_{p_0}\\log C_\\theta(x) - \\mathbb E_{p_1}\\log v_\\theta(y)` on
+    minibatches ``x0`` (B0, D), ``x1`` (B1, D)."""
+    return jnp.mean(log_normaliser(params, x0, epsilon)) - jnp.mean(log_potential(params, x1, epsilon))
+
+
+def conditional_components(params: LightSBParams, x, epsilon):
+    """Mixture components of :math:`\\pi_\\theta(\\cdot \\mid x)` for x of shape (..., D).
+
+    Returns ``(log_weights (..., K) normalised, means (..., K, D), covariances (K, D, D))`` with
+    means :math:`r_k + S_k x` and covariances :math:`\\varepsilon S_k`.
+    """
+    lw, sx = _log_weights_unnorm(params, x, epsilon)
+    lw = lw - jax.scipy.special.logsumexp(lw, axis=-1, keepdims=True)
+    return lw, params.r + sx, epsilon * covariances(params)
+
+
+def conditional_log_prob(params: LightSBParams, x, y, epsilon) -> jax.Array:
+    """:math:`\\log \\pi_\\theta(y \\mid x)` for x, y of shape (..., D) (broadcast together)."""
+    x, y = jnp.broadcast_arrays(x, y)
+    lw, means, _ = conditional_components(params, x, epsilon)
+    return jax.scipy.special.logsumexp(lw + _component_logpdf(params, y, means, epsilon), axis=-1)
+
+
+def conditional_sample(key, params: LightSBParams, x, epsilon) -> jax.Array:
+    """One draw :math:`y \\sim \\pi_\\theta(\\cdot \\mid x)` per row of x (N, D): pick component
+    :math:`k \\sim w(x)`, then :math:`y = r_k + S_k x + \\sqrt{\\varepsilon} S_k^{1/2} \\xi`."""
+    key_k, key_z = jax.random.split(key)
+    lw, means, _ = conditional_components(params, x, epsilon)
+    k = jax.random.categorical(key_k, lw, axis=-1)
+    z = jax.random.normal(key_z, x.shape, dtype=means.dtype)
+    mean = jnp.take_along_axis(means, k[..., None, None], axis=-2)[..., 0, :]
+    half = jnp.exp(0.5 * params.log_s[k])
+    if params.rotation is None:
+        noise = half * z
+    else:
+        u = params.rotation[k]
+        noise = jnp.einsum("...ij,...j->...i", u, half * z)
+    return mean + jnp.sqrt(epsilon) * noise
+
+
+def drift(params: LightSBParams, x, t, epsilon) -> jax.Array:
+    """Closed-form SB drift :math:`g(x, t)` (module docstring) for x of shape (..., D), t scalar in [0, 1]."""
+    d = x.shape[-1]
+    t = jnp.asarray(t, x.dtype)
+    s = jnp.exp(params.log_s)
+    if params.rotation is None:
+        m = t * s + (1.0 - t)  # (K, D) diagonal of M_k
+        minv = 1.0 / m
+        xs = x[..., None, :]
+        gk = minv * (params.r + (s - 1.0) * xs)  # (..., K, D)
+        quad = jnp.sum(xs * minv * (s - 1.0) * xs, -1)
+        lin = jnp.sum(params.r * minv * xs, -1)
+        const = t * jnp.sum(params.r**2 * minv, -1)
+        logdet = jnp.sum(jnp.log(m), -1)
+    else:
+        smat = covariances(params)
+        eye = jnp.eye(d, dtype=x.dtype)
+        mmat = t * smat + (1.0 - t) * eye
+        minv = jnp.linalg.inv(mmat)
+        a = jnp.einsum("kij,kjl->kil", minv, smat - eye)  # M^{-1}(S - I)
+        minv_r = jnp.einsum("kij,kj->ki", minv, params.r)
+        ax = jnp.einsum("kij,...j->...ki", a, x)
+        gk = minv_r + ax
+        quad = jnp.sum(x[..., None, :] * ax, -1)
+        lin = jnp.einsum("ki,...i->...k", minv_r, x)  # r^T M^{-T} x = (M^{-1} r)^T x since M symmetric
+        const = t * jnp.sum(params.r * minv_r, -1)
+        logdet = jnp.linalg.slogdet(mmat)[1]
+    lw = params.log_alpha - 0.5 * logdet + (quad + 2.0 * lin - const) / (2.0 * epsilon)
+    w = jax.nn.softmax(lw, axis=-1)
+    return jnp.sum(w[..., None] * gk, axis=-2)
+
+
+def euler_maruyama(key, drift_fn, x0, *, t0: float = 0.0, t1: float = 1.0, num_steps: int = 100,
+                   diffusion: float = 1.0):
+    """Jitted-friendly Euler–Maruyama for :math:`dX = b(X, t) dt + \\sigma dW` on a uniform grid.
+
+    ``drift_fn(x, t)`` maps (N, D) and a scalar time to (N, D). Returns the path (num_steps + 1, N, D).
+    """
+    dt = (t1 - t0) / num_steps
+    keys = jax.random.split(key, num_steps)
+    times = t0 + dt * jnp.arange(num_steps)
+
+    def body(x, inp):
+        k, t = inp
+        x_new = x + drift_fn(x, t) * dt + diffusion * jnp.sqrt(dt) * jax.random.normal(k, x.shape, x.dtype)
+        return x_new, x_new
+
+    _, path = jax.lax.scan(body, x0, (keys, times))
+    return jnp.concatenate([x0[None], path], axis=0)
+
+
+@partial(jax.jit, static_argnames=("optimizer", "num_steps", "batch_size"))
+def _train_chunk(key, params, opt_state, x0, x1, epsilon, *, optimizer, num_steps, batch_size):
+    n0, n1 = x0.shape[0], x1.shape[0]
+
+    def step(carry, k):
+        p, s = carry
+        k0, k1 = jax.random.split(k)
+        b0 = x0[jax.random.randint(k0, (batch_size,), 0, n0)]
+        b1 = x1[jax.random.randint(k1, (batch_size,), 0, n1)]
+        value, grads = jax.value_and_grad(loss)(p, b0, b1, epsilon)
+        updates, s = optimizer.update(grads, s, p)
+        p = optax.apply_updates(p, updates)
+        return (p, s), value
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(key, num_steps))
+    return params, opt_state, losses
+
+
+@dataclasses.dataclass(frozen=True)
+class LightSB:
+    """A fitted Light Schrödinger bridge (construct with :meth:`LightSB.fit` or :meth:`LightSB.from_params`).
+
+    Attributes:
+        params: :class:`LightSBParams`.
+        epsilon: reference noise variance :math:`\\varepsilon` (the SDE is :math:`dX = g\\,dt + \\sqrt{\\varepsilon}\\,dW`).
+        loss_history: (num_steps,) training losses (empty if built from parameters).
+        fit_seconds: wall time of :meth:`fit` (compile included).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> x0 = jax.random.normal(jax.random.key(0), (256, 2))
+        >>> x1 = jax.random.normal(jax.random.key(1), (256, 2)) + 3.0
+        >>> sb = LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.1, num_components=4, num_steps=200)
+        >>> sb.sample(jax.random.key(3), x0).shape
+        (256, 2)
+    """
+
+    params: LightSBParams
+    epsilon: float
+    loss_history: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    fit_seconds: float = 0.0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_params(cls, params: LightSBParams, epsilon: float) -> "LightSB":
+        epsilon = _check_epsilon(epsilon)
+        return cls(params=LightSBParams(*[None if p is None else jnp.asarray(p) for p in params]), epsilon=epsilon)
+
+    @classmethod
+    def fit(cls, key, x0, x1, *, epsilon: float, num_components: int = 10, covariance: str = "diag",
+            num_steps: int = 2000, batch_size: int = 128, learning_rate: float = 1e-2,
+            optimizer: optax.GradientTransformation | None = None, init_scale: float = 0.1,
+            chunk_size: int = 500, progress_bar: bool = False) -> "LightSB":
+        """Fit LightSB between samples ``x0`` (N0, D) of :math:`p_0` and ``x1`` (N1, D) of :math:`p_1`.
+
+        Minimises :func:`loss` with ``optimizer`` (default ``optax.adam(learning_rate)``) on minibatches of
+        ``batch_size`` drawn with replacement, in jitted chunks of ``chunk_size`` steps.
+        """
+        check_key(key)
+        epsilon = _check_epsilon(epsilon)
+        check_finite_array(x0, "x0", ndim=2)
+        check_finite_array(x1, "x1", ndim=2)
+        if np.shape(x0)[1] != np.shape(x1)[1]:
+            raise DataError(f"`x0` and `x1` must have the same dimension, got {np.shape(x0)[1]} and {np.shape(x1)[1]}")
+        num_components = check_positive_int(num_components, "num_components")
+        num_steps = check_positive_int(num_steps, "num_steps")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+        check_choice(covariance, "covariance", {"diag", "full"})
+        x0 = jnp.asarray(x0)
+        x1 = jnp.asarray(x1, dtype=x0.dtype)
+        optimizer = optimizer if optimizer is not None else optax.adam(learning_rate)
+        start = time.perf_counter()
+        key_init, key_train = jax.random.split(key)
+        params = init_params(key_init, x1, num_components, covariance=covariance, init_scale=init_scale)
+        opt_state = optimizer.init(params)
+        eps = jnp.asarray(epsilon, x0.dtype)
+        losses = []
+        bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_steps, desc="LightSB")
+        done = 0
+        while done < num_steps:
+            n = min(chunk_size, num_steps - done)
+            params, opt_state, chunk = _train_chunk(jax.random.fold_in(key_train, done), params, opt_state, x0, x1,
+                                                    eps, optimizer=optimizer, num_steps=n, batch_size=batch_size)
+            losses.append(np.asarray(chunk))
+            done += n
+            if bar is not None:
+                bar.update(n)
+                bar.set_postfix(loss=float(chunk[-1]))
+        if bar is not None:
+            bar.close()
+        history = np.concatenate(losses)
+        if not np.all(np.isfinite(history[-min(10, len(history)):])) or not all(
+                bool(jnp.all(jnp.isfinite(p))) for p in params if p is not None):
+            raise ConvergenceError("LightSB training produced non-finite values; lower `learning_rate` or rescale the data")
+        jax.block_until_ready(params)
+        return cls(params=params, epsilon=epsilon, loss_history=history, fit_seconds=time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def dim(self) -> int:
+        return int(self.params.r.shape[-1])
+
+    @property
+    def covariance(self) -> str:
+        return "diag" if self.params.rotation is None else "full"
+
+    def _x(self, x, name="x"):
+        check_finite_array(x, name, ndim=(1, 2))
+        x = jnp.asarray(x, self.params.r.dtype)
+        if x.shape[-1] != self.dim:
+            raise DataError(f"`{name}` must have last dimension {self.dim}, got shape {x.shape}")
+        return x
+
+    def sample(self, key, x, num_samples: int | None = None) -> jax.Array:
+        """Sample :math:`y \\sim \\pi_\\theta(\\cdot \\mid x)`: (N, D) for x (N, D), or (num_samples, N, D)."""
+        check_key(key)
+        x = self._x(x)
+        if num_samples is None:
+            return conditional_sample(key, self.params, x, self.epsilon)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        keys = jax.random.split(key, num_samples)
+        return jax.vmap(lambda k: conditional_sample(k, self.params, x, self.epsilon))(keys)
+
+    def log_prob(self, x, y) -> jax.Array:
+        """:math:`\\log\\pi_\\theta(y \\mid x)`, broadcasting over leading axes."""
+        return conditional_log_prob(self.params, self._x(x), self._x(y, "y"), self.epsilon)
+
+    def conditional_moments(self, x):
+        """Mean (N, D) and covariance (N, D, D) of the mixture :math:`\\pi_\\theta(\\cdot \\mid x)` (closed form)."""
+        lw, means, covs = conditional_components(self.params, self._x(x), self.epsilon)
+        w = jnp.exp(lw)
+        mean = jnp.einsum("...k,...kd->...d", w, means)
+        second = jnp.einsum("...k,kij->...ij", w, covs) + jnp.einsum("...k,...ki,...kj->...ij", w, means, means)
+        return mean, second - mean[..., :, None] * mean[..., None, :]
+
+    def drift(self, x, t) -> jax.Array:
+        """SB drift :math:`g(x, t)`, t in [0, 1]."""
+        return drift(self.params, self._x(x), t, self.epsilon)
+
+    def sample_trajectory(self, key, x0, num_steps: int = 100) -> jax.Array:
+        """Simulate :math:`dX = g(X, t)dt + \\sqrt\\varepsilon dW` from ``x0`` by Euler–Maruyama on
+        ``num_steps`` steps; returns (num_steps + 1, N, D) (time grid ``linspace(0, 1, num_steps + 1)``)."""
+        check_key(key)
+        x0 = self._x(x0, "x0")
+        num_steps = check_positive_int(num_steps, "num_steps")
+        return _simulate(key, self.params, x0, self.epsilon, num_steps)
+
+    # ------------------------------------------------------------------ io
+    def save(self, path) -> None:
+        """Save parameters to ``.npz`` (plain arrays, no pickle)."""
+        arrays = {"log_alpha": np.asarray(self.params.log_alpha), "r": np.asarray(self.params.r),
+                  "log_s": np.asarray(self.params.log_s), "epsilon": np.asarray(self.epsilon),
+                  "loss_history": np.asarray(self.loss_history)}
+        if self.params.rotation is not None:
+            arrays["rotation"] = np.asarray(self.params.rotation)
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "LightSB":
+        """Load parameters written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            rotation = jnp.asarray(z["rotation"]) if "rotation" in z.files else None
+            params = LightSBParams(jnp.asarray(z["log_alpha"]), jnp.asarray(z["r"]), jnp.asarray(z["log_s"]), rotation)
+            return cls(params=params, epsilon=float(z["epsilon"]), loss_history=np.asarray(z["loss_history"]))
+
+    def to_arviz(self):
+        """ArviZ DataTree: group ``parameters`` (fitted LightSB parameters) and ``optimization`` (loss per step)."""
+        from bayeskit.diagnostics import to_datatree
+
+        params = {"log_alpha": self.params.log_alpha, "r": self.params.r, "log_s": self.params.log_s}
+        if self.params.rotation is not None:
+            params["rotation"] = self.params.rotation
+        dims = {"log_alpha": ["component"], "r": ["component", "dim"], "log_s": ["component", "dim"],
+                "rotation": ["component", "dim", "dim_col"], "loss": ["step"]}
+        return to_datatree({"parameters": params, "optimization": {"loss": self.loss_history}}, dims=dims,
+                           attrs={"epsilon": self.epsilon, "covariance": self.covariance,
+                                  "fit_seconds": self.fit_seconds, "method": "LightSB"})
+
+
+@partial(jax.jit, static_argnames=("num_steps",))
+def _simulate(key, params, x0, epsilon, num_steps):
+    fn = lambda x, t: drift(params, x, t, epsilon)  # noqa: E731
+    return euler_maruyama(key, fn, x0, num_steps=num_steps, diffusion=jnp.sqrt(epsilon))
