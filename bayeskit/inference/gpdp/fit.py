@@ -63,8 +63,10 @@ class GPPosterior(NamedTuple):
         return gpm.predict_draws(self.data, self.flat_draws(num_draws), test_inputs, kernel=self.kernel)
 
 
-def _map_estimate(key, model, *args, **kwargs):
-    """Posterior mode by L-BFGS (scipy) on NumPyro's potential in unconstrained space."""
+def _map_estimate(key, model, *args, num_starts: int = 8, **kwargs):
+    """Posterior mode by L-BFGS (scipy) on NumPyro's potential in unconstrained space, the best of
+    ``num_starts`` starts drawn by NumPyro's ``init_to_uniform`` (the GP posterior can have a second,
+    prior-dominated mode at very long length-scales)."""
     from scipy.optimize import minimize
 
     info, potential_fn, postprocess_fn, _ = initialize_model(key, model, model_args=args, model_kwargs=kwargs,
@@ -75,10 +77,20 @@ def _map_estimate(key, model, *args, **kwargs):
 
     def fun(z):
         v, g = value_and_grad(jnp.asarray(z, dtype))
-        return float(v), np.asarray(g, dtype=float)
+        v = float(v)
+        if not np.isfinite(v):
+            return 1e30, np.zeros_like(z)
+        return v, np.asarray(g, dtype=float)
 
-    res = minimize(fun, np.asarray(flat0, dtype=float), jac=True, method="L-BFGS-B")
-    return postprocess_fn(unravel(jnp.asarray(res.x, dtype))), res
+    starts = [np.asarray(flat0, dtype=float)]
+    starts += list(np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (num_starts - 1, flat0.shape[0]),
+                                                 minval=-2.0, maxval=2.0), dtype=float))
+    best = None
+    for z0 in starts:
+        res = minimize(fun, z0, jac=True, method="L-BFGS-B")
+        if best is None or res.fun < best.fun:
+            best = res
+    return postprocess_fn(unravel(jnp.asarray(best.x, dtype))), best
 
 
 def fit_gp(key, data, *, kernel: Callable = gpm.squared_exponential, priors: Mapping | None = None,
