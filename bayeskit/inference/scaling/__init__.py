@@ -49,3 +49,15 @@ __all__ = [
     "MarkovWorld",
     "random_markov_world",
 ]
+
+from bayeskit.inference.scaling.fkc import (  # noqa: E402
+    FKCResult,
+    GaussianMixture,
+    VESDE,
+    fkc_feynman_kac,
+    fkc_sample,
+    mmd,
+    product_of_mixtures,
+)
+
+__all__ += ["FKCResult", "GaussianMixture", "VESDE", "fkc_feynman_kac", "fkc_sample", "mmd", "product_of_mixtures"]

@@ -126,13 +126,14 @@ def _logit(r):
 
 
 def _log_potential(weights, prev: Particles, new: Particles, prev_done, first):
-    """Untempered log-potential :math:`\\log G_t` of each particle."""
-    if weights == "value_ratio":
-        lr_new = jnp.log(jnp.clip(new.reward, 0.0, 1.0))
-        lr_prev = jnp.where(first, 0.0, jnp.log(jnp.clip(prev.reward, 0.0, 1.0)))
-        out = jnp.where(prev_done, 0.0, lr_new - lr_prev)
-        return jnp.where(jnp.isnan(out), -jnp.inf, out)
-    return _logit(new.reward)
+    """Untempered log-potential :math:`\\log G_t` of each particle (``weights``: a name or its
+    index in ``WEIGHTS``, possibly traced)."""
+    code = WEIGHTS.index(weights) if isinstance(weights, str) else weights
+    lr_new = jnp.log(jnp.clip(new.reward, 0.0, 1.0))
+    lr_prev = jnp.where(first, 0.0, jnp.log(jnp.clip(prev.reward, 0.0, 1.0)))
+    ratio = jnp.where(prev_done, 0.0, lr_new - lr_prev)
+    ratio = jnp.where(jnp.isnan(ratio), -jnp.inf, ratio)
+    return jnp.where(code == 2, ratio, _logit(new.reward))
 
 
 def _take(tree, idx):
@@ -178,7 +179,8 @@ def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states,
         prev_done = generator.is_done(x.state)
         all_done = jnp.all(prev_done)
         first = t == 0
-        do_res = resample & (~first) & (~all_done) & ((ess_threshold >= 1.0) | (ess_fn(lw) < ess_threshold * n))
+        thr = jnp.asarray(ess_threshold, dtype)
+        do_res = jnp.asarray(resample) & (~first) & (~all_done) & ((thr >= 1.0) | (ess_fn(lw) < thr * n))
         if has_ref:
             idx = multinomial(k_res, lw, n).at[n - 1].set(n - 1)
         else:
@@ -230,19 +232,15 @@ def _path(out: SweepOutput, index):
     return states, score
 
 
-def select_answer(key, answers, log_weights, selection: str):
+def select_answer(key, answers, log_weights, selection):
     """Choose the answer: ``argmax`` (highest weight), ``vote`` (weighted majority vote:
-    :math:`\\arg\\max_a \\sum_i W_i 1[a_i = a]`) or ``sample`` (:math:`i \\sim W`). Returns
-    ``(answer, index)``."""
+    :math:`\\arg\\max_a \\sum_i W_i 1[a_i = a]`) or ``sample`` (:math:`i \\sim W`); ``selection`` is a
+    name or its index in ``SELECTIONS`` (may be traced). Returns ``(answer, index)``."""
+    code = SELECTIONS.index(selection) if isinstance(selection, str) else selection
     lw = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
     w = jnp.exp(lw - jax.nn.logsumexp(lw))
-    if selection == "argmax":
-        i = jnp.argmax(lw)
-    elif selection == "vote":
-        votes = jnp.sum(w[None, :] * (answers[:, None] == answers[None, :]), axis=1)
-        i = jnp.argmax(votes)
-    else:
-        i = jax.random.categorical(key, lw)
+    votes = jnp.sum(w[None, :] * (answers[:, None] == answers[None, :]), axis=1)
+    i = jnp.stack([jnp.argmax(lw), jnp.argmax(votes), jax.random.categorical(key, lw)])[code]
     return answers[i], i.astype(jnp.int32)
 
 
@@ -390,8 +388,7 @@ def _history(out: SweepOutput, generator):
     return {k: np.asarray(v) for k, v in h.items()}
 
 
-@partial(jax.jit, static_argnames=("generator", "reward_model", "weights", "ess_threshold", "resampling",
-                                   "selection", "resample"))
+@partial(jax.jit, static_argnames=("generator", "reward_model", "resampling"))
 def _pf_jit(key, init_states, temperature, generator, reward_model, weights, ess_threshold, resampling,
             selection, resample=True):
     k_run, k_sel = jax.random.split(key)
@@ -443,7 +440,8 @@ def particle_filtering(key, generator: Generator, reward_model: RewardModel, pro
     get_scheme(resampling)
     init_states = generator.init(prompt, n)
     out, answers, outcome, ans, idx = _pf_jit(key, init_states, float(temperature), generator, reward_model,
-                                               weights, float(ess_threshold), resampling, selection)
+                                               WEIGHTS.index(weights), float(ess_threshold), resampling,
+                                               SELECTIONS.index(selection))
     _finish(generator, reward_model, out)
     calls = int(np.sum(out.calls))
     return ScalingResult("particle_filtering", int(ans), int(idx), np.asarray(answers), np.asarray(out.log_weights),
@@ -458,17 +456,13 @@ def best_of_n(key, generator: Generator, reward_model: RewardModel, prompt, *, b
     budget, _ = _budget_particles(budget, None)
     _check_common(key, generator, reward_model, prompt, 1.0, selection, None, None, budget)
     init_states = generator.init(prompt, budget)
-    out, answers, outcome, _, _ = _pf_jit(key, init_states, 1.0, generator, reward_model, "per_step", 1.0,
-                                          "multinomial", selection, resample=False)
+    out, answers, outcome, _, _ = _pf_jit(key, init_states, 1.0, generator, reward_model, 0, 1.0,
+                                          "multinomial", 0, resample=False)
     _finish(generator, reward_model, out)
     outcome = np.asarray(outcome)
     if np.any(~((outcome >= 0) & (outcome <= 1))):
         raise DataError("the reward model's outcome reward returned a value outside [0, 1] or NaN")
-    if selection == "vote":
-        # weights are the rewards themselves (not their logarithm)
-        lw = np.log(np.maximum(outcome, 1e-300))
-    else:
-        lw = np.log(np.maximum(outcome, 1e-300))
+    lw = np.log(np.maximum(outcome, 1e-300))  # vote weights W_i are then proportional to R_i
     ans, idx = select_answer(jax.random.fold_in(key, 7), jnp.asarray(answers), jnp.asarray(lw), selection)
     calls = int(np.sum(out.calls))
     return ScalingResult("best_of_n" if selection != "vote" else "weighted_majority_vote", int(ans), int(idx),
@@ -484,7 +478,7 @@ def weighted_majority_vote(key, generator, reward_model, prompt, *, budget: int)
 # ------------------------------------------------------------------------------- particle Gibbs
 
 
-@partial(jax.jit, static_argnames=("generator", "reward_model", "weights", "num_iterations"))
+@partial(jax.jit, static_argnames=("generator", "reward_model", "num_iterations"))
 def _pg_jit(key, init_states, temperatures, generator, reward_model, weights, num_iterations):
     """Particle Gibbs / parallel tempering: ``temperatures`` (K,) chains (K = 1: particle Gibbs)."""
     num_chains = temperatures.shape[0]
@@ -566,14 +560,15 @@ def _pg_driver(method, key, generator, reward_model, prompt, num_particles, num_
     k_run, k_sel = jax.random.split(key)
     init_states = generator.init(prompt, num_particles)
     temps = jnp.asarray(temperatures, jnp.result_type(float))
-    summ, final_states = _pg_jit(k_run, init_states, temps, generator, reward_model, weights, num_iterations)
+    summ, final_states = _pg_jit(k_run, init_states, temps, generator, reward_model, WEIGHTS.index(weights),
+                                 num_iterations)
     raise_pending_errors(generator, reward_model)
     (lw, hlw, anc, rew, ess, calls, bad, bad_idx, answers, outcome, ref_ans, acc) = (np.asarray(a) for a in summ)
     _raise_bad_reward(bad, bad_idx, rew)
     # answer from chain 0 (the target temperature), last iteration
     lw_last = lw[-1, 0]
     ans_last = answers[-1, 0]
-    ans, idx = select_answer(k_sel, jnp.asarray(ans_last), jnp.asarray(lw_last), selection)
+    ans, idx = select_answer(k_sel, jnp.asarray(ans_last), jnp.asarray(lw_last), SELECTIONS.index(selection))
     ncalls = int(calls.sum())
     chain0 = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], final_states)
     hist = {"log_weights": hlw, "ancestors": anc, "process_rewards": rew, "ess": ess, "generator_calls": calls}
