@@ -305,7 +305,7 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
     pseudo = pseudo.reshape(-1, 2)
     check_finite_array(pseudo, "pseudo_observations")
     grid = check_grid(acts if state_grid is None else state_grid, "state_grid",
-                      covers=np.concatenate([x, y, s_obs]))
+                      covers=np.concatenate([x, y, s_obs, pseudo[:, 0]]))
     for idx in absorbing_states:
         if not (0 <= int(idx) < grid.shape[0]):
             raise ConfigurationError(f"`absorbing_states` must be indices into the state grid, got {idx}")
