@@ -419,7 +419,15 @@ class FractionalBM:
         return optimal_weights(jnp.asarray(h, dtype), self.gammas(dtype), self.horizon(time_horizon), self.kind)
 
     def ou_parameters(self, hurst=None, time_horizon=None, dtype=None):
-        """``(gammas, omega, noise_scale = sum(omega))`` as used by the augmented SDE."""
+        """``(gammas, omega, noise_scale = sum(omega))`` as used by the augmented SDE.
+
+        With a concrete ``hurst`` (a number, or None for ``self.hurst``) the weights are evaluated
+        eagerly even inside ``jit`` and enter the computation as constants.
+        """
+        if hurst is None or isinstance(hurst, (int, float, np.floating)):
+            with jax.ensure_compile_time_eval():
+                om = self.omega(hurst, time_horizon, dtype)
+                return self.gammas(om.dtype), om, jnp.sum(om)
         om = self.omega(hurst, time_horizon, dtype)
         return self.gammas(om.dtype), om, jnp.sum(om)
 
