@@ -145,19 +145,19 @@ def transition_rows(next_mean, next_scale, state_grid, *, family: str = "normal"
 
 @partial(jax.jit, static_argnames=("family", "absorbing_states"))
 def transition_tensor(next_mean, next_scale, state_grid, *, family: str = "normal",
-                      absorbing_states: tuple[int, ...] = (0,)):
+                      absorbing_states: tuple[int, ...] = (0,)) -> jax.Array:
     """Transition tensor :math:`P_{aij}` averaged over posterior draws.
 
     Args:
-        next_mean: (D, A, N) or (A, N) predictive mean of the next state for draw d, action a, state i.
-        next_scale: same shape (or broadcastable), predictive standard deviation (``normal``) or
+        next_mean (jax.Array): (D, A, N) or (A, N) predictive mean of the next state for draw d, action a, state i.
+        next_scale (jax.Array): same shape (or broadcastable), predictive standard deviation (``normal``) or
             log-normal scale (``lognormal``).
-        state_grid: (N,) increasing state grid.
-        family: ``"normal"`` (GP) or ``"lognormal"`` (parametric models).
-        absorbing_states: indices i whose rows are :math:`e_i` for every action.
+        state_grid (jax.Array): (N,) increasing state grid.
+        family (str): ``"normal"`` (GP) or ``"lognormal"`` (parametric models).
+        absorbing_states (tuple[int, ...]): indices i whose rows are :math:`e_i` for every action.
 
     Returns:
-        (A, N, N) array, every row summing to one.
+        The transition tensor, shape (A, N, N), every row summing to one.
     """
     grid = _float(state_grid)
     mean = jnp.asarray(next_mean, grid.dtype)
