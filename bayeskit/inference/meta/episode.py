@@ -173,7 +173,7 @@ class EpisodeModel:
 
         def constrained(theta, x):
             z = density.unflatten(theta)
-            return constrain_fn(model, (x,), {"y": None}, z)
+            return constrain_fn(handlers.seed(model, rng_seed=0), (x,), {"y": None}, z)
 
         def site_fn(theta, x, y):
             params = constrained(theta, x)

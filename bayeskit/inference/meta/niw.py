@@ -143,8 +143,9 @@ class NIWPosterior(NamedTuple):
 class NIWParams(NamedTuple):
     """Unconstrained (optimised) parameters of q(phi); map with :func:`constrain`.
 
-    ``mean`` (d,); ``log_kappa`` (); ``scale_raw`` (d,) = log of the diagonal scale, or (d, d) whose
-    lower triangle with exponentiated diagonal is the Cholesky factor of the scale; ``log_dof_excess`` ():
+    ``mean`` (d,); ``log_kappa`` (); ``scale_raw`` (d,) = log of the diagonal of ``E[Σ^{-1}] = dof*scale``,
+    or (d, d) whose lower triangle with exponentiated diagonal is the Cholesky factor of ``dof*scale``;
+    ``log_dof_excess`` ():
     ``dof = exp(log_dof_excess)`` (diagonal) or ``d - 1 + exp(log_dof_excess)`` (full).
     """
 
@@ -207,27 +208,33 @@ def _tri(d):
 
 
 def constrain(params: NIWParams) -> NIWPosterior:
-    """Map unconstrained :class:`NIWParams` to the :class:`NIWPosterior` they encode."""
+    """Map unconstrained :class:`NIWParams` to the :class:`NIWPosterior` they encode.
+
+    ``scale_raw`` encodes the expected precision ``P = E[Σ^{-1}] = dof * scale`` (log-diagonal, or a
+    Cholesky factor with log-diagonal), and ``scale = P / dof``: the scale of the expected precision
+    does not shrink as the pseudo-count ``dof`` grows, which keeps the optimisation well conditioned.
+    """
     d = params.mean.shape[0]
     kappa = jnp.exp(params.log_kappa)
     if params.scale_raw.ndim == 1:
-        return NIWPosterior(params.mean, kappa, jnp.exp(params.scale_raw), jnp.exp(params.log_dof_excess))
+        dof = jnp.exp(params.log_dof_excess)
+        return NIWPosterior(params.mean, kappa, jnp.exp(params.scale_raw) / dof, dof)
     raw = params.scale_raw
     chol = jnp.tril(raw, -1) + jnp.diag(jnp.exp(jnp.diag(raw)))
-    return NIWPosterior(params.mean, kappa, chol @ chol.T, d - 1.0 + jnp.exp(params.log_dof_excess))
+    dof = d - 1.0 + jnp.exp(params.log_dof_excess)
+    return NIWPosterior(params.mean, kappa, chol @ chol.T / dof, dof)
 
 
 def unconstrain(posterior: NIWPosterior) -> NIWParams:
     """Inverse of :func:`constrain`."""
     d = posterior.mean.shape[0]
     scale = jnp.asarray(posterior.scale)
+    dof = jnp.asarray(posterior.dof)
     if scale.ndim == 1:
-        return NIWParams(jnp.asarray(posterior.mean), jnp.log(posterior.kappa), jnp.log(scale),
-                         jnp.log(jnp.asarray(posterior.dof)))
-    chol = jnp.linalg.cholesky(scale)
+        return NIWParams(jnp.asarray(posterior.mean), jnp.log(posterior.kappa), jnp.log(scale * dof), jnp.log(dof))
+    chol = jnp.linalg.cholesky(scale * dof)
     raw = jnp.tril(chol, -1) + jnp.diag(jnp.log(jnp.diag(chol)))
-    return NIWParams(jnp.asarray(posterior.mean), jnp.log(posterior.kappa), raw,
-                     jnp.log(jnp.asarray(posterior.dof) - (d - 1.0)))
+    return NIWParams(jnp.asarray(posterior.mean), jnp.log(posterior.kappa), raw, jnp.log(dof - (d - 1.0)))
 
 
 # ----------------------------------------------------------------------------- NIW expectations
@@ -736,7 +743,7 @@ class NIWMeta:
     num_steps: int = 1000
     dataset_size: float | None = None
     prior: NIWPrior | None = None
-    prior_std: float = 10.0
+    prior_std: float = 1.0
     init_mean: Any = None
     init_prior_std: float = 1.0
     init_kappa: float = 1.0
