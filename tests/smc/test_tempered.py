@@ -100,9 +100,10 @@ def eight_schools(y, s):
 
 
 # Long NUTS reference for eight schools (non-centred), computed once with NumPyro 0.22 in float64:
-# 4 chains x 25,000 draws after 2,000 warm-up, target_accept_prob=0.95, key 2024 (bulk ESS > 40,000
-# for mu and log tau). The slow test below recomputes it live.
-EIGHT_REF = {"mu": (4.38, 3.30), "log_tau": (0.85, 1.15)}
+# 4 chains x 25,000 draws after 2,000 warm-up, target_accept_prob=0.95, key 2024 (bulk ESS 104,000 for
+# mu and 58,700 for tau): posterior mean (sd) of mu 4.374 (3.324), of log tau 0.794 (1.190); standard
+# errors 0.010 and 0.005. The slow test below recomputes a reference live.
+EIGHT_REF = {"mu": (4.374, 3.324), "log_tau": (0.794, 1.190)}
 
 
 def runner(model, *args, num_particles=1000, move="rwm", num_mcmc_steps=10, target_ess=0.5, schedule=None,
@@ -206,7 +207,7 @@ def test_driver_gaussian_outputs_and_to_arviz(gaussian_runs):
 def test_hmc_moves_gaussian_closed_form():
     y = gaussian_data(3, seed=1)
     log_z, mean, var = gaussian_truth(y)
-    _, fn = runner(gaussian_model, y, num_particles=400, move="hmc", num_mcmc_steps=2)
+    _, fn = runner(gaussian_model, y, num_particles=300, move="hmc", num_mcmc_steps=2)
     state, infos, n = fn(keys(2, 6))
     within(state.log_evidence, log_z)
     within(state.particles.mean(axis=1), mean)
@@ -248,7 +249,7 @@ def test_cauchy_prior_asymmetric_likelihood_quadrature():
 
 
 def test_driver_cauchy_ladder_and_ess():
-    res = tempered(jax.random.key(6), cauchy_model, num_particles=1000, target_ess=0.3)
+    res = tempered(jax.random.key(6), cauchy_model, num_particles=1000, target_ess=0.3, progress_bar=True)
     assert res.tempering[-1] == 1.0 and res.num_steps >= 2
     np.testing.assert_allclose(res.ess[:-1], 300.0, rtol=1e-4)
     assert res.target_ess == 0.3 and res.kernel == "rwm"
@@ -273,10 +274,16 @@ def test_two_mode_weights_within_mc_error():
 def test_prior_likelihood_split_matches_log_density():
     dens = log_density(eight_schools, EIGHT_Y, EIGHT_S)
     fn = prior_and_likelihood_fn(dens)
-    z = jax.tree_util.tree_map(lambda a: a[0], dens.sample_prior(jax.random.key(0), 1))
-    lp, ll = fn(dens.flatten(z))
-    np.testing.assert_allclose(float(lp), float(dens.log_prior(z)), rtol=1e-10)
-    np.testing.assert_allclose(float(ll), float(dens.log_likelihood(z)), rtol=1e-10)
+
+    @jax.jit
+    def both(key):
+        z = dens.sample_prior(key, 3)
+        split = jax.vmap(fn)(jax.vmap(dens.flatten)(z))
+        return split, (jax.vmap(dens.log_prior)(z), jax.vmap(dens.log_likelihood)(z))
+
+    (lp, ll), (lp_ref, ll_ref) = both(jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(lp_ref), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(ll), np.asarray(ll_ref), rtol=1e-10)
 
 
 def test_eight_schools_fast_against_nuts_reference():
@@ -285,9 +292,9 @@ def test_eight_schools_fast_against_nuts_reference():
     z = jax.vmap(jax.vmap(dens.unflatten))(state.particles)
     mu = np.asarray(z["mu"]).mean(axis=1)
     log_tau = np.asarray(z["tau"]).mean(axis=1)  # unconstrained tau is log tau
-    # reference standard error of a 100k-draw NUTS run is ~0.02; runs' spread gives ours
-    within(mu, EIGHT_REF["mu"][0], extra_se=0.02)
-    within(log_tau, EIGHT_REF["log_tau"][0], extra_se=0.02)
+    # the reference's standard errors (<= 0.010) are added to ours (from the runs' spread)
+    within(mu, EIGHT_REF["mu"][0], extra_se=0.010)
+    within(log_tau, EIGHT_REF["log_tau"][0], extra_se=0.005)
 
 
 @pytest.mark.slow
@@ -310,7 +317,7 @@ def test_eight_schools_against_long_nuts_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("d", [1, 10, 25])
+@pytest.mark.parametrize("d", [1, 10, 20])
 @pytest.mark.parametrize("move", ["rwm", "hmc", "nuts"])
 def test_gaussian_closed_form_many_dims_and_kernels(d, move):
     y = gaussian_data(d, n=5, seed=d)
@@ -388,3 +395,24 @@ def test_discrete_latent_rejected():
 def test_max_steps_too_small_raises_convergence_error():
     with pytest.raises(ConvergenceError, match="max_steps"):
         tempered(jax.random.key(0), cauchy_model, num_particles=200, target_ess=0.9, max_steps=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# the example script
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_example_quick(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "tempered_smc.py"
+    spec = importlib.util.spec_from_file_location("tempered_smc_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--quick", "--outdir", str(tmp_path)])
+    for name in ("bimodal.png", "ladder.png", "evidence.png", "results.md"):
+        assert (tmp_path / name).exists()
+    # SMC's mode weight within 5 binomial-ish standard errors (SMC inflates them ~2x: 0.05 covers that)
+    assert abs(out["w_smc"].mean() - out["w_true"]) < 0.05
+    assert np.argmax(out["est"].mean(1)) == np.argmax(out["exact"])  # the evidence picks the true degree
+    assert np.all(np.abs(out["est"].mean(1) - out["exact"]) < 0.3)
