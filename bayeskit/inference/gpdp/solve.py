@@ -91,8 +91,8 @@ def solve_mdp(transitions, rewards, discount, *, solver: str = "value_iteration"
 
 
 def gp_transition_tensor(posterior: GPPosterior, state_grid, actions_grid, *, num_draws: int | None = 100,
-                         absorbing_states (tuple[int, ...]): tuple[int, ...] = (0,), escapement_fn: Callable = dp.escapement,
-                         convention (str): str = "exact"):
+                         absorbing_states: tuple[int, ...] = (0,), escapement_fn: Callable = dp.escapement,
+                         convention: str = "exact"):
     """:math:`P_{aij}` from the GP predictive (normal rows with the latent variance), averaged over
     ``num_draws`` hyperparameter draws. Returns (A, N, N).
 
@@ -150,8 +150,8 @@ __all__.append("parametric_fit_tensor")
 
 
 def evaluate_policies(key, policies: Mapping[str, np.ndarray], state_grid, transition_fn: Callable,
-                      reward_fn (Callable): Callable, initial_state, *, num_steps: int = 49, num_replicates: int = 100,
-                      discount (float): float = 1.0, reference: str | None = None) -> dict:
+                      reward_fn: Callable, initial_state, *, num_steps: int = 49, num_replicates: int = 100,
+                      discount: float = 1.0, reference: str | None = None) -> dict:
     """Simulate every policy (name -> (N,) action values) with the same key (common random numbers).
 
     Returns ``{name: SimulationResult}`` and, if ``reference`` names one of them, ``"npv_ratio"``:
@@ -176,7 +176,7 @@ class GPDPResult:
     """Result of :func:`solve`.
 
     Attributes:
-        state_grid (array): (N,) states. actions_grid: (A,) actions.
+        state_grid: (N,) states. actions_grid: (A,) actions.
         policy: (N,) optimal action index per state; policy_actions: (N,) the action values.
         value: (N,) optimal value; q_values: (A, N).
         transitions: (A, N, N) posterior-averaged transition tensor.
@@ -225,11 +225,11 @@ class GPDPResult:
 
 def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, *, discount: float = 0.99,
           observed_actions=None, state_grid=None, kernel: str | Callable = "squared_exponential",
-          priors (Mapping): Mapping | None = None, pseudo_observations=((0.0, 0.0),), pseudo_noise: float | None = None,
-          method (str): str = "nuts", num_warmup: int = 500, num_samples: int = 500, num_chains: int = 1,
-          num_posterior_draws (int): int = 100, absorbing_states: tuple[int, ...] = (0,),
-          solver (str): str = "value_iteration", tolerance: float = 1e-6, max_iterations: int = 10_000,
-          horizon (int | None): int | None = None, convention: str = "exact", progress_bar: bool = False) -> GPDPResult:
+          priors: Mapping | None = None, pseudo_observations=((0.0, 0.0),), pseudo_noise: float | None = None,
+          method: str = "nuts", num_warmup: int = 500, num_samples: int = 500, num_chains: int = 1,
+          num_posterior_draws: int = 100, absorbing_states: tuple[int, ...] = (0,),
+          solver: str = "value_iteration", tolerance: float = 1e-6, max_iterations: int = 10_000,
+          horizon: int | None = None, convention: str = "exact", progress_bar: bool = False) -> GPDPResult:
     """Gaussian-process dynamic programming, end to end.
 
     Args:
@@ -237,22 +237,22 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
         observed_states (array): (T,) states :math:`x_t` before the observed actions.
         next_states (array): (T,) the states :math:`x_{t+1}` that followed.
         actions_grid (array): (A,) increasing grid of actions (harvests).
-        reward_fn: ``reward_fn(state, action)`` broadcasting, e.g. ``lambda x, h: jnp.minimum(x, h)``.
-        discount: discount factor γ in (0, 1) (the paper's rate δ = 0.01 is γ = 0.99).
+        reward_fn (Callable): ``reward_fn(state, action)`` broadcasting, e.g. ``lambda x, h: jnp.minimum(x, h)``.
+        discount (float): discount factor γ in (0, 1) (the paper's rate δ = 0.01 is γ = 0.99).
         observed_actions (array): (T,) actions taken (default 0: the GP input is then the state itself).
-        state_grid: (N,) increasing state grid covering the data (default: ``actions_grid``, the paper's
+        state_grid (array): (N,) increasing state grid covering the data (default: ``actions_grid``, the paper's
             choice of identical stock and harvest grids).
         kernel (str | Callable): ``"squared_exponential"``, ``"matern32"``, ``"matern52"`` or a kernel function.
-        priors: hyperparameter priors (see :func:`bayeskit.model.gp.default_priors`).
+        priors (Mapping): hyperparameter priors (see :func:`bayeskit.model.gp.default_priors`).
         pseudo_observations (array): pairs (S, f(S)) added to the training data, default f(0) = 0.
         pseudo_noise (float | None): their noise sd (None: the observation noise, as in the paper).
-        method: ``"nuts"`` or ``"map"``.
-        num_posterior_draws: hyperparameter draws averaged in the transition tensor.
-        absorbing_states: grid indices that are absorbing (default: the first, stock 0).
-        solver: ``"value_iteration"`` or ``"policy_iteration"``.
-        horizon: None (infinite horizon) or a number of steps for backward induction (then
+        method (str): ``"nuts"`` or ``"map"``.
+        num_posterior_draws (int): hyperparameter draws averaged in the transition tensor.
+        absorbing_states (tuple[int, ...]): grid indices that are absorbing (default: the first, stock 0).
+        solver (str): ``"value_iteration"`` or ``"policy_iteration"``.
+        horizon (int | None): None (infinite horizon) or a number of steps for backward induction (then
             ``discount`` may be 1; ``discount=1, horizon=999`` is the paper's value iteration).
-        convention: ``"exact"`` or ``"paper"`` (the published code's transition rows, see
+        convention (str): ``"exact"`` or ``"paper"`` (the published code's transition rows, see
             :func:`gp_transition_tensor`).
 
     Returns:
