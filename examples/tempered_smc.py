@@ -94,7 +94,7 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     num_particles = 1000 if args.quick else 4000
-    num_runs = 2 if args.quick else 5
+    num_runs = 2 if args.quick else 3
     rng = np.random.default_rng(0)
     lines = []
 
