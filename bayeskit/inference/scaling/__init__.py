@@ -24,7 +24,7 @@ from bayeskit.inference.scaling.particle import (
     trace_lineage,
     weighted_majority_vote,
 )
-from bayeskit.inference.scaling.worlds import ChainState, MarkovWorld, random_markov_world
+from bayeskit.inference.scaling.worlds import ArithmeticWorld, ArithState, ChainState, MarkovWorld, random_markov_world
 
 __all__ = [
     "Generator",
@@ -46,6 +46,8 @@ __all__ = [
     "trace_lineage",
     "weighted_majority_vote",
     "ChainState",
+    "ArithState",
+    "ArithmeticWorld",
     "MarkovWorld",
     "random_markov_world",
 ]

@@ -32,7 +32,7 @@ import numpy as np
 from bayeskit.errors import ConfigurationError
 from bayeskit.inference.scaling.generator import Generator, RewardModel
 
-__all__ = ["ChainState", "MarkovWorld", "random_markov_world"]
+__all__ = ["ChainState", "MarkovWorld", "random_markov_world", "ArithState", "ArithmeticWorld"]
 
 
 class ChainState(NamedTuple):
@@ -196,14 +196,8 @@ class MarkovWorld:
         ``s = noise_scale``. With ``noisy_outcome`` the outcome reward is the same noisy score of the
         finished chain, otherwise the exact checker.
         """
-        v = self.value_table(target)
         r = self.outcome_table(target)
-        shape = v.shape
-        xi = np.asarray(jax.random.normal(key, shape, dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
-        xi_final = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (self.modulus,)))
-        t = np.arange(shape[0]).reshape(-1, 1, 1) / self.max_steps
-        live = 1 / (1 + np.exp(-(_logit(v) + bias + length_bias * t + noise_scale * xi)))
-        final = 1 / (1 + np.exp(-(_logit(r) + bias + noise_scale * xi_final)))
+        live, final = self.noisy_tables(key, target, noise_scale=noise_scale, bias=bias, length_bias=length_bias)
 
         def process(s):
             # finished chains: score the final answer (length bias at its length)
@@ -216,6 +210,19 @@ class MarkovWorld:
             return jnp.asarray(r, jnp.result_type(float))[self.check_answer(s.tokens)]
 
         return RewardModel(process, outcome)
+
+    def noisy_tables(self, key, target: int, *, noise_scale: float = 1.0, bias: float = 0.0,
+                     length_bias: float = 0.0):
+        """NumPy tables ``(live (T+1, K+1, m), final (m,))`` of the noisy PRM (see
+        :meth:`noisy_reward_model`)."""
+        v = self.value_table(target)
+        r = self.outcome_table(target)
+        xi = np.asarray(jax.random.normal(key, v.shape), dtype=np.float64)
+        xi_final = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (self.modulus,)), dtype=np.float64)
+        t = np.arange(v.shape[0]).reshape(-1, 1, 1) / self.max_steps
+        live = 1 / (1 + np.exp(-(_logit(v) + bias + length_bias * t + noise_scale * xi)))
+        final = 1 / (1 + np.exp(-(_logit(r) + bias + noise_scale * xi_final)))
+        return live, final
 
     # ---------------------------------------------------------------- NumPy twin (benchmarks)
     def numpy_step(self, rng: np.random.Generator, tokens: list[int]) -> tuple[int, bool]:
@@ -240,3 +247,154 @@ def random_markov_world(key, *, num_digits: int = 4, modulus: int = 5, max_steps
     p[:k, k] = eos_probability
     p[k, :k] = rows[k]
     return MarkovWorld(p, int(modulus), int(max_steps), float(epsilon))
+
+
+# =============================================================================== learned world
+
+
+class ArithState(NamedTuple):
+    """Multi-step arithmetic: ``start`` (N,) a_0, ``digits`` (N, K) the increments d_i,
+    ``values`` (N, K) written intermediate results (−1 = not yet), ``step`` (N,), ``done`` (N,)."""
+
+    start: jax.Array
+    digits: jax.Array
+    values: jax.Array
+    step: jax.Array
+    done: jax.Array
+
+
+def _mlp_init(key, sizes):
+    params = []
+    for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+        params.append((jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), jnp.zeros(b)))
+    return params
+
+
+def _mlp(params, x):
+    for w, b in params[:-1]:
+        x = jax.nn.gelu(x @ w + b)
+    w, b = params[-1]
+    return x @ w + b
+
+
+@dataclass(frozen=True, eq=False)
+class ArithmeticWorld:
+    r"""A learned "reasoner" for multi-step modular arithmetic (the stand-in for an LLM).
+
+    Problem: :math:`a_0` and increments :math:`d_1..d_K` (digits); step i writes
+    :math:`a_i = (a_{i-1} + d_i) \bmod 10`; the answer is :math:`a_K`. The generator is a small
+    JAX MLP :math:`p_\theta(a_i \mid a_{i-1}, d_i, i)` trained (with optax) on noisy worked
+    solutions (each written step is right with probability ``step_accuracy``), so it makes
+    mistakes like a small language model. The reward is verifier-based: a step checker marks a
+    prefix correct when every step so far satisfies the rule, and the PRM is
+    :math:`\sigma(\pm c + s\,\xi(\text{prefix}))` (+ if correct, − otherwise) with a fixed
+    pseudo-random :math:`\xi` per prefix (an imperfect verifier).
+    """
+
+    params: tuple
+    num_ops: int = 5
+
+    @staticmethod
+    def sample_problems(key, num_problems: int, num_ops: int = 5):
+        """Random prompts ``(num_problems, num_ops + 1)`` = (a_0, d_1..d_K) and their answers."""
+        prompts = jax.random.randint(key, (num_problems, num_ops + 1), 0, 10)
+        answers = jnp.sum(prompts, axis=1) % 10
+        return prompts, answers
+
+    @classmethod
+    def train(cls, key, *, num_ops: int = 5, step_accuracy: float = 0.75, hidden: int = 64,
+              num_iterations: int = 1500, batch_size: int = 256, learning_rate: float = 3e-3):
+        """Fit the MLP by maximum likelihood (optax Adam) on noisy worked solutions."""
+        import optax
+
+        k_init, k_data = jax.random.split(key)
+        params = _mlp_init(k_init, [10 + 10 + num_ops, hidden, hidden, 10])
+        opt = optax.adam(learning_rate)
+        state = opt.init(params)
+
+        def features(prev, d, i):
+            return jnp.concatenate([jax.nn.one_hot(prev, 10), jax.nn.one_hot(d, 10), jax.nn.one_hot(i, num_ops)], -1)
+
+        def loss(p, k):
+            k1, k2, k3, k4 = jax.random.split(k, 4)
+            prev = jax.random.randint(k1, (batch_size,), 0, 10)
+            d = jax.random.randint(k2, (batch_size,), 0, 10)
+            i = jax.random.randint(k3, (batch_size,), 0, num_ops)
+            right = (prev + d) % 10
+            noise = jax.random.randint(jax.random.fold_in(k4, 1), (batch_size,), 0, 10)
+            y = jnp.where(jax.random.uniform(k4, (batch_size,)) < step_accuracy, right, noise)
+            logits = _mlp(p, features(prev, d, i))
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        @jax.jit
+        def update(p, s, k):
+            val, g = jax.value_and_grad(loss)(p, k)
+            upd, s = opt.update(g, s, p)
+            return optax.apply_updates(p, upd), s, val
+
+        for it in range(num_iterations):
+            params, state, _ = update(params, state, jax.random.fold_in(k_data, it))
+        return cls(tuple(params), num_ops)
+
+    def _features(self, prev, d, i):
+        return jnp.concatenate([jax.nn.one_hot(prev, 10), jax.nn.one_hot(d, 10), jax.nn.one_hot(i, self.num_ops)], -1)
+
+    def step_accuracy(self):
+        """Model probability of writing the right digit, averaged over (a_{i-1}, d_i, i)."""
+        prev, d, i = jnp.meshgrid(jnp.arange(10), jnp.arange(10), jnp.arange(self.num_ops), indexing="ij")
+        prev, d, i = prev.ravel(), d.ravel(), i.ravel()
+        logp = jax.nn.log_softmax(_mlp(list(self.params), self._features(prev, d, i)))
+        return float(jnp.mean(jnp.exp(logp[jnp.arange(prev.size), (prev + d) % 10])))
+
+    def generator(self) -> Generator:
+        k = self.num_ops
+        params = list(self.params)
+
+        def init(prompt, num_particles):
+            prompt = jnp.asarray(prompt, jnp.int32)
+            n = num_particles
+            return ArithState(jnp.full((n,), prompt[0]), jnp.broadcast_to(prompt[1:], (n, k)),
+                              jnp.full((n, k), -1, jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
+
+        def step(key, s: ArithState):
+            rows = jnp.arange(s.start.shape[0])
+            i = jnp.clip(s.step, 0, k - 1)
+            prev = jnp.where(s.step == 0, s.start, s.values[rows, jnp.clip(s.step - 1, 0, k - 1)])
+            logits = _mlp(params, self._features(prev, s.digits[rows, i], i))
+            a = jax.random.categorical(key, logits).astype(jnp.int32)
+            values = s.values.at[rows, i].set(jnp.where(s.done, s.values[rows, i], a))
+            new_step = s.step + (~s.done).astype(jnp.int32)
+            return ArithState(s.start, s.digits, values, new_step, s.done | (new_step >= k))
+
+        def is_done(s):
+            return s.done
+
+        def answer(s):
+            return s.values[:, k - 1]
+
+        return Generator(init, step, is_done, answer, k)
+
+    @staticmethod
+    def prefix_correct(s: ArithState):
+        """Step checker: every written step satisfies :math:`a_i = (a_{i-1} + d_i) \\bmod 10`."""
+        k = s.values.shape[1]
+        prev = jnp.concatenate([s.start[:, None], s.values[:, :-1]], axis=1)
+        ok = s.values == (prev + s.digits) % 10
+        written = jnp.arange(k)[None, :] < s.step[:, None]
+        return jnp.all(ok | ~written, axis=1)
+
+    def verifier_reward_model(self, key, *, confidence: float = 2.0, noise_scale: float = 1.5) -> RewardModel:
+        """Noisy verifier PRM :math:`\\sigma(\\pm c + s\\,\\xi)`, ``ξ`` a fixed standard normal per prefix
+        (seeded by ``key`` and a hash of the prefix); the outcome reward is the same verifier on the
+        finished chain."""
+        k = self.num_ops
+
+        def score(s: ArithState):
+            ok = self.prefix_correct(s)
+            coeffs = jnp.asarray(31 ** np.arange(k + 1 + k) % 1000003, jnp.int32)
+            feats = jnp.concatenate([s.start[:, None], s.digits, s.values], axis=1)
+            h = jnp.sum(((feats + 2) * coeffs) % 1000003, axis=1) % 1000003
+            xi = jax.vmap(lambda hh: jax.random.normal(jax.random.fold_in(key, hh)))(h)
+            return jax.nn.sigmoid(jnp.where(ok, confidence, -confidence) + noise_scale * xi)
+
+        return RewardModel(score, score)
