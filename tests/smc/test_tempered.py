@@ -111,8 +111,11 @@ def runner(model, *args, num_particles=1000, move="rwm", num_mcmc_steps=10, targ
     """A jitted, vmapped-over-keys tempered SMC for ``model`` (one compile for R runs)."""
     dens = log_density(model, *args)
     fn = prior_and_likelihood_fn(dens)
-    factory = {"rwm": rwm_move, "hmc": hmc_move, "nuts": nuts_move}[move]
-    mv = factory(fn, dens.dim, num_mcmc_steps)
+    if isinstance(move, str):
+        factory = {"rwm": rwm_move, "hmc": hmc_move, "nuts": nuts_move}[move]
+        mv = factory(fn, dens.dim, num_mcmc_steps)
+    else:  # a callable (fn, dim) -> Move
+        mv = move(fn, dens.dim)
 
     def one(key):
         k1, k2 = jax.random.split(key)
@@ -344,6 +347,24 @@ def test_driver_nuts_and_numpyro_kernel_object():
     assert res2.kernel == "nuts"
     for r in (res, res2):
         assert abs(float(r.samples["theta"].mean()) - m) < 0.1
+
+
+@pytest.mark.slow
+def test_blackjax_algorithm_as_move_cauchy_quadrature():
+    import blackjax
+
+    from bayeskit.inference.smc.tempered import blackjax_move
+
+    log_z, m, v = cauchy_truth()
+    _, fn = runner(cauchy_model, num_particles=1000,
+                   move=lambda f, d: blackjax_move(blackjax.mala, f, 10, step_size=0.3))
+    state, infos, _ = fn(keys(16, 8))
+    within(state.log_evidence, log_z)
+    within(state.particles[..., 0].mean(axis=1), m)
+    assert np.all(np.asarray(infos.acceptance_rate[:, 0]) > 0.3)
+    res = tempered(jax.random.key(17), cauchy_model, num_particles=500, kernel=blackjax.mala,
+                   kernel_parameters={"step_size": 0.3})
+    assert res.tempering[-1] == 1.0 and np.all(res.move_scale == pytest.approx(0.3))
 
 
 # --------------------------------------------------------------------------------------------------
