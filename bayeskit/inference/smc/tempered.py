@@ -361,7 +361,16 @@ def blackjax_move(algorithm, log_prior_and_likelihood: Callable, num_mcmc_steps:
     """
     return _blackjax_cloud_move(log_prior_and_likelihood, num_mcmc_steps, algorithm, parameters, tuned=False,
                                 initial_step_size=1.0, adapt_step_size=False, target_acceptance=0.0,
-                                name=getattr(algorithm, "__name__", type(algorithm).__name__))
+                                name=_algorithm_name(algorithm))
+
+
+def _algorithm_name(algorithm) -> str:
+    """``"mala"`` for ``blackjax.mala`` (named after the module that defines its kernel)."""
+    name = getattr(algorithm, "__name__", None)
+    if name is None:
+        module = getattr(getattr(algorithm, "build_kernel", None), "__module__", None) or "custom"
+        name = module.rsplit(".", 1)[-1]
+    return str(name)
 
 
 # --------------------------------------------------------------------------------------------------
