@@ -49,11 +49,20 @@ def test_solve_value_is_bellman_fixed_point(map_result):
     np.testing.assert_allclose(q.max(0), r.value, rtol=1e-5)
 
 
-def test_to_arviz(map_result):
-    tree = map_result.to_arviz()
+@pytest.fixture(scope="module")
+def nuts_result(training):
+    x, y = training
+    return bk.gpdp.solve(jax.random.key(3), x, y, GRID, profit, discount=0.95, num_warmup=30, num_samples=20,
+                         num_posterior_draws=10)
+
+
+def test_to_arviz(nuts_result):
+    tree = nuts_result.to_arviz()
     assert {"posterior", "sample_stats", "observed_data", "policy"} <= set(tree.children)
-    assert tree["posterior"]["lengthscale"].shape == (1, 1)
+    assert tree["posterior"]["lengthscale"].shape == (1, 20)
     assert tree["policy"]["escapement"].dims == ("state",)
+    assert nuts_result.predictive_mean.shape == (10, 30)
+    np.testing.assert_allclose(nuts_result.transitions.sum(-1), 1.0, atol=1e-12)
 
 
 def test_paper_convention_and_policy_iteration(map_result, training):
@@ -66,14 +75,13 @@ def test_paper_convention_and_policy_iteration(map_result, training):
     np.testing.assert_array_equal(vi.policy, pi.policy)
 
 
-def test_nuts_key_reproducibility(training):
+@pytest.mark.slow
+def test_nuts_key_reproducibility(training, nuts_result):
     x, y = training
-    kw = dict(discount=0.95, num_warmup=30, num_samples=20, num_posterior_draws=10)
-    a = bk.gpdp.solve(jax.random.key(3), x, y, GRID, profit, **kw)
-    b = bk.gpdp.solve(jax.random.key(3), x, y, GRID, profit, **kw)
-    np.testing.assert_array_equal(a.posterior.draws["lengthscale"], b.posterior.draws["lengthscale"])
-    np.testing.assert_array_equal(a.policy, b.policy)
-    assert a.predictive_mean.shape == (10, 30)
+    b = bk.gpdp.solve(jax.random.key(3), x, y, GRID, profit, discount=0.95, num_warmup=30, num_samples=20,
+                      num_posterior_draws=10)
+    np.testing.assert_array_equal(nuts_result.posterior.draws["lengthscale"], b.posterior.draws["lengthscale"])
+    np.testing.assert_array_equal(nuts_result.policy, b.policy)
 
 
 @pytest.mark.parametrize(
