@@ -193,10 +193,11 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
             valid = jnp.ones((total,), bool)
         else:
             remaining = ~accepted
-            (slots,) = jnp.nonzero(remaining, size=size, fill_value=0)
+            (slots,) = jnp.nonzero(remaining, size=size, fill_value=total)  # padding: out of bounds
             slots = slots.astype(jnp.int32)
             valid = jnp.arange(size) < jnp.sum(remaining.astype(jnp.int32))
-        x_target = _take(x, target[slots])
+        safe = jnp.minimum(slots, total - 1)
+        x_target = _take(x, target[safe])
         key_level = jax.random.fold_in(key_rej, level)
 
         def cond(carry, rounds=rounds):
@@ -212,16 +213,16 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
             new = ok & ~acc
             return r + 1, jnp.where(new, prop, Jl), acc | ok
 
-        _, Jl, accl = jax.lax.while_loop(cond, body, (jnp.int32(0), J[slots], ~valid))
-        J = J.at[slots].set(jnp.where(valid, Jl, J[slots]))
-        accepted = accepted.at[slots].set(jnp.where(valid, accl, accepted[slots]))
+        _, Jl, accl = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid))
+        J = J.at[slots].set(Jl, mode="drop")
+        accepted = accepted.at[slots].set(accl, mode="drop")
 
     remaining = ~accepted
     count = jnp.sum(remaining.astype(jnp.int32))
     c = int(chunk_size) if chunk_size is not None else min(64, max(1, 2**18 // max(n_prev, 1)))
     c = max(1, min(c, total))
     num_chunks_max = -(-total // c)
-    (pos,) = jnp.nonzero(remaining, size=num_chunks_max * c, fill_value=0)
+    (pos,) = jnp.nonzero(remaining, size=num_chunks_max * c, fill_value=total)  # padding: out of bounds
 
     def fb_cond(carry):
         i, _ = carry
@@ -230,10 +231,9 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     def fb_body(carry):
         i, J = carry
         sl = jax.lax.dynamic_slice(pos, (i * c,), (c,))
-        valid = i * c + jnp.arange(c) < count
-        L = log_weights_prev[None, :] + _log_transition_matrix(fk, t, x_prev, _take(x, target[sl]))
+        L = log_weights_prev[None, :] + _log_transition_matrix(fk, t, x_prev, _take(x, target[jnp.minimum(sl, total - 1)]))
         draws = jax.random.categorical(jax.random.fold_in(key_exact, i), L, axis=-1).astype(jnp.int32)
-        J = J.at[sl].set(jnp.where(valid, draws, J[sl]))
+        J = J.at[sl].set(draws, mode="drop")
         return i + 1, J
 
     _, J = jax.lax.while_loop(fb_cond, fb_body, (jnp.int32(0), J))

@@ -1,0 +1,385 @@
+r"""Conditional SMC and particle Gibbs (Andrieu, Doucet & Holenstein 2010).
+
+**Conditional SMC** with a reference path :math:`x^\star_{0:T-1}` held in slot 0: at each step the other
+:math:`N-1` particles pick ancestors :math:`A_t^i \sim \mathrm{Cat}(W_{t-1})` over all :math:`N` particles
+(multinomial conditional resampling) and move with :math:`M_t`; slot 0 keeps :math:`x^\star_t`. Its ancestor is
+either slot 0 itself or, with **ancestor sampling** (Lindsten, Jordan & Schön 2014), drawn from
+:math:`\mathbb P(A_t^0 = j) \propto W_{t-1}^j m_t(\xi_{t-1}^j, x^\star_t)`. The new path is drawn either by tracing
+the genealogy from :math:`b_{T-1} \sim \mathrm{Cat}(W_{T-1})`, or by **backward sampling** (Whiteley 2010),
+:math:`b_{t-1} \sim \Lambda_t(b_t, \cdot) \propto W_{t-1}^j m_t(\xi_{t-1}^j, \xi_t^{b_t})`. Every variant leaves the
+smoothing distribution :math:`p_\theta(x_{0:T-1} \mid y_{0:T-1})` invariant for any :math:`N \ge 2`.
+
+**Particle Gibbs** alternates the cSMC update of the states at the *current* parameters with a parameter
+update given the states: a user function, or any NumPyro MCMC kernel (NUTS, HMC, ...) run on
+:math:`p(\theta \mid x_{0:T-1}, y_{0:T-1}) \propto p(\theta)\, p_\theta(x, y)`, with the prior from
+``StateSpaceModel.prior`` and the complete-data log-density from the model's own distributions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayeskit import _checks
+from bayeskit.errors import ConfigurationError, ModelError
+from bayeskit.inference.smc.feynman_kac import FeynmanKac, bootstrap
+from bayeskit.inference.smc.filtering import check_model_params
+from bayeskit.inference.smc.paris import _take, categorical
+from bayeskit.inference.smc.smoothing import backward_sample
+
+__all__ = [
+    "CSMCInfo",
+    "csmc",
+    "conditional_resample",
+    "step_log_density",
+    "path_log_density",
+    "NumPyroUpdate",
+    "ParticleGibbsResult",
+    "particle_gibbs",
+]
+
+
+def conditional_resample(key, log_weights, num_samples: int, reference_index: int = 0):
+    """Multinomial conditional resampling: i.i.d. ancestors from :math:`\\mathrm{Cat}(W)` for every slot but
+    ``reference_index``, which keeps itself as ancestor."""
+    idx = categorical(key, log_weights, num_samples)
+    return idx.at[reference_index].set(reference_index)
+
+
+class CSMCInfo(NamedTuple):
+    """Diagnostics of one cSMC sweep: ``ess`` (T,), ``log_evidence`` (the conditional filter's estimate,
+    not unbiased), ``reference_kept`` (bool: the new path equals the old one at every step),
+    ``indices`` (T,) slot of the new path at each step."""
+
+    ess: jax.Array
+    log_evidence: jax.Array
+    reference_kept: jax.Array
+    indices: jax.Array
+
+
+def csmc(key, fk: FeynmanKac, reference, num_particles: int, *, backward_sampling: bool = True,
+         ancestor_sampling: bool = False):
+    """One conditional SMC sweep on ``fk`` with the reference path ``reference`` (T, ...) in slot 0.
+
+    Returns ``(new_path, CSMCInfo)``. Pure and jittable; ``fk.log_transition`` is needed for backward or
+    ancestor sampling.
+    """
+    from bayeskit.inference.smc.resampling import ess as ess_fn
+
+    N, T = num_particles, fk.num_steps
+    k0, kloop, kpath = jax.random.split(key, 3)
+    x0 = fk.init(k0, N)
+    x0 = jax.tree_util.tree_map(lambda a, r: a.at[0].set(r[0]), x0, reference)
+    lw0 = fk.log_potential(0, None, x0)
+    logz0 = jax.nn.logsumexp(lw0) - jnp.log(N)
+
+    def body(carry, inp):
+        x_prev, lw_prev, logz = carry
+        t, k = inp
+        k_res, k_as, k_move = jax.random.split(k, 3)
+        anc = conditional_resample(k_res, lw_prev, N)
+        if ancestor_sampling:
+            ref_t = jax.tree_util.tree_map(lambda r: jnp.broadcast_to(r[t], (N,) + r.shape[1:]), reference)
+            a0 = jax.random.categorical(k_as, lw_prev + fk.log_transition(t, x_prev, ref_t)).astype(jnp.int32)
+            anc = anc.at[0].set(a0)
+        xp = _take(x_prev, anc)
+        x = fk.move(k_move, t, xp)
+        x = jax.tree_util.tree_map(lambda a, r: a.at[0].set(r[t]), x, reference)
+        lw = fk.log_potential(t, xp, x)
+        logz = logz + jax.nn.logsumexp(lw) - jnp.log(N)
+        return (x, lw, logz), (x, lw, anc)
+
+    if T > 1:
+        keys = jax.random.split(kloop, T - 1)
+        (_, lwT, logz), (xs, lws, ancs) = jax.lax.scan(body, (x0, lw0, logz0), (jnp.arange(1, T), keys))
+        cat = lambda a, b: jnp.concatenate([a[None], b], axis=0)  # noqa: E731
+        xs = jax.tree_util.tree_map(cat, x0, xs)
+        lws = cat(lw0, lws)
+    else:
+        lwT, logz = lw0, logz0
+        xs = jax.tree_util.tree_map(lambda a: a[None], x0)
+        lws = lw0[None]
+        ancs = jnp.zeros((0, N), jnp.int32)
+    if backward_sampling:
+        paths, idx = backward_sample(kpath, fk, xs, lws, 1)
+        path, idx = jax.tree_util.tree_map(lambda a: a[0], paths), idx[0]
+    else:
+        b_last = jax.random.categorical(kpath, lwT).astype(jnp.int32)
+
+        def back(b, anc_t):
+            return anc_t[b], b
+
+        b_first, bs = jax.lax.scan(back, b_last, ancs, reverse=True)
+        idx = jnp.concatenate([b_first[None], bs], axis=0)
+        path = jax.tree_util.tree_map(lambda a: a[jnp.arange(T), idx], xs)
+    info = CSMCInfo(jax.vmap(ess_fn)(lws), logz, jnp.all(idx == 0), idx)
+    return path, info
+
+
+# -------------------------------------------------------------------------- complete-data log-density
+def step_log_density(ssm, params, t, x_prev, x, y):
+    """:math:`\\log m_t(x_{t-1}, x_t) + \\log g_t(x_t, y_t)` for ONE state (``x_prev`` None: the initial law)."""
+    xb = x[None]
+    if x_prev is None:
+        lm = ssm.log_initial(params, xb)[0]
+    else:
+        lm = ssm.log_transition(params, x_prev[None], xb, t)[0]
+    return lm + ssm.log_observation(params, xb, y, t)[0]
+
+
+def path_log_density(ssm, params, path, ys):
+    """:math:`\\log p_\\theta(x_{0:T-1}, y_{0:T-1})` of one path (T, ...)."""
+    total = step_log_density(ssm, params, 0, None, path[0], ys[0])
+    if path.shape[0] > 1:
+        ts = jnp.arange(1, path.shape[0])
+        total = total + jnp.sum(jax.vmap(lambda t, xp, x, y: step_log_density(ssm, params, t, xp, x, y))(
+            ts, path[:-1], path[1:], ys[1:]))
+    return total
+
+
+# -------------------------------------------------------------------------- parameter updates
+class NumPyroUpdate(NamedTuple):
+    """Update :math:`\\theta` given the states with a NumPyro MCMC kernel.
+
+    Fields: ``kernel`` (a NumPyro ``MCMCKernel`` class such as ``numpyro.infer.NUTS``), ``kernel_kwargs``
+    (its options, e.g. ``{"target_accept_prob": 0.9}``), ``num_steps`` (kernel steps per Gibbs sweep),
+    ``num_warmup`` (Gibbs sweeps during which the kernel adapts its step size / mass matrix).
+    """
+
+    kernel: Any
+    kernel_kwargs: dict = {}
+    num_steps: int = 1
+    num_warmup: int = 100
+
+
+def _theta_model(ssm):
+    import numpyro
+
+    def model(path, ys):
+        theta = ssm.prior()
+        numpyro.factor("complete_data_log_density", path_log_density(ssm, theta, path, ys))
+
+    return model
+
+
+def _params_from_sites(ssm, sites):
+    from numpyro import handlers
+
+    return handlers.seed(handlers.substitute(ssm.prior, data=sites), jax.random.key(0))()
+
+
+def _is_numpyro_kernel(obj) -> bool:
+    try:
+        from numpyro.infer.mcmc import MCMCKernel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, type) and issubclass(obj, MCMCKernel)
+
+
+# -------------------------------------------------------------------------- particle Gibbs driver
+@partial(jax.tree_util.register_dataclass,
+         data_fields=["paths", "params", "final_path", "final_params", "ess", "reference_kept", "accept_prob"],
+         meta_fields=["num_particles", "num_iterations", "burn_in", "backward_sampling", "ancestor_sampling"])
+@dataclasses.dataclass(frozen=True)
+class ParticleGibbsResult:
+    """Output of :func:`particle_gibbs`.
+
+    Attributes:
+        paths: state trajectories (num_iterations, T, ...), one per sweep (burn-in included).
+        params: the parameter pytree at every sweep (leading axis num_iterations), or None if fixed.
+        final_path, final_params: the chain's last state (to continue it).
+        ess: (num_iterations, T) ESS of the conditional filter; reference_kept: (num_iterations,) bool.
+        accept_prob: (num_iterations,) NumPyro kernel acceptance statistic (NaN without a NumPyro update).
+    """
+
+    paths: Any
+    params: Any
+    final_path: Any
+    final_params: Any
+    ess: Any
+    reference_kept: Any
+    accept_prob: Any
+    num_particles: int
+    num_iterations: int
+    burn_in: int
+    backward_sampling: bool
+    ancestor_sampling: bool
+
+    def to_arviz(self):
+        """ArviZ DataTree, one chain after burn-in: ``posterior`` (``x`` over time, the parameters' leaves),
+        ``sample_stats`` (update rate of each path, acceptance of the parameter kernel)."""
+        from bayeskit.diagnostics import to_datatree
+        from bayeskit.inference.smc.paris import _leaves_dict
+
+        b = self.burn_in
+        post = {"x": np.asarray(self.paths)[b:][None]}
+        if self.params is not None:
+            post.update({k: v[b:][None] for k, v in _leaves_dict("", self.params).items()})
+            post = {k.lstrip("_") if k != "x" else k: v for k, v in post.items()}
+        T = int(np.shape(self.paths)[1])
+        stats = {"reference_kept": np.asarray(self.reference_kept)[b:][None],
+                 "accept_prob": np.asarray(self.accept_prob)[b:][None]}
+        return to_datatree({"posterior": post, "sample_stats": stats}, dims={"x": ["time"]},
+                           coords={"time": np.arange(T)},
+                           attrs={"num_particles": self.num_particles, "backward_sampling": int(self.backward_sampling),
+                                  "ancestor_sampling": int(self.ancestor_sampling), "inference_library": "bayeskit"})
+
+
+def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int = 1000, burn_in: int = 0,
+                   backward_sampling: bool = True, ancestor_sampling: bool = False,
+                   parameter_update: Callable | NumPyroUpdate | Any = None, initial_path=None,
+                   progress_bar: bool = False, num_chunks: int = 20) -> ParticleGibbsResult:
+    r"""Particle Gibbs: cSMC state updates alternating with an optional parameter update.
+
+    Sweep :math:`\ell`: :math:`x^{\ell} \sim \mathrm{cSMC}_{\theta^{\ell-1}}(x^{\ell-1}, \cdot)` at the current
+    parameters, then :math:`\theta^{\ell} \sim` ``parameter_update`` given :math:`x^\ell` (states refreshed with the
+    *current* :math:`\theta`, so the chain targets :math:`p(\theta, x \mid y)`).
+
+    Args:
+        key: ``jax.random`` key.
+        ssm: a :class:`~bayeskit.StateSpaceModel` (with ``prior=`` for a NumPyro parameter update).
+        params: initial (or fixed) parameters.
+        ys: observations (T, ...).
+        num_particles: N >= 2.
+        num_iterations: number of sweeps; burn_in: sweeps dropped by ``to_arviz``.
+        backward_sampling: draw the new path by backward sampling (needs the transition density).
+        ancestor_sampling: resample the reference's ancestor (used when ``backward_sampling=False``).
+        parameter_update: None (parameters fixed), a function ``(key, params, path, ys) -> params``, a
+            NumPyro kernel class (``numpyro.infer.NUTS``) or a :class:`NumPyroUpdate`.
+        initial_path: first reference (T, *state_shape); default: a bootstrap filter path.
+        progress_bar: a tqdm bar over ``num_chunks`` jitted chunks of sweeps.
+
+    Returns:
+        :class:`ParticleGibbsResult`.
+
+    Example:
+        >>> import jax, bayeskit as bk
+        >>> from bayeskit.models import linear_gaussian as lg
+        >>> p = lg.example_params(1)
+        >>> _, ys = lg.ssm.simulate(jax.random.key(0), p, 30)
+        >>> pg = bk.smc.particle_gibbs(jax.random.key(1), lg.ssm, p, ys, num_particles=20, num_iterations=50)
+        >>> pg.paths.shape
+        (50, 30, 1)
+    """
+    from bayeskit.inference.smc.paris import check_backward_model
+
+    _checks.check_key(key)
+    num_particles = _checks.check_positive_int(num_particles, "num_particles", 2)
+    num_iterations = _checks.check_positive_int(num_iterations, "num_iterations")
+    burn_in = _checks.check_positive_int(burn_in, "burn_in", 0)
+    if burn_in >= num_iterations:
+        raise ConfigurationError(f"`burn_in` ({burn_in}) must be smaller than `num_iterations` ({num_iterations})")
+    check_model_params(ssm, params)
+    ssm.validate(params, ys)
+    if backward_sampling or ancestor_sampling:
+        check_backward_model(ssm, params, None, 0)
+    ys = jnp.asarray(ys)
+    T = ys.shape[0]
+    state_shape = tuple(ssm.state_shape(params))
+    k_init, k_nuts, k_run = jax.random.split(key, 3)
+    if initial_path is None:
+        from bayeskit.inference.smc.paris import initial_reference
+
+        initial_path = initial_reference(k_init, ssm, params, ys, num_particles)
+    else:
+        _checks.check_finite_array(initial_path, "initial_path", shape=(T,) + state_shape)
+    initial_path = jnp.asarray(initial_path)
+
+    # ---- parameter update
+    if _is_numpyro_kernel(parameter_update):
+        parameter_update = NumPyroUpdate(parameter_update)
+    kernel, kstate = None, None
+    if isinstance(parameter_update, NumPyroUpdate):
+        if ssm.prior is None:
+            raise ModelError("a NumPyro parameter update needs a StateSpaceModel built with `prior=` (the prior "
+                             "of the parameters)")
+        from numpyro.infer.util import unconstrain_fn
+
+        kernel = parameter_update.kernel(_theta_model(ssm), **dict(parameter_update.kernel_kwargs))
+        sites = _prior_sites(ssm)
+        init_z = unconstrain_fn(_theta_model(ssm), (initial_path, ys), {}, {k: _site_value(params, ssm, k)
+                                                                            for k in sites})
+        kstate = kernel.init(k_nuts, parameter_update.num_warmup * parameter_update.num_steps, init_params=init_z,
+                             model_args=(initial_path, ys), model_kwargs={})
+        postprocess = kernel.postprocess_fn((initial_path, ys), {})
+    elif parameter_update is not None and not callable(parameter_update):
+        raise ConfigurationError("`parameter_update` must be None, a function (key, params, path, ys) -> params, a "
+                                 f"NumPyro kernel class or a NumPyroUpdate, got {parameter_update!r}")
+
+    def sweep(carry, k):
+        path, theta, ks = carry
+        k_csmc, k_par = jax.random.split(k)
+        fk = bootstrap(ssm, theta, ys)
+        path, info = csmc(k_csmc, fk, path, num_particles, backward_sampling=backward_sampling,
+                          ancestor_sampling=ancestor_sampling)
+        acc = jnp.asarray(jnp.nan)
+        if kernel is not None:
+            def one(st, kk):
+                st = st._replace(rng_key=kk)
+                st = kernel.sample(st, (path, ys), {})
+                return st, st.mean_accept_prob if hasattr(st, "mean_accept_prob") else jnp.nan
+            ks, accs = jax.lax.scan(one, ks, jax.random.split(k_par, parameter_update.num_steps))
+            sites = postprocess(ks.z)
+            theta = _params_from_sites(ssm, sites)
+            acc = accs[-1]
+        elif parameter_update is not None:
+            theta = parameter_update(k_par, theta, path, ys)
+        return (path, theta, ks), (path, theta, info.ess, info.reference_kept, acc)
+
+    @jax.jit
+    def run_chunk(carry, keys):
+        return jax.lax.scan(sweep, carry, keys)
+
+    keys = jax.random.split(k_run, num_iterations)
+    bounds = np.linspace(0, num_iterations, min(num_chunks, num_iterations) + 1).astype(int) if progress_bar else \
+        np.array([0, num_iterations])
+    carry = (initial_path, params, kstate)
+    outs = []
+    bar = None
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_iterations, desc="particle Gibbs")
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b <= a:
+            continue
+        carry, out = run_chunk(carry, keys[a:b])
+        outs.append(out)
+        if bar is not None:
+            bar.update(int(b - a))
+    if bar is not None:
+        bar.close()
+    paths, thetas, ess, kept, acc = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+    return ParticleGibbsResult(paths=paths, params=thetas if parameter_update is not None else None,
+                               final_path=carry[0], final_params=carry[1], ess=ess, reference_kept=kept,
+                               accept_prob=acc, num_particles=num_particles, num_iterations=num_iterations,
+                               burn_in=burn_in, backward_sampling=backward_sampling,
+                               ancestor_sampling=ancestor_sampling)
+
+
+def _prior_sites(ssm):
+    from numpyro import handlers
+
+    tr = handlers.trace(handlers.seed(ssm.prior, jax.random.key(0))).get_trace()
+    return [name for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]]
+
+
+def _site_value(params, ssm, site):
+    """The value of prior site ``site`` in the parameter pytree ``params`` (matched through the prior's output)."""
+    from numpyro import handlers
+
+    tr = handlers.trace(handlers.seed(ssm.prior, jax.random.key(0))).get_trace()
+    out = handlers.seed(handlers.substitute(ssm.prior, data={k: v["value"] for k, v in tr.items()}),
+                        jax.random.key(0))()
+    flat_out, _ = jax.tree_util.tree_flatten_with_path(out)
+    flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path, leaf in flat_out:
+        if leaf is tr[site]["value"] and path in flat_params:
+            return jnp.asarray(flat_params[path])
+    raise ModelError(f"cannot find the prior site {site!r} in `params`: the prior must return the sampled values "
+                     "in the same pytree structure as `params`")
