@@ -183,20 +183,29 @@ def validate_times(sde: SDE, times) -> np.ndarray:
     return times
 
 
-def make_grid(t0: float, t1: float, times, num_steps: int):
-    """Uniform grid of ``num_steps`` steps on [t0, t1] merged with ``times``.
+def make_grid(t0: float, t1: float, times, num_steps: int, refine: int = 0):
+    r"""Uniform grid of ``num_steps`` steps on [t0, t1] merged with ``times``.
 
-    Returns ``(grid, index)`` (NumPy) with ``grid[index] == times``; grid points closer than 1e-9 of
-    the step to an observation time are replaced by it.
+    ``refine > 0`` adds the points :math:`t_j - \Delta 2^{-i}`, ``i = 1..refine``, before every
+    observation time :math:`t_j` (:math:`\Delta` the uniform step): the variational control of a path conditioned
+    on a precise observation grows like :math:`1/(t_j - t + \sigma^2)` just before it, and these
+    small steps resolve it. Returns ``(grid, index)`` (NumPy) with ``grid[index] == times``; grid
+    points closer than 1e-6 of a step to an observation time are replaced by it.
     """
     num_steps = check_positive_int(num_steps, "num_steps")
+    refine = check_positive_int(refine, "refine", minimum=0)
     uniform = np.linspace(t0, t1, num_steps + 1)
     times = np.asarray(times, dtype=float)
-    tol = 1e-6 * (t1 - t0) / num_steps
-    keep = np.ones(uniform.shape, bool)
+    step = (t1 - t0) / num_steps
+    extra = [t - step * 2.0 ** -np.arange(1, refine + 1) for t in times] if refine else []
+    extra = np.concatenate(extra) if refine else np.zeros(0)
+    extra = extra[extra > t0]
+    pts = np.union1d(uniform, extra)
+    tol = 1e-6 * step
+    keep = np.ones(pts.shape, bool)
     for t in times:
-        keep &= np.abs(uniform - t) > tol
-    grid = np.union1d(uniform[keep], times)
+        keep &= np.abs(pts - t) > tol
+    grid = np.union1d(pts[keep], times)
     index = np.searchsorted(grid, times)
     return grid, index
 

@@ -77,14 +77,22 @@ def _linear_system(params, sde: SDE, hurst=None):
 
 
 def _transition(F, G, dt):
+    """Exact (Phi, Q) over a step dt: Van Loan's block exponential on dt / 2^m (so that the fast OU
+    speeds do not overflow the exponential of -F), then m doublings Q <- Phi Q Phi^T + Q, Phi <- Phi^2."""
     n = F.shape[0]
+    rate = float(np.max(np.abs(np.diag(F)))) if n else 0.0
+    m = max(0, int(np.ceil(np.log2(max(rate * dt, 1e-300) / 0.5)))) if rate * dt > 0.5 else 0
+    h = dt / 2.0**m
     M = np.zeros((2 * n, 2 * n))
     M[:n, :n] = -F
     M[:n, n:] = G @ G.T
     M[n:, n:] = F.T
-    E = scipy.linalg.expm(M * dt)
+    E = scipy.linalg.expm(M * h)
     Phi = E[n:, n:].T
     Q = Phi @ E[:n, n:]
+    for _ in range(m):
+        Q = Phi @ Q @ Phi.T + Q
+        Phi = Phi @ Phi
     return Phi, 0.5 * (Q + Q.T)
 
 

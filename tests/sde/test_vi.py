@@ -1,0 +1,221 @@
+"""SDE models and variational inference against exact Gaussian ground truth (fractional OU bridge)."""
+
+import jax
+import numpy as np
+import numpyro.distributions as dist
+import optax
+import pytest
+
+import bayeskit as bk
+from bayeskit.errors import ConfigurationError, DataError, ModelError
+from bayeskit.model.sde import make_grid
+from bayeskit.models import fractional_ou as fou
+
+
+def _bridge(hurst, num_ou=5, gamma_max=20.0):
+    sde = fou.make_sde(hurst=hurst, num_ou=num_ou, gamma_max=gamma_max, t1=2.0)
+    return sde, fou.example_params(theta=0.0, sigma=1.0, obs_sd=0.1)
+
+
+def test_exact_moments_match_closed_form_covariance():
+    """theta = 0, type I: Van Loan moments equal the closed-form covariance of the approximation."""
+    sde, p = _bridge(0.3)
+    grid = np.linspace(0, 2, 21)
+    _, cov = fou.exact_moments(p, sde, grid)
+    gam, om, _ = sde.ou_parameters(dtype=np.float64)
+    ref = np.asarray(bk.sde.approximate_covariance(grid[:, None], grid[None, :], gam, om))
+    np.testing.assert_allclose(cov, ref, atol=1e-12)
+
+
+def test_fractional_half_is_brownian_for_ou():
+    """H = 1/2 with K = 20 OU components reproduces the Brownian OU process (theta = 1)."""
+    p = fou.example_params(theta=1.0, sigma=0.7)
+    grid = np.linspace(0, 2, 11)
+    _, cov_f = fou.exact_moments(p, fou.make_sde(hurst=0.5, num_ou=20, gamma_max=1e4, t1=2.0), grid)
+    _, cov_b = fou.exact_moments(p, fou.make_sde(hurst=None, t1=2.0), grid)
+    s, t = np.meshgrid(grid, grid)
+    exact_ou = 0.49 / 2 * (np.exp(-np.abs(t - s)) - np.exp(-(t + s)))
+    np.testing.assert_allclose(cov_b, exact_ou, atol=1e-12)
+    np.testing.assert_allclose(cov_f, exact_ou, atol=2e-3)
+
+
+def test_simulate_matches_exact_moments():
+    """diffrax solve of the augmented prior SDE: Var X(t) vs exact (fOU, theta=1), 4 standard errors."""
+    sde = fou.make_sde(hurst=0.3, num_ou=5, gamma_max=20.0, t1=2.0)
+    p = fou.example_params(theta=1.0)
+    times = np.array([0.5, 1.0, 2.0])
+    n = 4000
+    xs, ys = sde.simulate(jax.random.key(0), p, times, num_series=n, num_steps=200)
+    assert xs.shape == (n, 3, 1) and ys.shape == (n, 3)
+    grid = np.concatenate([[0.0], times])
+    _, cov = fou.exact_moments(p, sde, grid)
+    var = np.diag(cov)[1:]
+    emp = np.asarray(xs[..., 0]).var(0)
+    assert np.all(np.abs(emp - var) < 4 * var * np.sqrt(2 / n) + 0.01 * var), (emp, var)
+    emp_y = np.asarray(ys).var(0)
+    assert np.all(np.abs(emp_y - (var + 0.01)) < 4 * (var + 0.01) * np.sqrt(2 / n) + 0.01 * var)
+
+
+@pytest.fixture(scope="module")
+def bridge_fit():
+    sde, p = _bridge(0.3)
+    res = bk.sde.fit_vi(jax.random.key(0), sde, np.array([0.0]), np.array([2.0]), fixed_params=p,
+                        control=bk.sde.AffineControl(), num_steps=50, num_samples=16, num_iterations=400,
+                        optimizer=optax.adam(optax.exponential_decay(0.1, 400, 0.01)), progress_bar=False,
+                        num_posterior_samples=1000, num_eval_samples=512)
+    grid = res.grid
+    _, idx = make_grid(0.0, 2.0, [2.0], 50, 4)
+    mean, cov, logz = fou.exact_posterior(p, sde, grid, idx, [0.0])
+    return res, mean, cov, logz
+
+
+def test_bridge_posterior_variance_and_elbo(bridge_fit):
+    """fBM bridge (H=0.3, K=5, gamma_max=20, x(2)=0 observed with sd 0.1): VI vs exact Gaussian posterior."""
+    res, mean, cov, logz = bridge_fit
+    v = res.posterior_variance[0, :, 0]
+    exact = np.diag(cov)
+    rel = np.sqrt(np.sum((v - exact) ** 2) / np.sum(exact**2))
+    assert rel < 0.12, rel
+    assert np.max(np.abs(res.posterior_mean[0, :, 0])) < 4 * np.sqrt(exact.max() / 1000) + 0.05
+    # the ELBO climbs from the prior's (~ -48) to within a few tenths of the exact log-evidence
+    assert res.elbo[0] < logz - 20
+    assert abs(res.final_elbo - logz) < 0.5, (res.final_elbo, logz)
+
+
+def test_result_shapes_and_arviz(bridge_fit):
+    res, *_ = bridge_fit
+    n = res.grid.shape[0]
+    assert res.paths.shape == (1, 1000, n, 1)
+    assert res.elbo.shape == (400,)
+    assert res.hurst == pytest.approx(0.3) and res.hurst_sd is None
+    tree = res.to_arviz()
+    assert tree["posterior"]["x"].dims == ("chain", "draw", "series", "grid_time", "state")
+    assert "optimization" in tree.children and "observed_data" in tree.children
+    more = res.sample_paths(jax.random.key(5), 3)
+    assert more.shape == (1, 3, n, 1)
+    np.testing.assert_array_equal(more, res.sample_paths(jax.random.key(5), 3))
+
+
+def test_elbo_kernel_reproducible_and_jittable():
+    sde, p = _bridge(0.3)
+    elbo_fn, init_fn = bk.sde.build_elbo(sde, np.array([2.0]), np.zeros((1, 1)), control=bk.sde.AffineControl(),
+                                         fixed_params=p, num_steps=20)
+    vp = init_fn(jax.random.key(0), {})
+    f = jax.jit(lambda k: elbo_fn(k, vp, 8)[0])
+    a, b, c = f(jax.random.key(1)), f(jax.random.key(1)), f(jax.random.key(2))
+    assert a == b and a != c
+    opt = optax.adam(1e-2)
+    state = bk.sde.init(vp, opt)
+    state, info = jax.jit(lambda k, s: bk.sde.step(k, s, elbo_fn, opt, 4))(jax.random.key(3), state)
+    assert int(state.step) == 1 and np.isfinite(float(info.elbo)) and not bool(info.nonfinite)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _model():
+    return fou.make_sde(hurst=0.3, num_ou=5, gamma_max=20.0, t1=2.0)
+
+
+def test_bad_times_and_observations():
+    sde = _model()
+    key = jax.random.key(0)
+    with pytest.raises(DataError, match="strictly increasing"):
+        bk.sde.fit_vi(key, sde, np.zeros(3), np.array([0.5, 0.2, 1.0]))
+    with pytest.raises(DataError, match="inside the solve interval"):
+        bk.sde.fit_vi(key, sde, np.zeros(2), np.array([0.5, 2.5]))
+    with pytest.raises(DataError, match="inside the solve interval"):
+        bk.sde.fit_vi(key, sde, np.zeros(2), np.array([-0.1, 1.0]))
+    with pytest.raises(DataError, match="num_times"):
+        bk.sde.fit_vi(key, sde, np.zeros(3), np.array([0.5, 1.0]))
+    with pytest.raises(DataError, match="NaN"):
+        bk.sde.fit_vi(key, sde, np.array([0.0, np.nan]), np.array([0.5, 1.0]))
+    with pytest.raises(DataError, match="mask"):
+        bk.sde.fit_vi(key, sde, np.zeros((2, 2)), np.array([0.5, 1.0]), mask=np.ones((3, 2), bool))
+    with pytest.raises(DataError, match="strictly increasing"):
+        sde.simulate(key, fou.example_params(), [1.0, 0.5])
+
+
+def test_bad_options():
+    sde = _model()
+    key = jax.random.key(0)
+    obs, times = np.zeros(1), np.array([2.0])
+    with pytest.raises(ConfigurationError, match="num_steps"):
+        bk.sde.fit_vi(key, sde, obs, times, num_steps=10)  # gamma_max * dt = 4 > 1
+    with pytest.raises(ConfigurationError, match="learn_hurst"):
+        bk.sde.fit_vi(key, fou.make_sde(hurst=None), np.zeros(1), np.array([1.0]), learn_hurst=True)
+    with pytest.raises(ConfigurationError, match="hurst_prior"):
+        bk.sde.fit_vi(key, sde, obs, times, hurst_prior=dist.Uniform(0, 1))
+    with pytest.raises(ConfigurationError, match="key"):
+        bk.sde.fit_vi(0, sde, obs, times)
+    with pytest.raises(ConfigurationError, match="hurst"):
+        fou.make_sde(hurst=1.2)
+    with pytest.raises(ConfigurationError, match="num_ou"):
+        fou.make_sde(hurst=0.3, num_ou=0)
+    with pytest.raises(ModelError, match="sde"):
+        bk.sde.fit_vi(key, "not a model", obs, times)
+
+
+def test_bad_model():
+    with pytest.raises(ModelError, match="drift"):
+        bk.sde.SDE(drift=1.0, diffusion=lambda p, t, x: 1.0, observation=lambda p, x, t: dist.Normal(x[0], 1.0),
+                   initial=[0.0])
+    with pytest.raises(ModelError, match="initial"):
+        bk.sde.SDE(drift=lambda p, t, x: x, diffusion=lambda p, t, x: 1.0,
+                   observation=lambda p, x, t: dist.Normal(x[0], 1.0), initial=[0.0, 1.0])
+    with pytest.raises(ConfigurationError, match="t1"):
+        bk.sde.SDE(drift=lambda p, t, x: x, diffusion=lambda p, t, x: 1.0,
+                   observation=lambda p, x, t: dist.Normal(x[0], 1.0), initial=[0.0], t0=1.0, t1=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hurst", [0.2, 0.5, 0.8])
+def test_bridge_close_to_exact_long_run(hurst):
+    sde, p = _bridge(hurst)
+    res = bk.sde.fit_vi(jax.random.key(1), sde, np.array([0.0]), np.array([2.0]), fixed_params=p,
+                        control=bk.sde.AffineControl(), num_steps=100, num_samples=32, num_iterations=1500,
+                        optimizer=optax.adam(optax.exponential_decay(0.1, 1500, 0.01)), progress_bar=False,
+                        num_posterior_samples=2000, num_eval_samples=1024)
+    _, idx = make_grid(0.0, 2.0, [2.0], 100, 4)
+    _, cov, logz = fou.exact_posterior(p, sde, res.grid, idx, [0.0])
+    exact = np.diag(cov)
+    v = res.posterior_variance[0, :, 0]
+    assert np.sqrt(np.sum((v - exact) ** 2) / np.sum(exact**2)) < 0.08
+    assert abs(res.final_elbo - logz) < 0.25
+
+
+@pytest.mark.slow
+def test_bridge_mlp_control():
+    sde, p = _bridge(0.3)
+    res = bk.sde.fit_vi(jax.random.key(2), sde, np.array([0.0]), np.array([2.0]), fixed_params=p,
+                        num_steps=100, num_samples=32, num_iterations=1500,
+                        optimizer=optax.adam(optax.exponential_decay(3e-3, 1500, 0.1)), progress_bar=False,
+                        num_posterior_samples=2000, num_eval_samples=1024)
+    _, idx = make_grid(0.0, 2.0, [2.0], 100, 4)
+    _, cov, logz = fou.exact_posterior(p, sde, res.grid, idx, [0.0])
+    exact = np.diag(cov)
+    v = res.posterior_variance[0, :, 0]
+    assert np.sqrt(np.sum((v - exact) ** 2) / np.sum(exact**2)) < 0.15
+    assert abs(res.final_elbo - logz) < 0.5
+
+
+@pytest.mark.slow
+def test_hurst_recovered_within_posterior_uncertainty():
+    """fOU data simulated with known H = 0.3 (8 series, 25 noisy observations each): the learned q(H)
+    covers the true H within 3 posterior standard deviations, and moves away from the H = 0.5 start."""
+    true_h = 0.3
+    sde = fou.make_sde(hurst=true_h, num_ou=5, gamma_max=20.0, t1=2.0)
+    p = fou.example_params(theta=1.0, sigma=1.0, obs_sd=0.05)
+    times = np.linspace(0.08, 2.0, 25)
+    _, ys = sde.simulate(jax.random.key(11), p, times, num_series=8, num_steps=200)
+    start = fou.make_sde(hurst=0.5, num_ou=5, gamma_max=20.0, t1=2.0)
+    res = bk.sde.fit_vi(jax.random.key(3), start, np.asarray(ys), times, fixed_params=p, learn_hurst=True,
+                        hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(), num_steps=100,
+                        refine=0, num_samples=8, num_iterations=1500,
+                        optimizer=optax.adam(optax.exponential_decay(0.05, 1500, 0.1)), progress_bar=False)
+    assert res.hurst_sd is not None and res.hurst_sd > 0
+    assert abs(res.hurst - true_h) < 3 * res.hurst_sd + 0.02, (res.hurst, res.hurst_sd)
+    assert res.hurst < 0.45
