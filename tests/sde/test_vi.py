@@ -96,18 +96,25 @@ def test_result_shapes_and_arviz(bridge_fit):
     np.testing.assert_array_equal(more, res.sample_paths(jax.random.key(5), 3))
 
 
-def test_elbo_kernel_reproducible_and_jittable():
+def test_elbo_kernel_reproducible_jittable_and_learns_parameters():
+    """Kernel API: same key -> same ELBO; one optax step moves the drift parameter and H jointly."""
     sde, p = _bridge(0.3)
-    elbo_fn, init_fn = bk.sde.build_elbo(sde, np.array([2.0]), np.zeros((1, 1)), control=bk.sde.AffineControl(),
-                                         fixed_params=p, num_steps=20)
-    vp = init_fn(jax.random.key(0), {})
-    f = jax.jit(lambda k: elbo_fn(k, vp, 8)[0])
-    a, b, c = f(jax.random.key(1)), f(jax.random.key(1)), f(jax.random.key(2))
+    fixed = {"sigma": 1.0, "obs_sd": 0.1}
+    elbo_fn, init_fn = bk.sde.build_elbo(sde, np.array([1.0, 2.0]), np.array([[0.5, 0.0]]),
+                                         control=bk.sde.AffineControl(), fixed_params=fixed, learn_hurst=True,
+                                         num_steps=20)
+    vp = init_fn(jax.random.key(0), {"theta": 0.5})
+    f = jax.jit(lambda k, v: elbo_fn(k, v, 8)[0])
+    a, b, c = f(jax.random.key(1), vp), f(jax.random.key(1), vp), f(jax.random.key(2), vp)
     assert a == b and a != c
     opt = optax.adam(1e-2)
     state = bk.sde.init(vp, opt)
     state, info = jax.jit(lambda k, s: bk.sde.step(k, s, elbo_fn, opt, 4))(jax.random.key(3), state)
     assert int(state.step) == 1 and np.isfinite(float(info.elbo)) and not bool(info.nonfinite)
+    assert float(state.params["model"]["theta"]) != 0.5
+    assert float(state.params["hurst"]["loc"]) != float(vp["hurst"]["loc"])
+    g = jax.grad(lambda h: f(jax.random.key(1), {**vp, "hurst": {"loc": h}}))(vp["hurst"]["loc"])
+    assert np.isfinite(float(g)) and float(g) != 0.0
 
 
 # ---------------------------------------------------------------------------------------------- bad input
