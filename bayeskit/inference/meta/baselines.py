@@ -58,9 +58,16 @@ def _source(episodes, batch_size):
     raise DataError("`episodes` must be (x, y) arrays or a generator sample(key, batch_size) -> (x, y)")
 
 
+def _clip(g, max_norm):
+    if max_norm is None:
+        return g
+    return g * jnp.minimum(1.0, max_norm / jnp.maximum(jnp.linalg.norm(g), 1e-30))
+
+
 def fine_tune(theta, episode_model: EpisodeModel, support, *, num_steps: int = 5, learning_rate: float = 0.01,
-              loss_fn: Callable | None = None) -> jax.Array:
-    """Adapt ``theta`` (d,) to each support set ``(x (B, K, ...), y)`` by plain SGD; returns (B, d)."""
+              loss_fn: Callable | None = None, max_grad_norm: float | None = None) -> jax.Array:
+    """Adapt ``theta`` (d,) to each support set ``(x (B, K, ...), y)`` by plain SGD (gradient norm clipped at
+    ``max_grad_norm`` if given); returns (B, d)."""
     loss_fn = loss_fn or default_loss(episode_model)
     x, y = support
     if jnp.shape(x)[1] == 0:
@@ -68,7 +75,7 @@ def fine_tune(theta, episode_model: EpisodeModel, support, *, num_steps: int = 5
 
     def one(xe, ye):
         def body(_, th):
-            return th - learning_rate * jax.grad(loss_fn)(th, xe, ye)
+            return th - learning_rate * _clip(jax.grad(loss_fn)(th, xe, ye), max_grad_norm)
 
         return jax.lax.fori_loop(0, num_steps, body, theta)
 
@@ -123,7 +130,7 @@ class MAMLState(NamedTuple):
 
 def build_maml_step(episode_model: EpisodeModel, *, num_support: int, inner_steps: int = 5,
                     inner_learning_rate: float = 0.01, first_order: bool = False, optimizer=None,
-                    loss_fn: Callable | None = None):
+                    loss_fn: Callable | None = None, max_grad_norm: float | None = None):
     """Pure MAML kernel ``step(state, (x, y)) -> (state, loss)``; the first ``num_support`` points of each
     episode are its support set, the rest its query set. Returns ``(init, step)``."""
     loss_fn = loss_fn or default_loss(episode_model)
@@ -131,7 +138,7 @@ def build_maml_step(episode_model: EpisodeModel, *, num_support: int, inner_step
 
     def adapt(theta, xs, ys):
         def body(th, _):
-            g = jax.grad(loss_fn)(th, xs, ys)
+            g = _clip(jax.grad(loss_fn)(th, xs, ys), max_grad_norm)
             if first_order:
                 g = jax.lax.stop_gradient(g)
             return th - inner_learning_rate * g, None
@@ -168,11 +175,13 @@ class MAMLResult:
     inner_steps: int
     inner_learning_rate: float
     loss_fn: Callable
+    max_grad_norm: float | None = None
 
     def adapt(self, support) -> jax.Array:
         """Adapted parameters (B, d) of each support set ``(x (B, K, ...), y)``."""
         return fine_tune(self.theta, self.episode_model, support, num_steps=self.inner_steps,
-                         learning_rate=self.inner_learning_rate, loss_fn=self.loss_fn)
+                         learning_rate=self.inner_learning_rate, loss_fn=self.loss_fn,
+                         max_grad_norm=self.max_grad_norm)
 
     def predict(self, support, query_x) -> jax.Array:
         thetas = self.adapt(support)
@@ -181,7 +190,8 @@ class MAMLResult:
 
 def maml(key, episode_model: EpisodeModel, episodes, *, num_support: int, inner_steps: int = 5,
          inner_learning_rate: float = 0.01, first_order: bool = False, optimizer=None, batch_size: int = 16,
-         num_steps: int = 1000, loss_fn: Callable | None = None, init_theta=None) -> MAMLResult:
+         num_steps: int = 1000, loss_fn: Callable | None = None, init_theta=None,
+         max_grad_norm: float | None = None) -> MAMLResult:
     """Train MAML on episodes (``(x, y)`` arrays or a generator ``sample(key, batch_size)``)."""
     key = check_key(key)
     num_steps = check_positive_int(num_steps, "num_steps")
@@ -193,7 +203,7 @@ def maml(key, episode_model: EpisodeModel, episodes, *, num_support: int, inner_
     loss_fn = loss_fn or default_loss(episode_model)
     init, step, _ = build_maml_step(episode_model, num_support=num_support, inner_steps=inner_steps,
                                     inner_learning_rate=inner_learning_rate, first_order=first_order,
-                                    optimizer=optimizer, loss_fn=loss_fn)
+                                    optimizer=optimizer, loss_fn=loss_fn, max_grad_norm=max_grad_norm)
     theta = jnp.asarray(episode_model.init_theta if init_theta is None else init_theta)
 
     def body(st, k):
@@ -204,4 +214,4 @@ def maml(key, episode_model: EpisodeModel, episodes, *, num_support: int, inner_
     losses = np.asarray(losses)
     seconds = time.perf_counter() - t0
     return MAMLResult(state.theta, {"loss": losses, "seconds": seconds}, episode_model, inner_steps,
-                      inner_learning_rate, loss_fn)
+                      inner_learning_rate, loss_fn, max_grad_norm)

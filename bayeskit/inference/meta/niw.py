@@ -353,9 +353,17 @@ def _clip_curvature(H, minimum, maximum):
     return (vecs * vals) @ vecs.T
 
 
+def _clip_grad(g, max_norm):
+    if max_norm is None:
+        return g
+    norm = jnp.linalg.norm(g)
+    return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
+
+
 def laplace_approximation(episode_model: EpisodeModel, x, y, start, *, diagonal: bool, curvature: str = "hessian",
                           num_steps: int = 0, step_size: float = 0.0, curvature_min: float = 0.0,
-                          curvature_max: float = jnp.inf) -> QuadraticApproximation:
+                          curvature_max: float = jnp.inf, max_grad_norm: float | None = None
+                          ) -> QuadraticApproximation:
     """Second-order expansion of ``-log p(D|θ)`` after ``num_steps`` gradient-ascent steps from ``start``.
 
     ``curvature="hessian"``: the exact Hessian (or its diagonal; computed densely, so for moderate d);
@@ -365,7 +373,7 @@ def laplace_approximation(episode_model: EpisodeModel, x, y, start, *, diagonal:
     loglik = lambda th: episode_model.log_likelihood(th, x, y)  # noqa: E731
 
     def body(_, th):
-        return th + step_size * jax.grad(loglik)(th)
+        return th + step_size * _clip_grad(jax.grad(loglik)(th), max_grad_norm)
 
     center = jax.lax.fori_loop(0, num_steps, body, start) if num_steps > 0 else start
     value, grad = jax.value_and_grad(loglik)(center)
@@ -380,17 +388,19 @@ def laplace_approximation(episode_model: EpisodeModel, x, y, start, *, diagonal:
 
 def sgld_approximation(key, episode_model: EpisodeModel, x, y, start, *, num_burnin: int, num_samples: int,
                        step_size: float, temperature: float = 1.0, curvature_min: float = 1e-4,
-                       curvature_max: float = 1e6) -> QuadraticApproximation:
+                       curvature_max: float = 1e6, max_grad_norm: float | None = None) -> QuadraticApproximation:
     r"""SGLD-moment quadratic approximation (the paper's): run SGLD on ``log p(D|θ)`` from ``start``,
 
     ``θ ← θ + η ∇log p(D|θ) + sqrt(2 η T) ε``; center = mean of the ``num_samples`` iterates after
     ``num_burnin``; curvature = ``clip(1 / var, curvature_min, curvature_max)`` per coordinate; grad = 0.
+    ``max_grad_norm`` clips the gradient's norm in each step (guards against divergent episodes).
     """
     loglik = lambda th: episode_model.log_likelihood(th, x, y)  # noqa: E731
     noise = jnp.sqrt(2.0 * step_size * temperature)
 
     def body(th, k):
-        th = th + step_size * jax.grad(loglik)(th) + noise * jax.random.normal(k, th.shape, th.dtype)
+        th = th + step_size * _clip_grad(jax.grad(loglik)(th), max_grad_norm) \
+            + noise * jax.random.normal(k, th.shape, th.dtype)
         return th, th
 
     keys = jax.random.split(key, num_burnin + num_samples)
@@ -439,7 +449,7 @@ def _check_pd(mat, name):
 def build_step(episode_model: EpisodeModel, *, optimizer, covariance: str, local_approximation: str,
                curvature: str, num_inner_steps: int, inner_step_size: float, num_burnin: int,
                num_sgld_samples: int, sgld_temperature: float, curvature_min: float, curvature_max: float,
-               prior: NIWPrior | None, dataset_size: float | None):
+               prior: NIWPrior | None, dataset_size: float | None, max_grad_norm: float | None = None):
     """Build the pure episodic-optimisation kernel ``step(key, state, (x, y)) -> (state, StepInfo)``.
 
     Each call: quadratic approximations of the minibatch's episodes (stop-gradient, from the current
@@ -454,10 +464,11 @@ def build_step(episode_model: EpisodeModel, *, optimizer, covariance: str, local
             return sgld_approximation(key, episode_model, x, y, start, num_burnin=num_burnin,
                                       num_samples=num_sgld_samples, step_size=inner_step_size,
                                       temperature=sgld_temperature, curvature_min=curvature_min,
-                                      curvature_max=curvature_max)
+                                      curvature_max=curvature_max, max_grad_norm=max_grad_norm)
         return laplace_approximation(episode_model, x, y, start, diagonal=diagonal, curvature=curvature,
                                      num_steps=num_inner_steps, step_size=inner_step_size,
-                                     curvature_min=curvature_min, curvature_max=curvature_max)
+                                     curvature_min=curvature_min, curvature_max=curvature_max,
+                                     max_grad_norm=max_grad_norm)
 
     def loss_fn(params, quads):
         q = constrain(params)
@@ -716,6 +727,7 @@ class NIWMeta:
             at the global mean); SGLD: step size η of the SGLD iterations.
         num_burnin / num_sgld_samples / sgld_temperature: SGLD iterations discarded / kept, noise temperature.
         curvature_min / curvature_max: clipping of the curvature (defaults 1e-4/1e6 for SGLD, 0/inf for Laplace).
+        max_grad_norm: clip the norm of the likelihood gradient in the inner SGLD / gradient steps (None: no clip).
         optimizer: an optax transformation for the global parameters (default ``optax.adam(1e-2)``).
         batch_size: episodes per step; num_steps: optimisation steps.
         dataset_size: number of training episodes N weighting ``KL(q(φ)||p(φ))/N``; default: the number of
@@ -738,6 +750,7 @@ class NIWMeta:
     sgld_temperature: float = 1.0
     curvature_min: float | None = None
     curvature_max: float | None = None
+    max_grad_norm: float | None = None
     optimizer: Any = None
     batch_size: int = 16
     num_steps: int = 1000
@@ -837,7 +850,8 @@ class NIWMeta:
                           num_inner_steps=self.num_inner_steps, inner_step_size=self.inner_step_size,
                           num_burnin=self.num_burnin, num_sgld_samples=self.num_sgld_samples,
                           sgld_temperature=self.sgld_temperature, curvature_min=cmin, curvature_max=cmax,
-                          prior=self._prior() if dataset_size is not None else None, dataset_size=dataset_size)
+                          prior=self._prior() if dataset_size is not None else None, dataset_size=dataset_size,
+                          max_grad_norm=self.max_grad_norm)
 
     def init(self, params: NIWParams | None = None) -> TrainState:
         """Initial :class:`TrainState`."""
