@@ -56,8 +56,9 @@ def main(argv=None):
     loss = mse_loss(model)
     x, y = sample_sine(jax.random.key(1), batch, 2 * shots)
 
-    niw = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=5e-4, num_burnin=2,
-                    num_sgld_samples=3, max_grad_norm=1000.0, optimizer=optax.adam(1e-3), batch_size=batch)
+    niw = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=2e-3, sgld_temperature=0.01,
+                    num_burnin=2, num_sgld_samples=3, max_grad_norm=1000.0, optimizer=optax.adam(1e-2),
+                    batch_size=batch)
     step, _ = niw._build(None)
     state = niw.init()
     niw_step = jax.jit(step)
@@ -66,7 +67,7 @@ def main(argv=None):
     rows = []
     for first_order in (False, True):
         init, mstep, _ = B.build_maml_step(model, num_support=shots, inner_steps=5, inner_learning_rate=0.01,
-                                           first_order=first_order, optimizer=optax.adam(1e-3), loss_fn=loss,
+                                           first_order=first_order, optimizer=optax.adam(1e-2), loss_fn=loss,
                                            max_grad_norm=50.0)
         t, _ = timeit(jax.jit(mstep), init(model.init_theta), (x, y), repeats=repeats)
         rows.append(("FOMAML" if first_order else "MAML (2nd order)", t))
@@ -75,7 +76,7 @@ def main(argv=None):
     sampler = lambda k, b: sample_sine(k, b, 2 * shots)  # noqa: E731
     fit = niw.fit(jax.random.key(3), sampler, num_steps=train_steps)
     maml = B.maml(jax.random.key(4), model, sampler, num_support=shots, inner_steps=5, inner_learning_rate=0.01,
-                  optimizer=optax.adam(1e-3), batch_size=batch, num_steps=train_steps, loss_fn=loss, max_grad_norm=50.0)
+                  optimizer=optax.adam(1e-2), batch_size=batch, num_steps=train_steps, loss_fn=loss, max_grad_norm=50.0)
     tx, ty = sample_sine(jax.random.key(5), 200, shots + 50)
     sup, qx, qy = (tx[:, :shots], ty[:, :shots]), tx[:, shots:], ty[:, shots:]
     mse_niw = float(jnp.mean((fit.predict(jax.random.key(6), sup, qx, num_samples=20).mean - qy) ** 2))
@@ -83,8 +84,8 @@ def main(argv=None):
 
     # streaming: time per step and state size early vs late in one long stream
     chunk = 20 if a.quick else 100
-    cfg = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=5e-4,
-                    max_grad_norm=1000.0, optimizer=optax.adam(1e-3), batch_size=batch, chunk_size=chunk)
+    cfg = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=2e-3, sgld_temperature=0.01,
+                    max_grad_norm=1000.0, optimizer=optax.adam(1e-2), batch_size=batch, chunk_size=chunk)
     r1 = cfg.fit(jax.random.key(7), sampler, num_steps=2 * chunk)
     r2 = cfg.fit(jax.random.key(8), sampler, num_steps=4 * chunk, init=r1)
     size = lambda st: sum(np.asarray(l).nbytes for l in jax.tree_util.tree_leaves(st))  # noqa: E731
@@ -108,7 +109,7 @@ def main(argv=None):
         lines.append(f"| {name} | {1e3 * t:.2f} | {t / t_niw:.2f} |")
     lines += [
         "",
-        f"query MSE after {train_steps} training steps each (200 test episodes, K = {shots}): "
+        f"query MSE after {train_steps} training steps each, outer Adam lr 1e-2 for both (200 test episodes, K = {shots}): "
         f"NIW-Meta {mse_niw:.3f}, MAML {mse_maml:.3f}",
         "",
         f"streaming: median s/step over steps {chunk}-{2 * chunk} = {early * 1e3:.2f} ms, over steps "
