@@ -33,6 +33,7 @@ result (``LightSB.fit(...)``) with ``sample``, ``log_prob``, ``drift``, ``sample
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from functools import partial
 from typing import Any, NamedTuple
@@ -253,6 +254,12 @@ def euler_maruyama(key, drift_fn, x0, *, t0: float = 0.0, t1: float = 1.0, num_s
     return jnp.concatenate([x0[None], path], axis=0)
 
 
+@functools.lru_cache(maxsize=32)
+def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    # one object per learning rate, so that repeated fits hit the jit cache of `_train_chunk`
+    return optax.adam(learning_rate)
+
+
 @partial(jax.jit, static_argnames=("optimizer", "num_steps", "batch_size"))
 def _train_chunk(key, params, opt_state, x0, x1, epsilon, *, optimizer, num_steps, batch_size):
     n0, n1 = x0.shape[0], x1.shape[0]
@@ -324,7 +331,7 @@ class LightSB:
         check_choice(covariance, "covariance", {"diag", "full"})
         x0 = jnp.asarray(x0)
         x1 = jnp.asarray(x1, dtype=x0.dtype)
-        optimizer = optimizer if optimizer is not None else optax.adam(learning_rate)
+        optimizer = optimizer if optimizer is not None else _default_optimizer(float(learning_rate))
         start = time.perf_counter()
         key_init, key_train = jax.random.split(key)
         params = init_params(key_init, x1, num_components, covariance=covariance, init_scale=init_scale)
