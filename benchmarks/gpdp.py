@@ -81,6 +81,13 @@ def bench_grid(n, repeats):
     ours()
     t_compile = time.perf_counter() - t
     t_ours, sol = best_of(ours, repeats)
+    def ours_pi():
+        sol = gpdp.policy_iteration(Pj, Rj, 0.99)
+        sol.value.block_until_ready()
+        return sol
+
+    ours_pi()
+    t_pi, sol_pi = best_of(ours_pi, repeats)
     t_np, (v_np, pol_np, it_np) = best_of(lambda: numpy_value_iteration(P, R, 0.99), repeats)
     t_lp, (v_lp, pol_lp) = best_of(lambda: lp_solve(P, R, 0.99), max(1, repeats // 2))
     rows = []
@@ -89,6 +96,7 @@ def bench_grid(n, repeats):
         f3 = load_gpdp("figure3")
         pub = f3["value"][f3["method"] == "True"]
     for name, tm, v, pol in (("bayeskit value_iteration (jit)", t_ours, np.asarray(sol.value), np.asarray(sol.policy)),
+                             ("bayeskit policy_iteration (jit)", t_pi, np.asarray(sol_pi.value), np.asarray(sol_pi.policy)),
                              ("NumPy value iteration", t_np, v_np, pol_np),
                              ("scipy linprog (HiGHS) LP", t_lp, v_lp, pol_lp)):
         agree = "" if pub is None else f"{int(np.sum(np.isclose(grid[pol], pub))):d}/50"

@@ -187,7 +187,9 @@ def reward_matrix(reward_fn: Callable, state_grid, actions_grid):
 
 def bellman_q(transitions, rewards, value, discount):
     """:math:`Q_{ai} = R_{ai} + \\gamma \\sum_j P_{aij} V_j`."""
-    return rewards + discount * jnp.einsum("aij,j->ai", transitions, value)
+    num_actions, num_states, _ = transitions.shape
+    expected = (transitions.reshape(num_actions * num_states, -1) @ value).reshape(num_actions, num_states)
+    return rewards + discount * expected
 
 
 @partial(jax.jit, static_argnames=("max_iterations",))
