@@ -302,7 +302,7 @@ def _one_pass(key, snaps, times, reference, steps, dts, opts):
     return np.asarray(jnp.concatenate(pieces, 1))
 
 
-def multimarginal(key, snapshots: Sequence, times, *, reference: Reference | None = None,
+def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference: Reference | None = None,
                   num_refinements: int = 10, num_ipf_iterations: int = 10, time_step: float | None = None,
                   kernel: str = "exponential", lengthscale: float = 1.0, kernel_variance: float | None = 1.0,
                   max_gp_points: int = 1000,
