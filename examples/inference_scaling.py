@@ -36,37 +36,60 @@ def vote(answers, weights, num_answers):
     return np.argmax(tallies, axis=1)
 
 
+def best_of_n_curves(key, gen, rm, init_batch, truth, budgets, num_answers):
+    """BoN and WMV for every budget from one set of max(budgets) independent rollouts per problem
+    (the first b rollouts are a best-of-b run): one compile for all budgets."""
+    n = max(budgets)
+    num_problems = truth.shape[0]
+    init_n = jax.vmap(lambda p: gen.init(p, n))(init_batch)
+    bon = jax.jit(jax.vmap(lambda k, ini: _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, False)[1:3]))
+    answers, outcome = (np.asarray(a) for a in bon(jax.random.split(key, num_problems), init_n))
+    rows = np.arange(num_problems)
+    out = {"BoN": [], "WMV": []}
+    for b in budgets:
+        a, o = answers[:, :b], outcome[:, :b]
+        out["BoN"].append(float(np.mean(a[rows, np.argmax(o, 1)] == truth)))
+        out["WMV"].append(float(np.mean(vote(a, o, num_answers) == truth)))
+    return out
+
+
 def evaluate(key, gen, rm, init_batch, truth, budget, num_answers, pg_particles=4):
-    """Accuracy of every method at one budget, vmapped over problems (one compile per method)."""
+    """Accuracy of PF, beam search and PG at one budget, vmapped over problems."""
     num_problems = truth.shape[0]
     keys = jax.random.split(key, (num_problems, 3))
     acc = {}
     init_n = jax.vmap(lambda p: gen.init(p, budget))(init_batch)
-
-    pf = jax.jit(jax.vmap(lambda k, ini: _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, True)))
-    _, _, _, ans, _ = pf(keys[:, 0], init_n)
-    acc["PF"] = float(np.mean(np.asarray(ans) == truth))
-    bon = jax.jit(jax.vmap(lambda k, ini: _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, False)))
-    _, answers, outcome, _, _ = bon(keys[:, 1], init_n)
-    answers, outcome = np.asarray(answers), np.asarray(outcome)
-    acc["BoN"] = float(np.mean(answers[np.arange(num_problems), np.argmax(outcome, 1)] == truth))
-    acc["WMV"] = float(np.mean(vote(answers, outcome, num_answers) == truth))
+    pf = jax.jit(jax.vmap(lambda k, ini: _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, True)[3]))
+    acc["PF"] = float(np.mean(np.asarray(pf(keys[:, 0], init_n)) == truth))
     expansions = min(4, budget)
-    beam = jax.jit(jax.vmap(lambda k, ini: _beam_jit(k, ini, gen, rm, budget // expansions, expansions)))
-    _, banswers, boutcome, *_ = beam(keys[:, 2], init_n)
-    banswers, boutcome = np.asarray(banswers), np.asarray(boutcome)
+    beam = jax.jit(jax.vmap(lambda k, ini: _beam_jit(k, ini, gen, rm, budget // expansions, expansions)[1:3]))
+    banswers, boutcome = (np.asarray(a) for a in beam(keys[:, 2], init_n))
     acc["Beam"] = float(np.mean(banswers[np.arange(num_problems), np.argmax(boutcome, 1)] == truth))
     if budget >= pg_particles:
         iters = budget // pg_particles
         init_pg = jax.vmap(lambda p: gen.init(p, pg_particles))(init_batch)
         temps = jnp.ones((1,))
-        pg = jax.jit(jax.vmap(lambda k, ini: _pg_jit(k, ini, temps, gen, rm, 0, iters)[0]))
-        summ = pg(keys[:, 0], init_pg)
-        lw, answers_pg = np.asarray(summ[0])[:, -1, 0], np.asarray(summ[8])[:, -1, 0]
+        pg = jax.jit(jax.vmap(lambda k, ini: (lambda s: (s[0][-1, 0], s[8][-1, 0]))(
+            _pg_jit(k, ini, temps, gen, rm, 0, iters)[0])))
+        lw, answers_pg = (np.asarray(a) for a in pg(keys[:, 1], init_pg))
         acc["PG"] = float(np.mean(answers_pg[np.arange(num_problems), np.argmax(lw, 1)] == truth))
     else:
         acc["PG"] = float("nan")
     return acc
+
+
+def curves_for(key, gen, rm, init_batch, truth, budgets, num_answers, label):
+    curves = {m: [] for m in METHODS}
+    bon = best_of_n_curves(key, gen, rm, init_batch, truth, budgets, num_answers)
+    curves["BoN"], curves["WMV"] = bon["BoN"], bon["WMV"]
+    for i, b in enumerate(budgets):
+        t = time.time()
+        acc = evaluate(jax.random.fold_in(key, b), gen, rm, init_batch, truth, b, num_answers)
+        for m in ("PF", "PG", "Beam"):
+            curves[m].append(acc[m])
+        print(f"  [{label}] budget {b}: " + ", ".join(f"{m} {curves[m][i]:.3f}" for m in METHODS)
+              + f" ({time.time() - t:.0f}s)", flush=True)
+    return curves
 
 
 def budget_to_reach(budgets, accs, level):
@@ -88,15 +111,18 @@ def scaling_table(name, budgets, curves):
              "|---|" + "---|" * len(budgets)]
     for m in METHODS:
         lines.append(f"| {m} | " + " | ".join("–" if not np.isfinite(a) else f"{a:.3f}" for a in curves[m]) + " |")
-    # scaling rate: budget needed to reach the accuracy best-of-N reaches at the largest budget
-    level = curves["BoN"][-1]
-    need = {m: budget_to_reach(budgets, curves[m], level) for m in METHODS}
-    lines.append(f"\nBudget needed to reach accuracy {level:.3f} (BoN at budget {budgets[-1]}), and its ratio to PF:\n")
-    lines.append("| method | budget needed | ratio to PF |")
-    lines.append("|---|---|---|")
+    # scaling rate (Puri et al.): the budget PF needs to match each method's accuracy at the largest
+    # budget, and how many times smaller it is
+    top = budgets[-1]
+    need = {}
+    lines.append(f"\nScaling rate: budget PF needs to match each method's accuracy at budget {top}:\n")
+    lines.append(f"| method | accuracy at {top} | PF budget to match | ratio {top} / PF budget |")
+    lines.append("|---|---|---|---|")
     for m in METHODS:
-        ratio = need[m] / need["PF"] if np.isfinite(need[m]) else float("inf")
-        lines.append(f"| {m} | {need[m]:.1f} | {ratio:.1f}x |")
+        level = curves[m][-1]
+        need[m] = budget_to_reach(budgets, curves["PF"], level)
+        ratio = top / need[m] if np.isfinite(need[m]) else 0.0
+        lines.append(f"| {m} | {level:.3f} | {need[m]:.1f} | {ratio:.1f}x |")
     return "\n".join(lines), need
 
 
@@ -112,11 +138,7 @@ def run_scaling(args, budgets, figs):
     num_rep = 64 if args.quick else 400
     init_batch = jnp.full((num_rep,), target)
     truth = np.full(num_rep, target)
-    curves = {m: [] for m in METHODS}
-    for b in budgets:
-        acc = evaluate(jax.random.key(100 + b), gen, rm, init_batch, truth, b, world.modulus)
-        for m in METHODS:
-            curves[m].append(acc[m])
+    curves = curves_for(jax.random.key(100), gen, rm, init_batch, truth, budgets, world.modulus, "Markov")
     txt, _ = scaling_table(f"Markov reasoner (P(correct) unguided = {world.success_probability(target):.3f}, "
                            f"noisy PRM)", budgets, curves)
     out.append(txt)
@@ -131,11 +153,7 @@ def run_scaling(args, budgets, figs):
     num_problems = 64 if args.quick else 400
     prompts, answers = S.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
     truth = np.asarray(answers)
-    curves = {m: [] for m in METHODS}
-    for b in budgets:
-        acc = evaluate(jax.random.key(200 + b), gen, rm, prompts, truth, b, 10)
-        for m in METHODS:
-            curves[m].append(acc[m])
+    curves = curves_for(jax.random.key(200), gen, rm, prompts, truth, budgets, 10, "learned")
     txt, _ = scaling_table(f"Learned arithmetic model (step accuracy {acc_step:.3f}, trained in "
                            f"{time.time() - t0:.0f}s incl. evaluation; noisy verifier PRM)", budgets, curves)
     out.append(txt)

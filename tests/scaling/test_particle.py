@@ -111,10 +111,27 @@ def test_conditional_smc_leaves_target_invariant():
     exact = WORLD.tilted_answer_distribution(TARGET)
     se = np.sqrt(exact * (1 - exact) / num)
     assert np.all(np.abs(freq - exact) < 4 * se + 1e-12)
-    # negative control: the reference answers before the update are also exact, and a plain PF
-    # with N = 2 is biased (far outside the same band)
+
+
+@pytest.mark.slow
+def test_negative_control_plain_pf_with_two_particles_is_biased():
+    # the band used for the conditional-SMC invariance test rejects an unconditional N = 2 filter
+    num = 3000
+    exact = WORLD.tilted_answer_distribution(TARGET)
+    se = np.sqrt(exact * (1 - exact) / num)
     tv2, _ = _tv_reps(2, 2000, jax.random.key(5))
     assert tv2 > 10 * se.max()
+
+
+@pytest.fixture(scope="module")
+def small():
+    key = jax.random.key(7)
+    return {
+        "pf": S.particle_filtering(key, GEN, EXACT_RM, TARGET, budget=8),
+        "bon": S.best_of_n(key, GEN, EXACT_RM, TARGET, budget=8),
+        "beam": S.beam_search(key, GEN, EXACT_RM, TARGET, budget=8, beam_width=4),
+        "pt": S.parallel_tempering(key, GEN, EXACT_RM, TARGET, num_particles=2, temperatures=(1.0, 3.0), budget=9),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +140,7 @@ def pg_result():
                             weights="value_ratio")
 
 
+@pytest.mark.slow
 def test_particle_gibbs_driver_chain_targets_posterior(pg_result):
     res = pg_result
     ref = res.extras["reference_answers"][50:]
@@ -135,9 +153,8 @@ def test_particle_gibbs_driver_chain_targets_posterior(pg_result):
     assert res.generator_calls <= 1600 * WORLD.max_steps
 
 
-def test_budget_accounting_and_shapes():
-    key = jax.random.key(7)
-    pf = S.particle_filtering(key, GEN, EXACT_RM, TARGET, budget=8)
+def test_budget_accounting_and_shapes(small):
+    pf = small["pf"]
     assert pf.budget == 8 and pf.answers.shape == (8,) and pf.log_weights.shape == (8,)
     assert pf.history["log_weights"].shape == (WORLD.max_steps, 8)
     # calls = live particles per step (finished particles cost nothing)
@@ -145,11 +162,11 @@ def test_budget_accounting_and_shapes():
     anc = pf.history["ancestors"]
     expected = 8 + sum(int(np.sum(~done[t - 1][anc[t]])) for t in range(1, WORLD.max_steps))
     assert pf.generator_calls == expected <= 8 * WORLD.max_steps
-    bon = S.best_of_n(key, GEN, EXACT_RM, TARGET, budget=8)
+    bon = small["bon"]
     assert bon.budget == 8 and bon.generator_calls <= 8 * WORLD.max_steps
-    beam = S.beam_search(key, GEN, EXACT_RM, TARGET, budget=8, beam_width=4)
+    beam = small["beam"]
     assert beam.budget == 8 and beam.answers.shape == (2,)
-    pt = S.parallel_tempering(key, GEN, EXACT_RM, TARGET, num_particles=2, temperatures=(1.0, 3.0), budget=9)
+    pt = small["pt"]
     assert pt.budget == 8 and pt.history["log_weights"].shape == (2, 2, WORLD.max_steps, 2)
     assert pt.extras["swap_rate"].shape == (1,)
 
@@ -172,11 +189,17 @@ def test_accumulated_weights_with_ess_resampling():
     assert not r.history["resampled"].all()
 
 
-def test_to_arviz(pg_result):
-    r = S.particle_filtering(jax.random.key(10), GEN, EXACT_RM, TARGET, budget=8)
-    dt = r.to_arviz()
+def test_to_arviz(small):
+    dt = small["pf"].to_arviz()
     assert dt["history"]["log_weights"].dims == ("step", "particle")
     assert dt.attrs["budget"] == 8
+    dt = small["pt"].to_arviz()
+    assert dt["posterior"]["answer"].shape == (1, 2)
+    assert dt["history"]["log_weights"].dims == ("iteration", "chain", "step", "particle")
+
+
+@pytest.mark.slow
+def test_particle_gibbs_to_arviz(pg_result):
     dt = pg_result.to_arviz()
     assert dt["posterior"]["answer"].shape == (1, 400)
     assert dt["history"]["log_weights"].dims == ("iteration", "step", "particle")
