@@ -320,10 +320,12 @@ def _run_paris(key, fk, num_particles, functional, *, num_backward, resampling, 
             st, info = paris_step(k, st, fk, t, functional, num_backward=num_backward, resampling=resampling_fn,
                                   ess_threshold=ess_threshold, log_bound_fn=log_bound_fn, num_trials=num_trials,
                                   max_trials=max_trials, chunk_size=chunk_size)
+        info = info._replace(smc=info.smc._replace(ancestors=None))  # O(N) memory: no genealogy kept
         if not online:
             info = info._replace(estimate=None)
         return st, info
 
+    info0 = info0._replace(smc=info0.smc._replace(ancestors=None))
     if not online:
         info0 = info0._replace(estimate=None)
     if fk.num_steps > 1:
