@@ -65,7 +65,7 @@ def bridge_sweep(key, hursts, *, num_steps, num_iterations, num_samples, num_pat
         return {**vp0, "hurst": {"loc": jnp.log(h) - jnp.log1p(-h)}}
 
     vps = jax.vmap(with_hurst)(jnp.asarray(hursts))
-    optimizer = optax.adam(optax.exponential_decay(0.1, num_iterations, 0.01))
+    optimizer = optax.adam(optax.exponential_decay(0.1, num_iterations, 0.05))
     states = jax.vmap(lambda p: bk.sde.init(p, optimizer))(vps)
 
     @jax.jit
@@ -102,7 +102,7 @@ def bridge_sweep(key, hursts, *, num_steps, num_iterations, num_samples, num_pat
 def hurst_recovery(key, true_hursts, *, num_series, num_iterations):
     rows = []
     times = np.linspace(0.08, 2.0, 25)
-    params = fou.example_params(theta=1.0, sigma=1.0, obs_sd=0.05)
+    params = fou.example_params(theta=1.0, sigma=1.0, obs_sd=0.1)
     for i, h in enumerate(true_hursts):
         sde = fou.make_sde(hurst=float(h), num_ou=5, gamma_max=20.0, t1=2.0)
         _, ys = sde.simulate(jax.random.fold_in(key, 100 + i), params, times, num_series=num_series, num_steps=200)
@@ -111,7 +111,7 @@ def hurst_recovery(key, true_hursts, *, num_series, num_iterations):
         res = bk.sde.fit_vi(jax.random.fold_in(key, i), start, np.asarray(ys), times, fixed_params=params,
                             learn_hurst=True, hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(),
                             num_steps=100, refine=0, num_samples=8, num_iterations=num_iterations,
-                            optimizer=optax.adam(optax.exponential_decay(0.05, num_iterations, 0.1)),
+                            optimizer=optax.adam(optax.exponential_decay(0.1, num_iterations, 0.05)),
                             num_posterior_samples=16, num_eval_samples=64)
         rows.append((float(h), res.hurst, res.hurst_sd, time.perf_counter() - t0, res.elbo))
     return rows
@@ -161,7 +161,7 @@ def main(argv=None):
     hursts = [0.1, 0.3, 0.5, 0.7, 0.9] if args.quick else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     t0 = time.perf_counter()
     grid, paths, final, elbos, exact = bridge_sweep(
-        jax.random.fold_in(key, 1), hursts, num_steps=100, num_iterations=500 if args.quick else 1500,
+        jax.random.fold_in(key, 1), hursts, num_steps=100, num_iterations=800 if args.quick else 2000,
         num_samples=16 if args.quick else 32, num_paths=500 if args.quick else 2000)
     out(f"## fBM bridge: VI posterior vs exact (K=5, gamma_max=20, sigma=0.1)  [{time.perf_counter() - t0:.0f} s]")
     out("| H | rel. L2 error of Var | Var(X_1) VI | Var(X_1) exact | ELBO | exact log Z |")
@@ -190,8 +190,8 @@ def main(argv=None):
     # ------------------------------------------------------------------ 3. Hurst recovery
     true_hursts = [0.3] if args.quick else [0.3, 0.7]
     rows_h = hurst_recovery(jax.random.fold_in(key, 2), true_hursts, num_series=8,
-                            num_iterations=600 if args.quick else 1500)
-    out("## Hurst recovery on simulated fOU data (theta=1, sigma=1, 8 series x 25 obs, obs sd 0.05)")
+                            num_iterations=800 if args.quick else 2000)
+    out("## Hurst recovery on simulated fOU data (theta=1, sigma=1, 8 series x 25 obs, obs sd 0.1)")
     out("| true H | posterior mean | posterior sd | |error| / sd | time (s) |")
     out("|---|---|---|---|---|")
     for h, m, sd, secs, _ in rows_h:

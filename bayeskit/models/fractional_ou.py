@@ -61,8 +61,19 @@ def example_params(theta: float = 0.0, sigma: float = 1.0, obs_sd: float = 0.1) 
     return {"theta": float(theta), "sigma": float(sigma), "obs_sd": float(obs_sd)}
 
 
+def _x64():
+    """Context manager enabling float64 in JAX (``jax.enable_x64``; older JAX: ``jax.experimental``)."""
+    import jax
+
+    ctx = getattr(jax, "enable_x64", None)
+    if ctx is None:  # pragma: no cover - older JAX
+        from jax.experimental import enable_x64 as ctx
+    return ctx(True)
+
+
 def _linear_system(params, sde: SDE, hurst=None):
-    gammas, omega, scale = (np.asarray(a, np.float64) for a in sde.ou_parameters(hurst, dtype=np.float64))
+    with _x64():  # the ground truth is computed in float64 whatever the package default
+        gammas, omega, scale = (np.asarray(a, np.float64) for a in sde.ou_parameters(hurst, dtype=np.float64))
     K = gammas.shape[0]
     theta, sigma = float(params["theta"]), float(params["sigma"])
     F = np.zeros((K + 1, K + 1))
@@ -72,7 +83,8 @@ def _linear_system(params, sde: SDE, hurst=None):
     G = np.concatenate([[sigma * float(scale)], np.ones(K)])[:, None]
     P0 = np.zeros((K + 1, K + 1))
     if K:
-        P0[1:, 1:] = np.asarray(sde.noise.initial_covariance(np.float64))
+        with _x64():
+            P0[1:, 1:] = np.asarray(sde.noise.initial_covariance(np.float64))
     return F, G, P0
 
 

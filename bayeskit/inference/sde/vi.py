@@ -421,7 +421,7 @@ class VIResult:
         """Fresh posterior paths ``(num_series, num_samples, len(grid), d)`` from the fitted control."""
         check_key(key)
         num_samples = check_positive_int(num_samples, "num_samples")
-        paths, _ = jax.jit(self.elbo_fn.paths, static_argnums=2)(key, self.variational_params, num_samples)
+        paths, _ = self.elbo_fn.paths_jit(key, self.variational_params, num_samples)
         return np.asarray(paths)
 
     def to_arviz(self):
@@ -569,7 +569,8 @@ def fit_vi(key, sde: SDE, observations, times, *, params=None, fixed_params=None
     evals = np.array([float(eval_j(jax.random.fold_in(k_eval, i))) for i in range(n_batches)])
     final_elbo = float(evals.mean())
     final_se = float(evals.std(ddof=1) / math.sqrt(n_batches)) if n_batches > 1 else float("nan")
-    paths, hursts = jax.jit(elbo_fn.paths, static_argnums=2)(k_paths, vp, num_posterior_samples)
+    elbo_fn.paths_jit = jax.jit(elbo_fn.paths, static_argnums=2)
+    paths, hursts = elbo_fn.paths_jit(k_paths, vp, num_posterior_samples)
     learned = {**jax.tree_util.tree_map(np.asarray, vp["model"]), **dict(fixed_params or {})}
     hursts = np.asarray(hursts)
     if learn_hurst and hurst_prior is not None:
