@@ -137,6 +137,7 @@ def test_particle_gibbs_chain_matches_rts():
     assert tree["posterior"]["x"].shape == (1, 1000, 15, 1)
 
 
+@pytest.mark.slow
 def test_particle_gibbs_user_parameter_update():
     """A user Gibbs step for rho (conjugate normal given the states) runs inside the loop."""
     ar = bk.StateSpaceModel(lambda p: dist.Normal(0.0, 1.0), lambda p, x, t: dist.Normal(p["rho"] * x, 1.0),

@@ -67,6 +67,7 @@ def test_fit_paris_converges_to_kalman_mle(problem):
     assert np.all(np.isfinite(res.log_evidence))
 
 
+@pytest.mark.slow
 def test_msc_runs_and_moves_towards_the_posterior(problem):
     """Markov score climbing of q_lam(x_t | x_{t-1}, y_t) = N(a x_{t-1} + b y_t, s): the inclusive-KL gradient
     from a PPG chain moves b (weight of y_t) up from 0 (the posterior mean depends on y_t)."""

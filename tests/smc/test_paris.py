@@ -98,6 +98,7 @@ def test_ppg_matches_rts(problem):
     assert tree["posterior"]["estimate_x"].shape == (1, 400)
 
 
+@pytest.mark.slow
 def test_ppg_bias_falls_with_iterations(problem):
     """From a deliberately bad frozen path the per-iteration bias is large at iteration 1 and gone after a
     few sweeps (geometric ergodicity of the PPG chain); R independent chains give the standard errors."""
@@ -116,11 +117,11 @@ def test_ppg_bias_falls_with_iterations(problem):
 
 def test_paris_reproducible_and_jittable(problem):
     ys, _ = problem
-    a = bk.smc.paris(jax.random.key(1), AR, PARAMS, ys, 50)
-    b = bk.smc.paris(jax.random.key(1), AR, PARAMS, ys, 50)
-    assert float(a.estimate) == float(b.estimate)
-    f = jax.jit(lambda key, p: bk.smc.paris(key, AR, p, ys, 50).estimate)
-    np.testing.assert_allclose(f(jax.random.key(1), PARAMS), a.estimate, rtol=1e-10)
+    a = bk.smc.paris(jax.random.key(1), AR, PARAMS, ys, 200, functional=h_sum, online=True)
+    b = bk.smc.paris(jax.random.key(1), AR, PARAMS, ys, 200, functional=h_sum, online=True)
+    assert float(a.estimate["xx"]) == float(b.estimate["xx"])
+    f = jax.jit(lambda key, p: bk.smc.paris(key, AR, p, ys, 200, functional=h_sum).estimate)
+    np.testing.assert_allclose(f(jax.random.key(1), PARAMS)["xx"], a.estimate["xx"], rtol=1e-10)
 
 
 def test_bad_inputs(problem):
@@ -175,3 +176,17 @@ def test_ppg_bias_below_paris_at_equal_cost(problem):
     se_ppg, se_paris = e_ppg.std() / np.sqrt(R), e_paris.std() / np.sqrt(R)
     assert abs(b_ppg) < 4 * se_ppg
     assert abs(b_ppg) < abs(b_paris), (b_ppg, se_ppg, b_paris, se_paris)
+
+
+@pytest.mark.slow
+def test_example_runs_quick(tmp_path):
+    """examples/paris_ppg.py --quick runs end to end and writes its figure."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "paris_ppg.py"
+    spec = importlib.util.spec_from_file_location("paris_ppg_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(["--quick", "--outdir", str(tmp_path)])
+    assert (tmp_path / "paris_ppg.png").exists() and len(rows) == 4
