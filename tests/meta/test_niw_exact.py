@@ -217,7 +217,7 @@ def test_elbo_below_collapsed_bound_and_exact_marginal():
     """ELBO(q) <= E_q[log p(D|phi)] - KL(q||p) (Monte Carlo) and <= max_phi log p(D|phi) (exact)."""
     rng = np.random.default_rng(6)
     x, y = synthetic_episodes(rng, 40, 5, MU_STAR, SIGMA_STAR)
-    res = fit_linear(x, y, num_steps=800)
+    res = fit_linear(x, y, num_steps=300)
     elbo = float(res.elbo(jax.random.key(0), (x, y)))
     mus, sigmas = res.sample_global(jax.random.key(1), 300)
     vals = np.array([exact_log_marginal(x, y, m, S) for m, S in zip(np.asarray(mus), np.asarray(sigmas))])
@@ -262,7 +262,7 @@ def test_learned_niw_concentrates_fast():
     errs, gaps = [], []
     for n in (10, 150):
         x, y = synthetic_episodes(rng, n, 6, MU_STAR, SIGMA_STAR)
-        res = fit_linear(x, y, num_steps=1000)
+        res = fit_linear(x, y, num_steps=600)
         assert 0.8 * n < float(res.posterior.kappa) < 1.2 * n + 1
         errs.append(_errors(res)[1])
         gaps.append((exact_log_marginal(x, y, MU_STAR, SIGMA_STAR) - float(res.elbo(jax.random.key(0), (x, y)))) / n)
