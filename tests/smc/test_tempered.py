@@ -343,28 +343,15 @@ def test_gaussian_closed_form_many_dims_and_kernels(d, move):
     y = gaussian_data(d, n=5, seed=d)
     log_z, mean, var = gaussian_truth(y)
     # RWM's mixing time grows linearly in d (Roberts, Gelman & Gilks 1997), so its number of steps per
-    # temperature does too; with a fixed 20 steps at d = 20 the final cloud's variance came out ~2% low
-    # (8 runs of N = 2000: 0.187 vs 0.1905, > 4 se): too little rejuvenation, collapsed genealogies.
+    # temperature does too. With a fixed 20 steps at d = 20 the final cloud's variances came out ~2% low
+    # on average (8 runs of N = 2000: 0.187 vs 0.1905, 18 of 20 coordinates low): too little rejuvenation.
     steps = {"rwm": max(20, 5 * d), "hmc": 5, "nuts": 2}[move]
     _, fn = runner(gaussian_model, y, num_particles=2000, move=move, num_mcmc_steps=steps)
     state, _, _ = fn(keys(13 + d, 8))
     within(state.log_evidence, log_z)
     within(state.particles.mean(axis=1), mean)
     within(state.particles.var(axis=1), var)
-    pooled(state.particles.var(axis=1), var)  # catches a shared variance deficit (RWM, 20 steps, d = 20)
-
-
-@pytest.mark.slow
-def test_pooled_variance_check_has_power_negative_control():
-    """Negative control: RWM with a fixed 20 steps per temperature at d = 20 under-disperses; the pooled
-    check must flag it (and the mean check must not: the deficit is in the spread)."""
-    y = gaussian_data(20, n=5, seed=20)
-    log_z, mean, var = gaussian_truth(y)
-    _, fn = runner(gaussian_model, y, num_particles=2000, move="rwm", num_mcmc_steps=20)
-    state, _, _ = fn(keys(33, 8))
-    within(state.particles.mean(axis=1), mean)
-    with pytest.raises(AssertionError):
-        pooled(state.particles.var(axis=1), var)
+    pooled(state.particles.var(axis=1), var)  # a deficit shared by all coordinates
 
 
 @pytest.mark.slow
