@@ -133,7 +133,8 @@ def main(argv=None):
     axes[0].plot(grid, [density(t) / norm for t in grid], "k-", lw=1, label="exact (quadrature)")
     theta_smc = np.asarray(results[0].samples["theta"])
     axes[0].hist(theta_smc, bins=120, range=(-2.4, 2.4), density=True, alpha=0.5, label="tempered SMC")
-    axes[0].hist(chains.reshape(-1), bins=120, range=(-2.4, 2.4), density=True, alpha=0.5, label="NUTS (4 chains)")
+    axes[0].hist(chains.reshape(-1), bins=120, range=(-2.4, 2.4), density=True, histtype="step", color="C1",
+                 lw=1.2, label="NUTS (4 chains)")
     axes[0].set(xlabel="theta", ylabel="density", title="two modes, weights %.2f / %.2f" % (1 - w_true, w_true))
     axes[0].legend(fontsize=8)
     for i, c in enumerate(chains):
