@@ -112,7 +112,7 @@ def hurst_recovery(key, true_hursts, *, num_series, num_iterations):
                             learn_hurst=True, hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(),
                             num_steps=100, refine=0, num_samples=8, num_iterations=num_iterations,
                             optimizer=optax.adam(optax.exponential_decay(0.1, num_iterations, 0.05)),
-                            num_posterior_samples=16, num_eval_samples=64)
+                            num_posterior_samples=16)
         rows.append((float(h), res.hurst, res.hurst_sd, time.perf_counter() - t0, res.elbo))
     return rows
 

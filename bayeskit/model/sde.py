@@ -69,7 +69,8 @@ class SDE:
         initial: fixed initial state, array ``(d,)``, or ``initial(params) -> Distribution``.
         noise: ``bk.sde.BrownianMotion()`` (default) or ``bk.sde.FractionalBM(...)``.
         state_dim: dimension d of X.
-        t0, t1: the solve interval; observation times must lie in [t0, t1].
+        t0: start of the solve interval.
+        t1: end of the solve interval; observation times must lie in [t0, t1].
 
     Example:
         >>> import numpyro.distributions as dist
@@ -248,20 +249,21 @@ class GridBrownianPath(diffrax.AbstractPath):
         return self._at(t1) - self._at(t0)
 
 
-def solve_augmented(key, sde: SDE, params, grid, x0, y0, *, control=None, hurst=None, solver=None):
+def solve_augmented(key: Any, sde: SDE, params: Any, grid: Any, x0: jax.Array, y0: jax.Array, *,
+                    control: Callable | None = None, hurst: Any = None, solver: Any = None) -> tuple:
     r"""Solve the augmented SDE for Z = (X, Y, KL) on ``grid`` with diffrax.
 
     Args:
         key: key for the driving Brownian motion (:class:`GridBrownianPath` on ``grid``).
         grid: increasing times ``(n,)`` (the solver steps exactly on them, ``diffrax.StepTo``).
-        x0, y0: initial state ``(d,)`` and OU start ``(d, K)``.
+        x0: initial state ``(d,)``.
+        y0: initial OU states ``(d, K)``.
         control: ``control(t, x, y) -> u (d,)`` or None (the prior).
         hurst: Hurst index used for the weights (may be traced).
         solver: a diffrax SDE solver (default :func:`default_solver`).
 
     Returns:
-        ``(path (n, d), kl)``: the states of X on the grid (``path[0] = x0``) and
-        :math:`\tfrac12 \int |u|^2 dt` along the path.
+        ``(path, kl)``: the states of X on the grid, ``(n, d)`` with ``path[0] = x0``, and :math:`\tfrac12 \int |u|^2 dt`.
     """
     d = sde.state_dim
     dtype = x0.dtype

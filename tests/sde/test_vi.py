@@ -44,8 +44,8 @@ def test_simulate_matches_exact_moments():
     sde = fou.make_sde(hurst=0.3, num_ou=5, gamma_max=20.0, t1=2.0)
     p = fou.example_params(theta=1.0)
     times = np.array([0.5, 1.0, 2.0])
-    n = 4000
-    xs, ys = sde.simulate(jax.random.key(0), p, times, num_series=n, num_steps=200)
+    n = 3000
+    xs, ys = sde.simulate(jax.random.key(0), p, times, num_series=n, num_steps=100)
     assert xs.shape == (n, 3, 1) and ys.shape == (n, 3)
     grid = np.concatenate([[0.0], times])
     _, cov = fou.exact_moments(p, sde, grid)
@@ -62,7 +62,7 @@ def bridge_fit():
     res = bk.sde.fit_vi(jax.random.key(0), sde, np.array([0.0]), np.array([2.0]), fixed_params=p,
                         control=bk.sde.AffineControl(), num_steps=50, num_samples=16, num_iterations=600,
                         optimizer=optax.adam(optax.exponential_decay(0.1, 600, 0.05)), progress_bar=False,
-                        num_posterior_samples=1000, num_eval_samples=512)
+                        num_posterior_samples=1000)
     grid = res.grid
     _, idx = make_grid(0.0, 2.0, [2.0], 50, 4)
     mean, cov, logz = fou.exact_posterior(p, sde, grid, idx, [0.0])
@@ -114,8 +114,6 @@ def test_elbo_kernel_reproducible_jittable_and_learns_parameters():
     assert int(state.step) == 1 and np.isfinite(float(info.elbo)) and not bool(info.nonfinite)
     assert float(state.params["model"]["theta"]) != 0.5
     assert float(state.params["hurst"]["loc"]) != float(vp["hurst"]["loc"])
-    g = jax.grad(lambda h: f(jax.random.key(1), {**vp, "hurst": {"loc": h}}))(vp["hurst"]["loc"])
-    assert np.isfinite(float(g)) and float(g) != 0.0
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -186,7 +184,7 @@ def test_bridge_close_to_exact_long_run(hurst):
     res = bk.sde.fit_vi(jax.random.key(1), sde, np.array([0.0]), np.array([2.0]), fixed_params=p,
                         control=bk.sde.AffineControl(), num_steps=100, num_samples=32, num_iterations=1500,
                         optimizer=optax.adam(optax.exponential_decay(0.1, 1500, 0.01)), progress_bar=False,
-                        num_posterior_samples=2000, num_eval_samples=1024)
+                        num_posterior_samples=2000)
     _, idx = make_grid(0.0, 2.0, [2.0], 100, 4)
     _, cov, logz = fou.exact_posterior(p, sde, res.grid, idx, [0.0])
     exact = np.diag(cov)
@@ -201,7 +199,7 @@ def test_bridge_mlp_control():
     res = bk.sde.fit_vi(jax.random.key(2), sde, np.array([0.0]), np.array([2.0]), fixed_params=p,
                         num_steps=100, num_samples=32, num_iterations=1500,
                         optimizer=optax.adam(optax.exponential_decay(3e-3, 1500, 0.1)), progress_bar=False,
-                        num_posterior_samples=2000, num_eval_samples=1024)
+                        num_posterior_samples=2000)
     _, idx = make_grid(0.0, 2.0, [2.0], 100, 4)
     _, cov, logz = fou.exact_posterior(p, sde, res.grid, idx, [0.0])
     exact = np.diag(cov)

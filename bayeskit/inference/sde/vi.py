@@ -326,7 +326,14 @@ def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_
         paths, hursts, _ = draw(key, vp, num_samples, lambda o: o[4])
         return paths, hursts
 
+    def evaluate_fn(key, vp, num_samples):
+        """One pass: per-draw ELBO terms ``(num_samples,)`` (summed over series) and the paths."""
+        (loglik, kl_path, kl_x0, kl_y0, paths), hursts, kl_h = draw(key, vp, num_samples, lambda o: o)
+        per_draw = jnp.sum(loglik - kl_path - kl_x0 - kl_y0, axis=0) - kl_h
+        return per_draw, paths, hursts
+
     elbo_fn.paths = paths_fn
+    elbo_fn.evaluate = evaluate_fn
     elbo_fn.setup = _Setup(grid, obs_index, np.asarray(times), observations, mask)
     return elbo_fn, init_fn
 
@@ -387,7 +394,7 @@ class VIResult:
         hurst: the point estimate of H (or the posterior mean of q(H)); 0.5 for Brownian noise.
         hurst_sd: posterior standard deviation of H under q(H) (None for a point estimate).
         elbo: ELBO estimates per iteration, ``(num_iterations,)``; ``info`` the full :class:`VIInfo` history.
-        final_elbo: a fresh estimate with ``num_eval_samples`` paths per series, and its standard error.
+        final_elbo: a fresh estimate from the ``num_posterior_samples`` stored paths; ``final_elbo_se`` its standard error.
         grid: solver time grid; ``paths``: posterior paths ``(num_series, num_posterior_samples, len(grid), d)``.
     """
 
@@ -462,10 +469,11 @@ def _as_series(observations, num_times):
     return obs
 
 
-def fit_vi(key, sde: SDE, observations, times, *, params=None, fixed_params=None, mask=None, control=None,
-           learn_hurst: bool = False, hurst_prior=None, num_steps: int = 200, refine: int = 4, num_samples: int = 16,
-           num_iterations: int = 1000, optimizer=None, learning_rate: float = 1e-2, solver=None,
-           num_posterior_samples: int = 64, num_eval_samples: int = 256, chunk_size: int = 50,
+def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | None = None,
+           fixed_params: dict | None = None, mask: Any = None, control: Any = None,
+           learn_hurst: bool = False, hurst_prior: Any = None, num_steps: int = 200, refine: int = 4, num_samples: int = 16,
+           num_iterations: int = 1000, optimizer: Any = None, learning_rate: float = 1e-2, solver: Any = None,
+           num_posterior_samples: int = 256, chunk_size: int = 50,
            progress_bar: bool = True, dtype=None) -> VIResult:
     r"""Fit the variational posterior of an SDE model to observed series (Daems et al., ICLR 2024).
 
@@ -488,9 +496,10 @@ def fit_vi(key, sde: SDE, observations, times, *, params=None, fixed_params=None
         num_samples: Monte Carlo paths per series per gradient step.
         num_iterations: optimiser steps; ``optimizer`` (default ``optax.adam(learning_rate)``).
         solver: diffrax solver (default Heun).
-        num_posterior_samples: posterior paths stored in the result; ``num_eval_samples``: paths per
-            series for the final ELBO estimate.
-        chunk_size, progress_bar: the loop runs in jitted chunks of ``chunk_size`` steps with a tqdm bar.
+        num_posterior_samples: posterior paths per series stored in the result; the final ELBO
+            estimate (and its standard error) uses the same paths.
+        chunk_size: the loop runs in jitted chunks of ``chunk_size`` steps.
+        progress_bar: show a tqdm bar, updated between chunks.
 
     Returns:
         :class:`VIResult`.
@@ -516,7 +525,6 @@ def fit_vi(key, sde: SDE, observations, times, *, params=None, fixed_params=None
     num_iterations = check_positive_int(num_iterations, "num_iterations", minimum=0)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     num_posterior_samples = check_positive_int(num_posterior_samples, "num_posterior_samples")
-    num_eval_samples = check_positive_int(num_eval_samples, "num_eval_samples")
     if sde.num_ou:
         dt = (sde.t1 - sde.t0) / num_steps
         gmax = float(np.max(np.asarray(sde.noise.gammas(jnp.float32))))
@@ -530,7 +538,7 @@ def fit_vi(key, sde: SDE, observations, times, *, params=None, fixed_params=None
     elbo_fn, init_fn = build_elbo(sde, times, obs, mask, control=control, fixed_params=fixed_params,
                                   learn_hurst=learn_hurst, hurst_prior=hurst_prior, num_steps=num_steps, refine=refine,
                                   solver=solver, dtype=dtype)
-    k_init, k_loop, k_eval, k_paths = jax.random.split(key, 4)
+    k_init, k_loop, k_paths = jax.random.split(key, 3)
     state = init(init_fn(k_init, params), optimizer)
 
     def chunk(state, keys):
@@ -563,14 +571,13 @@ def fit_vi(key, sde: SDE, observations, times, *, params=None, fixed_params=None
         raise ConvergenceError("the ELBO or its gradient was non-finite for the last iterations; "
                                "reduce the learning rate or check the model callables")
     vp = state.params
-    # final ELBO estimate, in batches of paths
-    eval_j = jax.jit(lambda k: elbo_fn(k, vp, min(num_eval_samples, 64))[0])
-    n_batches = max(1, num_eval_samples // 64)
-    evals = np.array([float(eval_j(jax.random.fold_in(k_eval, i))) for i in range(n_batches)])
-    final_elbo = float(evals.mean())
-    final_se = float(evals.std(ddof=1) / math.sqrt(n_batches)) if n_batches > 1 else float("nan")
-    elbo_fn.paths_jit = jax.jit(elbo_fn.paths, static_argnums=2)
-    paths, hursts = elbo_fn.paths_jit(k_paths, vp, num_posterior_samples)
+    # final ELBO estimate and posterior paths from one compiled pass
+    evaluate_j = jax.jit(elbo_fn.evaluate, static_argnums=2)
+    per_draw, paths, hursts = evaluate_j(k_paths, vp, num_posterior_samples)
+    per_draw = np.asarray(per_draw)
+    final_elbo = float(per_draw.mean())
+    final_se = float(per_draw.std(ddof=1) / math.sqrt(per_draw.size)) if per_draw.size > 1 else float("nan")
+    elbo_fn.paths_jit = lambda k, v, n: evaluate_j(k, v, n)[1:]
     learned = {**jax.tree_util.tree_map(np.asarray, vp["model"]), **dict(fixed_params or {})}
     hursts = np.asarray(hursts)
     if learn_hurst and hurst_prior is not None:
