@@ -565,24 +565,24 @@ class NIWMetaResult:
 
     # ---- local posteriors and ELBO
     def quadratic_approximations(self, key, x, y):
-        _, quad_fn = self.config._build(dataset_size=None)
+        """Quadratic approximations of a batch of episodes from the learned global mean (jitted, cached)."""
         keys = jax.random.split(key, x.shape[0])
-        return jax.jit(jax.vmap(quad_fn, in_axes=(0, None, 0, 0)))(keys, self.posterior.mean, x, y)
+        return self.config._jitted("quads")(keys, self.posterior.mean, x, y)
 
     def local_posterior(self, key, support) -> LocalPosterior:
         """Closed-form local posteriors ``N(m_i*, Γ_i*^{-1})`` of a batch of support sets ``(x, y)``."""
         key = check_key(key)
         x, y = _batch_episodes(*_as_pair(support, "support"), name="support")
         quads = self.quadratic_approximations(key, x, y)
-        return jax.vmap(lambda qa: local_posterior(qa, self.posterior))(quads)
+        return _batched_local_posterior(quads, self.posterior)
 
-    def elbo(self, key, episodes, *, dataset_size: float | None = None) -> jax.Array:
+    def elbo(self, key, episodes) -> jax.Array:
         """Total ELBO of a batch of episodes: ``Σ_i [-f_i - E KL_i] - KL(q(φ) || p(φ))`` (no KL if no prior).
 
         Exact (not an estimate) for a linear-Gaussian episode model with the Laplace approximation."""
         x, y = _batch_episodes(*_as_pair(episodes, "episodes"))
         quads = self.quadratic_approximations(check_key(key), x, y)
-        losses, _, _ = jax.vmap(lambda qa: episode_loss(qa, self.posterior))(quads)
+        losses = _batched_episode_loss(quads, self.posterior)
         hyper = niw_kl(self.posterior, self.config._prior()) if self.config._prior() is not None else 0.0
         return -jnp.sum(losses) - hyper
 
@@ -622,27 +622,7 @@ class NIWMetaResult:
         if method == "vi":
             local = _vi_refine(k_vi, model, q, local, sx, sy, num_vi_steps, vi_learning_rate, num_vi_samples)
 
-        def draw(k, loc):
-            eps = jax.random.normal(k, (num_samples, loc.mean.shape[0]), loc.mean.dtype)
-            if loc.precision.ndim == 1:
-                return loc.mean + eps / jnp.sqrt(loc.precision)
-            chol = jnp.linalg.cholesky(loc.precision)  # Γ = L Lᵀ -> θ = m + L^{-T} ε
-            return loc.mean + jax.scipy.linalg.solve_triangular(chol.T, eps.T, lower=False).T
-
-        B = sx.shape[0]
-        theta = jax.vmap(draw)(jax.random.split(k_draw, B), local)  # (B, S, d)
-        theta = jnp.swapaxes(theta, 0, 1)  # (S, B, d)
-        outputs = None
-        if model.predict_fn is not None:
-            outputs = jax.jit(jax.vmap(jax.vmap(model.predict_fn, in_axes=(0, 0)), in_axes=(0, None)))(theta, qx)
-        y_samples = None
-        if model.sample_fn is not None:
-            keys = jax.random.split(k_pred, (num_samples, B))
-            y_samples = jax.vmap(jax.vmap(model.sample_fn, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(keys, theta, qx)
-        lpd = None
-        if qy is not None:
-            ll = jax.vmap(jax.vmap(model.pointwise_log_likelihood, in_axes=(0, 0, 0)), in_axes=(0, None, None))(theta, qx, qy)
-            lpd = jax.scipy.special.logsumexp(ll, axis=0) - math.log(num_samples)
+        theta, outputs, y_samples, lpd = self.config._jitted("predict")(k_draw, k_pred, local, qx, qy, num_samples)
         return MetaPrediction(theta, outputs, y_samples, lpd, local, qy)
 
     def sample_global(self, key, num_draws: int = 1000):
@@ -671,6 +651,10 @@ class NIWMetaResult:
         return to_datatree(groups, dims=dims, attrs={"method": "NIW-Meta", "covariance": self.config.covariance,
                                                      "local_approximation": self.config.local_approximation,
                                                      "num_episodes_seen": int(self.num_episodes_seen)})
+
+
+_batched_local_posterior = jax.jit(jax.vmap(local_posterior, in_axes=(0, None)))
+_batched_episode_loss = jax.jit(jax.vmap(lambda qa, q: episode_loss(qa, q)[0], in_axes=(0, None)))
 
 
 def _as_pair(data, name):
@@ -711,6 +695,33 @@ def _vi_refine(key, model, q, local, x, y, num_steps, learning_rate, num_mc):
 
     keys = jax.random.split(key, x.shape[0])
     return jax.jit(jax.vmap(one))(keys, local.mean, var0, x, y)
+
+
+def _predict_core(model, k_draw, k_pred, local, qx, qy, num_samples):
+    """θ draws from the local posteriors, outputs, predictive draws and log predictive densities."""
+
+    def draw(k, loc):
+        eps = jax.random.normal(k, (num_samples, loc.mean.shape[0]), loc.mean.dtype)
+        if loc.precision.ndim == 1:
+            return loc.mean + eps / jnp.sqrt(loc.precision)
+        chol = jnp.linalg.cholesky(loc.precision)  # Γ = L Lᵀ -> θ = m + L^{-T} ε
+        return loc.mean + jax.scipy.linalg.solve_triangular(chol.T, eps.T, lower=False).T
+
+    B = qx.shape[0]
+    theta = jnp.swapaxes(jax.vmap(draw)(jax.random.split(k_draw, B), local), 0, 1)  # (S, B, d)
+    outputs = None
+    if model.predict_fn is not None:
+        outputs = jax.vmap(jax.vmap(model.predict_fn, in_axes=(0, 0)), in_axes=(0, None))(theta, qx)
+    y_samples = None
+    if model.sample_fn is not None:
+        keys = jax.random.split(k_pred, (num_samples, B))
+        y_samples = jax.vmap(jax.vmap(model.sample_fn, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(keys, theta, qx)
+    lpd = None
+    if qy is not None:
+        ll = jax.vmap(jax.vmap(model.pointwise_log_likelihood, in_axes=(0, 0, 0)), in_axes=(0, None, None))(
+            theta, qx, qy)
+        lpd = jax.scipy.special.logsumexp(ll, axis=0) - math.log(num_samples)
+    return theta, outputs, y_samples, lpd
 
 
 @dataclass(frozen=True)
@@ -852,6 +863,19 @@ class NIWMeta:
                           sgld_temperature=self.sgld_temperature, curvature_min=cmin, curvature_max=cmax,
                           prior=self._prior() if dataset_size is not None else None, dataset_size=dataset_size,
                           max_grad_norm=self.max_grad_norm)
+
+    def _jitted(self, name: str):
+        """Jitted helpers, compiled once per configuration (cached on the instance)."""
+        cache = self.__dict__.setdefault("_jit_cache", {})
+        if name not in cache:
+            if name == "quads":
+                _, quad_fn = self._build(dataset_size=None)
+                cache[name] = jax.jit(jax.vmap(quad_fn, in_axes=(0, None, 0, 0)))
+            elif name == "predict":
+                model = self.episode_model
+                cache[name] = jax.jit(lambda kd, kp, loc, qx, qy, n: _predict_core(model, kd, kp, loc, qx, qy, n),
+                                      static_argnums=5)
+        return cache[name]
 
     def init(self, params: NIWParams | None = None) -> TrainState:
         """Initial :class:`TrainState`."""
