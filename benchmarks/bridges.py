@@ -92,7 +92,7 @@ def main(quick: bool = False):
     if quick:
         cases, n, steps, iters = [(2, 1.0), (16, 1.0)], 1000, 500, 200
     else:
-        cases, n, steps, iters = [(2, 1.0), (16, 1.0), (64, 1.0), (16, 0.1)], 4000, 3000, 500
+        cases, n, steps, iters = [(2, 1.0), (16, 1.0), (64, 1.0)], 2000, 2000, 300
     rows = [run(d, e, n, steps, iters) for d, e in cases]
     lines = [f"| D | eps | n | LightSB fit (s) | Sinkhorn (s) | time ratio LightSB/Sinkhorn | first call incl. compile "
              f"LightSB / Sinkhorn (s) | cBW2-UVP LightSB (%) | cBW2-UVP Sinkhorn (%) | Sinkhorn marginal err |",
