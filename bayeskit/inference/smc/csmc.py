@@ -289,6 +289,8 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
     else:
         _checks.check_finite_array(initial_path, "initial_path", shape=(T,) + state_shape)
     initial_path = jnp.asarray(initial_path)
+    # strong dtypes, so that the carry keeps its type across jitted chunks (no recompilation)
+    params = jax.tree_util.tree_map(lambda a: jnp.array(a, dtype=jnp.result_type(a)), params)
 
     # ---- parameter update
     if _is_numpyro_kernel(parameter_update):
