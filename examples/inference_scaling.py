@@ -163,8 +163,8 @@ def run_scaling(args, budgets, figs):
     prompts, answers = S.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
     truth = np.asarray(answers)
     curves = curves_for(jax.random.key(200), gen, rm, prompts, truth, budgets, 10, "learned")
-    txt, _ = scaling_table(f"Learned arithmetic model (step accuracy {acc_step:.3f}, trained in "
-                           f"{time.time() - t0:.0f}s incl. evaluation; noisy verifier PRM)", budgets, curves)
+    txt, _ = scaling_table(f"Learned arithmetic model (step accuracy {acc_step:.3f}; training + evaluation "
+                           f"{time.time() - t0:.0f}s; noisy verifier PRM)", budgets, curves)
     out.append(txt)
     curves_all["Learned arithmetic model (noisy verifier)"] = curves
 
