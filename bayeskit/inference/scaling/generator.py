@@ -110,6 +110,21 @@ def check_generator(generator, reward_model, prompt, num_particles: int = 2):
     if generator.host is not None:  # shapes of host callables are checked at every call instead
         return
     try:
+        cache_key = (generator, reward_model, num_particles, np.shape(prompt), np.asarray(prompt).dtype.str)
+        if cache_key in _CHECKED:
+            return
+    except TypeError:  # unhashable parts: check every time
+        cache_key = None
+    _check_generator(generator, reward_model, prompt, num_particles)
+    if cache_key is not None:
+        _CHECKED.add(cache_key)
+
+
+_CHECKED: set = set()
+
+
+def _check_generator(generator, reward_model, prompt, num_particles):
+    try:
         states = jax.eval_shape(lambda: generator.init(prompt, num_particles))
     except Exception as exc:
         raise ModelError(f"`generator.init(prompt, {num_particles})` failed: {exc}") from exc
