@@ -257,6 +257,7 @@ def weight_system(hurst, gammas, time_horizon, kind: str = "I"):
     return A, b, c
 
 
+@partial(jax.jit, static_argnames=("kind",))
 def optimal_weights(hurst, gammas, time_horizon, kind: str = "I"):
     r"""Optimal weights :math:`\omega(H) = A^{-1} b` (differentiable in ``hurst``).
 
@@ -483,12 +484,16 @@ def _sample_paths(key, gammas, omega, times, num_paths, kind):
     # first step from time 0 to times[0]
     noise = jax.random.normal(k1, (times.shape[0], num_paths, K), gammas.dtype)
 
+    # transition square roots for all steps at once (batched eigh), then a scan of matrix products
+    roots = jax.vmap(lambda dt: _psd_sqrt(ou_transition_covariance(gammas, dt)).T)(dts)
+    decays = jnp.exp(-gammas[None, :] * dts[:, None])
+
     def step(y, inp):
-        dt, z = inp
-        y = jnp.exp(-gammas * dt) * y + z @ _psd_sqrt(ou_transition_covariance(gammas, dt)).T
+        decay, root, z = inp
+        y = decay * y + z @ root
         return y, y
 
-    _, ys = jax.lax.scan(step, y0, (dts, noise))
+    _, ys = jax.lax.scan(step, y0, (decays, roots, noise))
     return jnp.einsum("tpk,k->pt", ys - y0[None], omega)
 
 
