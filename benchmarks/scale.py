@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import resource
 import sys
 import time
@@ -31,7 +32,10 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
     import numpyro.distributions as dist
-    from jax.experimental import enable_x64
+    try:  # JAX >= 0.12 moved the context manager to the top level
+        enable_x64 = partial(jax.enable_x64, True)
+    except AttributeError:  # JAX 0.11
+        from jax.experimental import enable_x64
 
     import bayeskit as bk
 

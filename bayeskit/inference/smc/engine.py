@@ -54,7 +54,8 @@ class StepInfo(NamedTuple):
 
 
 class RunOutput(NamedTuple):
-    """Stacked outputs of :func:`run` with leading axis T: ``info`` (StepInfo), ``summaries``
+    """Stacked outputs of :func:`run` with leading axis T: ``info`` (StepInfo; its ``ancestors`` are
+    None unless ``history=True``, so that memory stays O(N) in long runs), ``summaries``
     (whatever ``summary_fn`` returned, or None), ``particles`` / ``log_weights`` (only with
     ``history=True``, else None)."""
 
@@ -136,6 +137,8 @@ def run(key, fk: FeynmanKac, num_particles: int, *, resampling: Callable | str =
     state, info0 = init(k0, fk, num_particles, sharding=sharding)
 
     def record(st, info):
+        if not history:  # keep memory O(N): per-step ancestors (N,) are only stored with the history
+            info = info._replace(ancestors=None)
         summ = summary_fn(st.particles, st.log_weights) if summary_fn is not None else None
         hist = (st.particles, st.log_weights) if history else (None, None)
         return info, summ, hist
