@@ -27,6 +27,7 @@ import numpy as np
 
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ModelError
+from bayeskit.inference.smc._chunks import run_chunked
 from bayeskit.inference.smc.feynman_kac import FeynmanKac, bootstrap
 from bayeskit.inference.smc.filtering import check_model_params
 from bayeskit.inference.smc.paris import _take, categorical
@@ -338,25 +339,9 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
         return jax.lax.scan(sweep, carry, keys)
 
     keys = jax.random.split(k_run, num_iterations)
-    bounds = np.linspace(0, num_iterations, min(num_chunks, num_iterations) + 1).astype(int) if progress_bar else \
-        np.array([0, num_iterations])
     carry = (initial_path, params, kstate)
-    outs = []
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_iterations, desc="particle Gibbs")
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b <= a:
-            continue
-        carry, out = run_chunk(carry, keys[a:b])
-        outs.append(out)
-        if bar is not None:
-            bar.update(int(b - a))
-    if bar is not None:
-        bar.close()
-    paths, thetas, ess, kept, acc = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+    carry, (paths, thetas, ess, kept, acc) = run_chunked(run_chunk, carry, keys, num_chunks=num_chunks,
+                                                         progress_bar=progress_bar, desc="particle Gibbs")
     return ParticleGibbsResult(paths=paths, params=thetas if parameter_update is not None else None,
                                final_path=carry[0], final_params=carry[1], ess=ess, reference_kept=kept,
                                accept_prob=acc, num_particles=num_particles, num_iterations=num_iterations,

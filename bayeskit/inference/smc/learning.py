@@ -31,6 +31,7 @@ import numpy as np
 
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ConvergenceError, ModelError
+from bayeskit.inference.smc._chunks import run_chunked
 from bayeskit.inference.smc.csmc import step_log_density
 from bayeskit.inference.smc.feynman_kac import Proposal, bootstrap
 from bayeskit.inference.smc.filtering import check_model_params
@@ -260,25 +261,10 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
         jnp.zeros((T,) + tuple(ssm.state_shape(model_params0)))
     carry = (z0, optimizer.init(z0), path0)
     keys = jax.random.split(k_run, num_iterations)
-    n_chunks = min(num_chunks, num_iterations) if progress_bar else 1
-    bounds = np.linspace(0, num_iterations, n_chunks + 1).astype(int)
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_iterations, desc=f"fit ({method}, {estimator})")
-    outs = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b <= a:
-            continue
-        carry, out = run_chunk(carry, keys[a:b])
-        outs.append(out)
-        if bar is not None:
-            bar.update(int(b - a))
-            bar.set_postfix({k: float(np.ravel(v)[0]) for k, v in constrain(carry[0]).items()})
-    if bar is not None:
-        bar.close()
-    history, estimates, logz = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+    carry, (history, estimates, logz) = run_chunked(
+        run_chunk, carry, keys, num_chunks=num_chunks, progress_bar=progress_bar,
+        desc=f"fit ({method}, {estimator})",
+        postfix=lambda c: {k: float(np.ravel(v)[0]) for k, v in constrain(c[0]).items()})
     final = constrain(carry[0])
     if not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(final)):
         raise ConvergenceError("fit: the parameters became non-finite; lower the learning rate or use more particles")
