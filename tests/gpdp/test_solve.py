@@ -46,7 +46,8 @@ def test_solve_value_is_bellman_fixed_point(map_result):
     r = map_result
     R = np.asarray(gpdp.reward_matrix(profit, GRID, GRID))
     q = R + 0.99 * np.einsum("aij,j->ai", r.transitions, r.value)
-    np.testing.assert_allclose(q.max(0), r.value, rtol=1e-5)
+    # atol for the absorbing state, whose value is 0 up to linear-solve round-off
+    np.testing.assert_allclose(q.max(0), r.value, rtol=1e-5, atol=1e-12 * np.abs(r.value).max())
 
 
 @pytest.fixture(scope="module")

@@ -244,27 +244,31 @@ def policy_iteration(transitions, rewards, discount, *, max_iterations: int = 10
     num = rewards.shape[1]
     eps = 64 * jnp.finfo(transitions.dtype).eps
 
-    def improve(policy):
-        v = policy_evaluation(transitions, rewards, policy, discount)
-        q = bellman_q(transitions, rewards, v, discount)
-        best = jnp.argmax(q, axis=0)
-        current = q[policy, jnp.arange(num)]
-        scale = jnp.maximum(1.0, jnp.max(jnp.abs(q), axis=0))
-        keep = current >= q[best, jnp.arange(num)] - eps * scale
-        return jnp.where(keep, policy, best)
+    idx = jnp.arange(num)
 
-    def cond(carry):
-        _, it, changed = carry
-        return changed & (it < max_iterations)
+    num_actions = rewards.shape[0]
+    flat = transitions.reshape(num_actions * num, num)  # hoisted: one (A N, N) matrix for every sweep
+    eye = jnp.eye(num, dtype=transitions.dtype)
 
     def body(carry):
-        policy, it, _ = carry
-        new = improve(policy)
-        return new, it + 1, jnp.any(new != policy)
+        policy, _, _, it, _ = carry
+        rows = policy * num + idx
+        v = jnp.linalg.solve(eye - discount * flat[rows], rewards.reshape(-1)[rows])
+        q = rewards + discount * (flat @ v).reshape(num_actions, num)
+        best = jnp.argmax(q, axis=0)
+        scale = jnp.maximum(1.0, jnp.max(jnp.abs(q), axis=0))
+        keep = q[policy, idx] >= q[best, idx] - eps * scale
+        new = jnp.where(keep, policy, best)
+        return new, v, q, it + 1, jnp.any(new != policy)
 
-    policy, it, changed = jax.lax.while_loop(cond, body, (pol0, jnp.asarray(0), jnp.asarray(True)))
-    v = policy_evaluation(transitions, rewards, policy, discount)
-    q = bellman_q(transitions, rewards, v, discount)
+    def cond(carry):
+        return carry[4] & (carry[3] < max_iterations)
+
+    # (v, q) in the carry belong to the policy evaluated last: once it is stable they are its exact
+    # value and Q-values, so no extra evaluation is needed after the loop.
+    init = (pol0, jnp.zeros(num, transitions.dtype), jnp.zeros(rewards.shape, transitions.dtype),
+            jnp.asarray(0), jnp.asarray(True))
+    policy, v, q, it, changed = jax.lax.while_loop(cond, body, init)
     return DPSolution(v, jnp.argmax(q, axis=0), q, it, jnp.zeros((), transitions.dtype), ~changed)
 
 

@@ -54,7 +54,7 @@ def check_grid(grid, name: str, *, covers=None, min_size: int = 2) -> np.ndarray
     return g
 
 
-def solve_mdp(transitions, rewards, discount, *, solver: str = "value_iteration", tolerance: float = 1e-6,
+def solve_mdp(transitions, rewards, discount, *, solver: str = "policy_iteration", tolerance: float = 1e-6,
               max_iterations: int = 10_000, horizon: int | None = None) -> dp.DPSolution:
     """Solve the MDP and check the outcome (raises :class:`~bayeskit.errors.ConvergenceError` on
     non-finite values or a missed tolerance).
@@ -228,7 +228,7 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
           priors: Mapping | None = None, pseudo_observations=((0.0, 0.0),), pseudo_noise: float | None = None,
           method: str = "nuts", num_warmup: int = 500, num_samples: int = 500, num_chains: int = 1,
           num_posterior_draws: int = 100, absorbing_states: tuple[int, ...] = (0,),
-          solver: str = "value_iteration", tolerance: float = 1e-6, max_iterations: int = 10_000,
+          solver: str = "policy_iteration", tolerance: float = 1e-6, max_iterations: int = 10_000,
           horizon: int | None = None, convention: str = "exact", progress_bar: bool = False) -> GPDPResult:
     """Gaussian-process dynamic programming, end to end.
 
@@ -249,7 +249,8 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
         method (str): ``"nuts"`` or ``"map"``.
         num_posterior_draws (int): hyperparameter draws averaged in the transition tensor.
         absorbing_states (tuple[int, ...]): grid indices that are absorbing (default: the first, stock 0).
-        solver (str): ``"value_iteration"`` or ``"policy_iteration"``.
+        solver (str): ``"policy_iteration"`` (default: exact, a handful of linear solves) or
+            ``"value_iteration"``.
         horizon (int | None): None (infinite horizon) or a number of steps for backward induction (then
             ``discount`` may be 1; ``discount=1, horizon=999`` is the paper's value iteration).
         convention (str): ``"exact"`` or ``"paper"`` (the published code's transition rows, see
