@@ -8,6 +8,13 @@
 # * a **learned world**: a small JAX MLP trained on noisy multi-step modular arithmetic (it makes
 #   mistakes on ~25% of the steps), scored by a noisy step verifier — the stand-in for an LLM + PRM.
 #
+# On the learned world the settings of PF (softmax temperature, resampling scheme, per-step vs
+# accumulated weights, argmax vs weighted vote) and of beam search (beam width, argmax vs vote) are
+# chosen on a **validation** set of problems disjoint from the **test** set on which every number is
+# reported, with standard errors over problems (each problem's accuracy averaged over seeds). The
+# budget is counted identically for every method (rollouts; the generator calls actually made are
+# printed next to the accuracies).
+#
 # Then the scaling-rate comparison (budget each method needs to reach a target accuracy, relative to
 # PF) and an FKC panel: annealed and product-of-experts targets of a 2-D Gaussian mixture.
 # Run: `python examples/inference_scaling.py --outdir out [--quick]`.
@@ -16,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 
@@ -24,76 +32,214 @@ import jax.numpy as jnp
 import numpy as np
 
 import bayeskit as bk
-from bayeskit.inference.scaling.particle import _beam_jit, _pf_jit, _pg_jit
+from bayeskit.inference.scaling.particle import WEIGHTS, _beam_jit, _pf_jit, _pg_jit
 
 S = bk.scaling
-METHODS = ("PF", "PF-vote", "PG", "BoN", "WMV", "Beam")
+
+# validation grids (the first entry of each grid is the paper's / reference code's default)
+PF_GRID = {"temperature": (1.0, 0.25, 0.5, 2.0), "resampling": ("multinomial", "systematic"),
+           "weights": (("per_step", 1.0), ("accumulated", 0.5)), "selection": ("argmax", "vote")}
+BEAM_GRID = {"beam_width": (4, 2, 8), "selection": ("argmax", "vote")}
+PG_PARTICLES = 4
 
 
 def vote(answers, weights, num_answers):
-    """Weighted majority vote per row."""
+    """Weighted majority vote per row: argmax_a sum_i w_i 1[a_i = a]."""
     tallies = np.stack([np.sum(weights * (answers == a), axis=1) for a in range(num_answers)], 1)
     return np.argmax(tallies, axis=1)
 
 
-def best_of_n_curves(key, gen, rm, init_batch, truth, budgets, num_answers):
-    """BoN and WMV for every budget from one set of max(budgets) independent rollouts per problem
-    (the first b rollouts are a best-of-b run): one compile for all budgets."""
-    n = max(budgets)
-    num_problems = truth.shape[0]
-    init_n = jax.vmap(lambda p: gen.init(p, n))(init_batch)
-    bon = jax.jit(jax.vmap(lambda k, ini: _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, False)[1:3]))
-    answers, outcome = (np.asarray(a) for a in bon(jax.random.split(key, num_problems), init_n))
-    rows = np.arange(num_problems)
+def select(answers, log_weights, selection, num_answers):
+    """The answer each row's pool returns under ``selection`` (as ``bk.scaling.select_answer``)."""
+    rows = np.arange(answers.shape[0])
+    if selection == "argmax":
+        return answers[rows, np.argmax(log_weights, 1)]
+    w = np.exp(log_weights - log_weights.max(1, keepdims=True))
+    return vote(answers, w / w.sum(1, keepdims=True), num_answers)
+
+
+def calls_per_particle(gen, history_states):
+    """Generator calls made by each final particle's slot: 1 at the first step, then one per step
+    at which it was still live (finished particles are not extended)."""
+    done = jax.vmap(gen.is_done)(history_states)
+    return 1 + jnp.sum(~done[:-1], axis=0)
+
+
+class Runner:
+    """Jitted, problem-vmapped runs of every method (one compile per budget and static setting)."""
+
+    def __init__(self, gen, rm):
+        self.gen, self.rm = gen, rm
+        self._cache = {}
+
+    def _jit(self, name, budget, extra, make):
+        key = (name, budget, extra)
+        if key not in self._cache:
+            self._cache[key] = jax.jit(make())
+        return self._cache[key]
+
+    def init(self, prompts, n):
+        return jax.vmap(lambda p: self.gen.init(p, n))(prompts)
+
+    def pf(self, keys, prompts, budget, temperature, resampling, weights, ess_threshold):
+        gen, rm = self.gen, self.rm
+
+        def make():
+            def one(k, ini, tau, w, ess):
+                out, answers, _, _, _ = _pf_jit(k, ini, tau, gen, rm, w, ess, resampling, 0, True)
+                return answers, out.log_weights, jnp.sum(out.calls)
+
+            return jax.vmap(one, in_axes=(0, 0, None, None, None))
+
+        f = self._jit("pf", budget, resampling, make)
+        out = f(keys, self.init(prompts, budget), float(temperature), WEIGHTS.index(weights), float(ess_threshold))
+        return tuple(np.asarray(a) for a in out)
+
+    def beam(self, keys, prompts, budget, beam_width):
+        gen, rm = self.gen, self.rm
+        m = min(beam_width, budget)
+
+        def make():
+            def one(k, ini):
+                _, answers, outcome, _, _, calls, _, _ = _beam_jit(k, ini, gen, rm, budget // m, m)
+                return answers, outcome, jnp.sum(calls)
+
+            return jax.vmap(one)
+
+        out = self._jit("beam", budget, m, make)(keys, self.init(prompts, (budget // m) * m))
+        return tuple(np.asarray(a) for a in out)
+
+    def rollouts(self, keys, prompts, n):
+        """``n`` independent rollouts per problem: answers, outcome rewards, calls per rollout."""
+        gen, rm = self.gen, self.rm
+
+        def make():
+            def one(k, ini):
+                out, answers, outcome, _, _ = _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, False)
+                return answers, outcome, calls_per_particle(gen, out.history.state)
+
+            return jax.vmap(one)
+
+        out = self._jit("bon", n, None, make)(keys, self.init(prompts, n))
+        return tuple(np.asarray(a) for a in out)
+
+    def pg(self, keys, prompts, budget, temperature, num_particles=PG_PARTICLES):
+        gen, rm = self.gen, self.rm
+        iters = budget // num_particles
+
+        def make():
+            def one(k, ini, tau):
+                summ, _ = _pg_jit(k, ini, jnp.reshape(tau, (1,)), gen, rm, 0, iters)
+                return summ[8][-1, 0], summ[0][-1, 0], jnp.sum(summ[5])
+
+            return jax.vmap(one, in_axes=(0, 0, None))
+
+        out = self._jit("pg", budget, num_particles, make)(keys, self.init(prompts, num_particles),
+                                                            float(temperature))
+        return tuple(np.asarray(a) for a in out)
+
+
+class ProblemSet:
+    """Problems x seeds, flattened: row ``r * P + p`` is seed ``r`` of problem ``p``."""
+
+    def __init__(self, prompts, truth, num_seeds, key):
+        self.num_problems = int(truth.shape[0])
+        self.num_seeds = int(num_seeds)
+        self.prompts = jnp.tile(jnp.asarray(prompts), (num_seeds,) + (1,) * (jnp.ndim(prompts) - 1))
+        self.truth = np.tile(np.asarray(truth), num_seeds)
+        self.key = key
+
+    def keys(self, *tags):
+        k = self.key
+        for t in tags:
+            k = jax.random.fold_in(k, t)
+        return jax.random.split(k, self.truth.shape[0])
+
+    def score(self, chosen):
+        """(accuracy, standard error over problems) of the chosen answers."""
+        per_problem = np.mean((chosen == self.truth).reshape(self.num_seeds, self.num_problems), axis=0)
+        se = np.std(per_problem, ddof=1) / np.sqrt(self.num_problems) if self.num_problems > 1 else np.nan
+        return float(per_problem.mean()), float(se), per_problem
+
+
+def pf_configs():
+    for tau, rs, (w, ess), sel in itertools.product(PF_GRID["temperature"], PF_GRID["resampling"],
+                                                    PF_GRID["weights"], PF_GRID["selection"]):
+        yield {"temperature": tau, "resampling": rs, "weights": w, "ess_threshold": ess, "selection": sel}
+
+
+def beam_configs():
+    for m, sel in itertools.product(BEAM_GRID["beam_width"], BEAM_GRID["selection"]):
+        yield {"beam_width": m, "selection": sel}
+
+
+def pf_label(c):
+    return (f"τ={c['temperature']:g}, {c['resampling']}, {c['weights']}"
+            + (f" (ESS<{c['ess_threshold']:g}N)" if c["weights"] == "accumulated" else "") + f", {c['selection']}")
+
+
+def eval_pf_grid(runner, problems, budgets, num_answers, configs):
+    """Accuracy of every PF configuration at every budget: {config index: [(acc, se, per_problem, calls)]}."""
+    configs = list(configs)
+    out = {i: [] for i in range(len(configs))}
+    for b in budgets:
+        runs = {}
+        for i, c in enumerate(configs):
+            run_key = (c["temperature"], c["resampling"], c["weights"], c["ess_threshold"])
+            if run_key not in runs:  # argmax and vote share one run
+                runs[run_key] = runner.pf(problems.keys(b, 1), problems.prompts, b, c["temperature"], c["resampling"],
+                                          c["weights"], c["ess_threshold"])
+            answers, lw, calls = runs[run_key]
+            acc, se, pp = problems.score(select(answers, lw, c["selection"], num_answers))
+            out[i].append((acc, se, pp, float(np.mean(calls))))
+    return configs, out
+
+
+def eval_beam_grid(runner, problems, budgets, num_answers, configs):
+    configs = list(configs)
+    out = {i: [] for i in range(len(configs))}
+    for b in budgets:
+        runs = {}
+        for i, c in enumerate(configs):
+            m = min(c["beam_width"], b)
+            if m not in runs:
+                runs[m] = runner.beam(problems.keys(b, 2), problems.prompts, b, c["beam_width"])
+            answers, outcome, calls = runs[m]
+            acc, se, pp = problems.score(select(answers, np.log(np.maximum(outcome, 1e-300)), c["selection"],
+                                                num_answers))
+            out[i].append((acc, se, pp, float(np.mean(calls))))
+    return configs, out
+
+
+def eval_bon(runner, problems, budgets, num_answers):
+    """BoN and WMV for every budget from one set of max(budgets) rollouts per problem (the first b
+    rollouts are a best-of-b run): one compile for all budgets."""
+    answers, outcome, calls = runner.rollouts(problems.keys(0, 3), problems.prompts, max(budgets))
     out = {"BoN": [], "WMV": []}
     for b in budgets:
-        a, o = answers[:, :b], outcome[:, :b]
-        out["BoN"].append(float(np.mean(a[rows, np.argmax(o, 1)] == truth)))
-        out["WMV"].append(float(np.mean(vote(a, o, num_answers) == truth)))
+        a, o, c = answers[:, :b], outcome[:, :b], float(np.mean(np.sum(calls[:, :b], 1)))
+        lw = np.log(np.maximum(o, 1e-300))
+        out["BoN"].append(problems.score(select(a, lw, "argmax", num_answers)) + (c,))
+        out["WMV"].append(problems.score(select(a, lw, "vote", num_answers)) + (c,))
     return out
 
 
-def evaluate(key, gen, rm, init_batch, truth, budget, num_answers, pg_particles=4):
-    """Accuracy of PF, beam search and PG at one budget, vmapped over problems."""
-    num_problems = truth.shape[0]
-    keys = jax.random.split(key, (num_problems, 3))
-    acc = {}
-    init_n = jax.vmap(lambda p: gen.init(p, budget))(init_batch)
-    pf = jax.jit(jax.vmap(lambda k, ini: (lambda o: (o[3], o[1], o[0].log_weights))(
-        _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, True))))
-    ans, pf_answers, pf_lw = (np.asarray(a) for a in pf(keys[:, 0], init_n))
-    acc["PF"] = float(np.mean(ans == truth))
-    w = np.exp(pf_lw - pf_lw.max(1, keepdims=True))
-    acc["PF-vote"] = float(np.mean(vote(pf_answers, w / w.sum(1, keepdims=True), num_answers) == truth))
-    expansions = min(4, budget)
-    beam = jax.jit(jax.vmap(lambda k, ini: _beam_jit(k, ini, gen, rm, budget // expansions, expansions)[1:3]))
-    banswers, boutcome = (np.asarray(a) for a in beam(keys[:, 2], init_n))
-    acc["Beam"] = float(np.mean(banswers[np.arange(num_problems), np.argmax(boutcome, 1)] == truth))
-    if budget >= pg_particles:
-        iters = budget // pg_particles
-        init_pg = jax.vmap(lambda p: gen.init(p, pg_particles))(init_batch)
-        temps = jnp.ones((1,))
-        pg = jax.jit(jax.vmap(lambda k, ini: (lambda s: (s[0][-1, 0], s[8][-1, 0]))(
-            _pg_jit(k, ini, temps, gen, rm, 0, iters)[0])))
-        lw, answers_pg = (np.asarray(a) for a in pg(keys[:, 1], init_pg))
-        acc["PG"] = float(np.mean(answers_pg[np.arange(num_problems), np.argmax(lw, 1)] == truth))
-    else:
-        acc["PG"] = float("nan")
-    return acc
+def eval_pg(runner, problems, budgets, temperature, selection, num_answers):
+    res = []
+    for b in budgets:
+        if b < PG_PARTICLES:
+            res.append((np.nan, np.nan, None, np.nan))
+            continue
+        answers, lw, calls = runner.pg(problems.keys(b, 4), problems.prompts, b, temperature)
+        res.append(problems.score(select(answers, lw, selection, num_answers)) + (float(np.mean(calls)),))
+    return res
 
 
-def curves_for(key, gen, rm, init_batch, truth, budgets, num_answers, label):
-    curves = {m: [] for m in METHODS}
-    bon = best_of_n_curves(key, gen, rm, init_batch, truth, budgets, num_answers)
-    curves["BoN"], curves["WMV"] = bon["BoN"], bon["WMV"]
-    for i, b in enumerate(budgets):
-        t = time.time()
-        acc = evaluate(jax.random.fold_in(key, b), gen, rm, init_batch, truth, b, num_answers)
-        for m in ("PF", "PF-vote", "PG", "Beam"):
-            curves[m].append(acc[m])
-        print(f"  [{label}] budget {b}: " + ", ".join(f"{m} {curves[m][i]:.3f}" for m in METHODS)
-              + f" ({time.time() - t:.0f}s)", flush=True)
-    return curves
+def choose(configs, results, budgets):
+    """Index of the configuration with the highest mean accuracy over budgets > 1 (ties: the first,
+    i.e. the default)."""
+    means = [np.mean([r[0] for b, r in zip(budgets, results[i]) if b > 1]) for i in range(len(configs))]
+    return int(np.argmax(means)), means
 
 
 def budget_to_reach(budgets, accs, level):
@@ -109,76 +255,171 @@ def budget_to_reach(budgets, accs, level):
     return float("inf")
 
 
-def scaling_table(name, budgets, curves):
-    lines = [f"\n### {name}: accuracy vs budget (rollouts)\n",
-             "| method | " + " | ".join(str(b) for b in budgets) + " |",
-             "|---|" + "---|" * len(budgets)]
-    for m in METHODS:
-        lines.append(f"| {m} | " + " | ".join("–" if not np.isfinite(a) else f"{a:.3f}" for a in curves[m]) + " |")
-    # scaling rate (Puri et al.): budget each method needs to first reach a given accuracy, and its
-    # ratio to particle filtering's
-    need = {}
-    levels = (0.6, 0.8, 0.9)
-    lines.append("\nScaling rate: budget needed to first reach an accuracy level (ratio to PF):\n")
+def _cell(r):
+    acc, se = r[0], r[1]
+    if not np.isfinite(acc):
+        return "–"
+    return f"{acc:.3f} ± {se:.3f}" if np.isfinite(se) else f"{acc:.3f}"
+
+
+def scaling_table(name, budgets, curves, ref, levels=(0.6, 0.8, 0.9)):
+    """Markdown: accuracy ± SE vs budget, generator calls per problem, and the scaling rate (budget
+    each method needs to first reach an accuracy level, and its ratio to ``ref``)."""
+    lines = [f"\n### {name}: accuracy ± SE vs budget (rollouts)\n",
+             "| method | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for m, res in curves.items():
+        lines.append(f"| {m} | " + " | ".join(_cell(r) for r in res) + " |")
+    lines.append("\nGenerator calls per problem (the same budget accounting for every method):\n")
+    lines.append("| method | " + " | ".join(str(b) for b in budgets) + " |")
+    lines.append("|---|" + "---|" * len(budgets))
+    for m, res in curves.items():
+        lines.append(f"| {m} | " + " | ".join("–" if not np.isfinite(r[3]) else f"{r[3]:.0f}" for r in res) + " |")
+    lines.append(f"\nScaling rate: budget needed to first reach an accuracy level (ratio to {ref}):\n")
     lines.append("| method | " + " | ".join(f"acc {lv}" for lv in levels) + " |")
     lines.append("|---|" + "---|" * len(levels))
-    ref = {lv: budget_to_reach(budgets, curves["PF"], lv) for lv in levels}
-    for m in METHODS:
-        need[m] = [budget_to_reach(budgets, curves[m], lv) for lv in levels]
+    need_ref = {lv: budget_to_reach(budgets, [r[0] for r in curves[ref]], lv) for lv in levels}
+    for m, res in curves.items():
         cells = []
-        for lv, b in zip(levels, need[m]):
+        for lv in levels:
+            b = budget_to_reach(budgets, [r[0] for r in res], lv)
             if not np.isfinite(b):
                 cells.append(f"> {budgets[-1]}")
             else:
-                cells.append(f"{b:.1f} ({b / ref[lv]:.1f}x)" if np.isfinite(ref[lv]) else f"{b:.1f}")
+                cells.append(f"{b:.1f} ({b / need_ref[lv]:.1f}x)" if np.isfinite(need_ref[lv]) else f"{b:.1f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines), need
+    return "\n".join(lines)
+
+
+def paired_table(budgets, curves, pairs):
+    """Paired differences of accuracy (same problems) with their standard errors."""
+    lines = ["\nPaired accuracy differences on the same test problems (± SE over problems):\n",
+             "| difference | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for a, b in pairs:
+        cells = []
+        for ra, rb in zip(curves[a], curves[b]):
+            if ra[2] is None or rb[2] is None:
+                cells.append("–")
+                continue
+            d = ra[2] - rb[2]
+            cells.append(f"{d.mean():+.3f} ± {np.std(d, ddof=1) / np.sqrt(d.size):.3f}")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # %%
-def run_scaling(args, budgets, figs):
-    out = []
-    curves_all = {}
-    # --- world 1: Markov reasoner with a noisy PRM built from the exact value function
+def markov_world(args, budgets):
+    """Markov reasoner with a noisy PRM built from the exact value function; the paper's default
+    settings (one target, replications = seeds)."""
     world = S.random_markov_world(jax.random.key(0), num_digits=4, modulus=5, max_steps=6)
     target = 2
     gen = world.generator()
     rm = world.noisy_reward_model(jax.random.key(1), target, noise_scale=1.0)
     num_rep = 64 if args.quick else 400
-    init_batch = jnp.full((num_rep,), target)
-    truth = np.full(num_rep, target)
-    curves = curves_for(jax.random.key(100), gen, rm, init_batch, truth, budgets, world.modulus, "Markov")
-    txt, _ = scaling_table(f"Markov reasoner (P(correct) unguided = {world.success_probability(target):.3f}, "
-                           f"noisy PRM)", budgets, curves)
-    out.append(txt)
-    curves_all["Markov reasoner (noisy PRM)"] = curves
+    problems = ProblemSet(jnp.full((num_rep,), target), np.full(num_rep, target), 1, jax.random.key(100))
+    runner = Runner(gen, rm)
+    m = world.modulus
+    default_pf = next(pf_configs())
+    _, pf = eval_pf_grid(runner, problems, budgets, m, [default_pf, dict(default_pf, selection="vote")])
+    _, beam = eval_beam_grid(runner, problems, budgets, m, [{"beam_width": 4, "selection": "argmax"}])
+    bon = eval_bon(runner, problems, budgets, m)
+    curves = {"PF": pf[0], "PF-vote": pf[1], "PG (N=4)": eval_pg(runner, problems, budgets, 1.0, "argmax", m),
+              "BoN": bon["BoN"], "WMV": bon["WMV"], "Beam (M=min(4,B))": beam[0]}
+    name = (f"Markov reasoner (P(correct) unguided = {world.success_probability(target):.3f}, noisy PRM, "
+            f"{num_rep} replications, paper defaults)")
+    return name, curves, scaling_table(name, budgets, curves, "PF")
 
-    # --- world 2: learned arithmetic model + noisy verifier
+
+def learned_world(args, budgets):
+    """Learned arithmetic model + noisy verifier; settings chosen on validation problems, numbers
+    reported on disjoint test problems."""
     t0 = time.time()
     arith = S.ArithmeticWorld.train(jax.random.key(2), num_iterations=600 if args.quick else 2000)
     acc_step = arith.step_accuracy()
     gen = arith.generator()
     rm = arith.verifier_reward_model(jax.random.key(3), confidence=2.0, noise_scale=1.5)
-    num_problems = 64 if args.quick else 400
-    prompts, answers = S.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
-    truth = np.asarray(answers)
-    curves = curves_for(jax.random.key(200), gen, rm, prompts, truth, budgets, 10, "learned")
-    txt, _ = scaling_table(f"Learned arithmetic model (step accuracy {acc_step:.3f}; training + evaluation "
-                           f"{time.time() - t0:.0f}s; noisy verifier PRM)", budgets, curves)
-    out.append(txt)
-    curves_all["Learned arithmetic model (noisy verifier)"] = curves
+    num_problems = 96 if args.quick else 256
+    num_seeds = 1 if args.quick else 2
+    test_prompts, test_truth = S.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
+    val_prompts, val_truth = S.ArithmeticWorld.sample_problems(jax.random.key(5), 2 * num_problems)
+    test_set = {tuple(p) for p in np.asarray(test_prompts).tolist()}
+    keep = np.array([tuple(p) not in test_set for p in np.asarray(val_prompts).tolist()])
+    val_prompts, val_truth = val_prompts[keep][:num_problems], val_truth[keep][:num_problems]
+    assert not {tuple(p) for p in np.asarray(val_prompts).tolist()} & test_set  # disjoint
+    val = ProblemSet(val_prompts, np.asarray(val_truth), num_seeds, jax.random.key(300))
+    test = ProblemSet(test_prompts, np.asarray(test_truth), num_seeds, jax.random.key(200))
+    runner = Runner(gen, rm)
+    lines = [f"\n### Learned arithmetic model: validation ({num_problems} problems x {num_seeds} seeds, "
+             f"disjoint from the test problems)\n"]
+    # --- validation: choose PF and beam-search settings
+    pf_cfgs, pf_val = eval_pf_grid(runner, val, budgets, 10, pf_configs())
+    i_pf, pf_means = choose(pf_cfgs, pf_val, budgets)
+    per_budget = [int(np.argmax([pf_val[i][j][0] for i in range(len(pf_cfgs))])) for j in range(len(budgets))]
+    beam_cfgs, beam_val = eval_beam_grid(runner, val, budgets, 10, beam_configs())
+    i_beam, beam_means = choose(beam_cfgs, beam_val, budgets)
+    order = np.argsort(pf_means)[::-1]
+    lines.append("| PF setting | mean val. acc. (budgets 2–128) | " + " | ".join(f"b={b}" for b in budgets) + " |")
+    lines.append("|---|---|" + "---|" * len(budgets))
+    for i in list(order[:6]) + ([0] if 0 not in order[:6] else []):
+        lines.append(f"| {pf_label(pf_cfgs[i])}{' (paper default)' if i == 0 else ''} | {pf_means[i]:.3f} | "
+                     + " | ".join(f"{r[0]:.3f}" for r in pf_val[i]) + " |")
+    for i in np.argsort(beam_means)[::-1]:
+        c = beam_cfgs[i]
+        lines.append(f"| beam M={c['beam_width']}, {c['selection']} | {beam_means[i]:.3f} | "
+                     + " | ".join(f"{r[0]:.3f}" for r in beam_val[i]) + " |")
+    lines.append(f"\nChosen on validation: PF {pf_label(pf_cfgs[i_pf])}; beam search M={beam_cfgs[i_beam]['beam_width']}, "
+                 f"{beam_cfgs[i_beam]['selection']}; per budget, PF: "
+                 + "; ".join(f"{b}: {pf_label(pf_cfgs[i])}" for b, i in zip(budgets, per_budget)) + ".")
+    # --- test: every reported number
+    chosen = sorted({0, i_pf} | set(per_budget))
+    cfgs_test = [pf_cfgs[i] for i in chosen]
+    _, pf_test = eval_pf_grid(runner, test, budgets, 10, cfgs_test)
+    pos = {i: j for j, i in enumerate(chosen)}
+    pf_per_budget = [pf_test[pos[i]][j] for j, i in enumerate(per_budget)]
+    beam_chosen = sorted({0, i_beam})
+    _, beam_test = eval_beam_grid(runner, test, budgets, 10, [beam_cfgs[i] for i in beam_chosen])
+    bpos = {i: j for j, i in enumerate(beam_chosen)}
+    bon = eval_bon(runner, test, budgets, 10)
+    c = pf_cfgs[i_pf]
+    curves = {
+        "PF (validated)": pf_test[pos[i_pf]],
+        "PF (validated per budget)": pf_per_budget,
+        "PF (paper default)": pf_test[pos[0]],
+        f"PG (N={PG_PARTICLES}, validated τ)": eval_pg(runner, test, budgets, c["temperature"], c["selection"], 10),
+        "BoN": bon["BoN"], "WMV": bon["WMV"],
+        "Beam (validated)": beam_test[bpos[i_beam]],
+        "Beam (M=min(4,B), argmax)": beam_test[bpos[0]],
+    }
+    name = (f"Learned arithmetic model, TEST ({num_problems} problems x {num_seeds} seeds; step accuracy "
+            f"{acc_step:.3f}; noisy verifier PRM; {time.time() - t0:.0f}s)")
+    lines.append(scaling_table(name, budgets, curves, "PF (validated)", levels=(0.8, 0.9, 0.95)))
+    lines.append(paired_table(budgets, curves, [("PF (validated)", "Beam (validated)"),
+                                                ("PF (validated per budget)", "Beam (validated)"),
+                                                ("PF (validated)", "Beam (M=min(4,B), argmax)"),
+                                                ("PF (validated)", "WMV"), ("PF (validated)", "BoN"),
+                                                ("PF (paper default)", "Beam (M=min(4,B), argmax)")]))
+    return "Learned arithmetic model (test)", curves, "\n".join(lines)
 
+
+def run_scaling(args, budgets, figs):
+    out, curves_all = [], {}
+    for fn in (markov_world, learned_world):
+        name, curves, txt = fn(args, budgets)
+        print(txt, flush=True)
+        out.append(txt)
+        curves_all[name] = curves
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (name, curves) in zip(axes, curves_all.items()):
-        for m in METHODS:
-            ax.plot(budgets, curves[m], marker="o", label=m)
+        for m, res in curves.items():
+            acc = np.array([r[0] for r in res])
+            se = np.array([r[1] for r in res])
+            ax.errorbar(budgets, acc, yerr=se, marker="o", ms=3, capsize=2, label=m)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("budget (rollouts)")
         ax.set_ylabel("accuracy")
         ax.set_title(name, fontsize=10)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(args.outdir, "scaling_accuracy_vs_budget.png")
     fig.savefig(path, dpi=120)
@@ -250,9 +491,9 @@ def main(argv=None):
     figs = []
     t0 = time.time()
     table, curves = run_scaling(args, budgets, figs)
-    table += "\n" + run_fkc(args, figs)
-    table += f"\n\n(total {time.time() - t0:.0f}s; figures: {', '.join(figs)})\n"
-    print(table)
+    fkc = run_fkc(args, figs) + f"\n\n(total {time.time() - t0:.0f}s; figures: {', '.join(figs)})\n"
+    print(fkc)
+    table += "\n" + fkc
     with open(os.path.join(args.outdir, "scaling_table.md"), "w") as f:
         f.write(table)
     return curves

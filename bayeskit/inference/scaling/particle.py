@@ -23,7 +23,15 @@ Resampling probabilities are :math:`\operatorname{softmax}(\log w / \tau)`. A fi
 is not extended (no generator call), keeps its reward and stays in the pool: under ``per_step`` /
 ``accumulated`` it is re-weighted by :math:`\operatorname{logit}(r_{\text{final}})` at every
 later step, as in the reference code; under ``value_ratio`` its potential is 1. Once every particle
-has finished, weights are frozen and no more resampling happens.
+has finished, weights are frozen and no more resampling happens; unlike the reference code (its_hub),
+the final pool is not resampled after the last step (that could only lose the highest-weight
+particle and add noise to a weighted vote).
+
+**Answer selection.** With a noisy verifier, the single highest-weight particle (``argmax``, the
+reference code's default) is increasingly often a wrong generation with an outlying score as N
+grows; a weighted majority vote over the final pool (``selection="vote"``) is robust (see the
+learned-world results in ``docs/scaling.md``). With N = 2, beam search with one beam and two
+expansions is the :math:`\tau \to 0` limit of the filter.
 
 **Particle Gibbs** (Andrieu, Doucet & Holenstein 2010; Puri et al. §3.2): iterate conditional SMC;
 the reference trajectory of the previous iteration is pinned to the last slot and survives
