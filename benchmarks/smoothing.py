@@ -130,6 +130,34 @@ def particles_paris(ys, N, seed=0):
     return time.perf_counter() - t0, float(alg.summaries.patchedParis[-1])
 
 
+def paris_runner(ys, N, key=0):
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
+    ys = jnp.asarray(ys, jnp.float32)
+
+    def run():
+        st, _ = _paris_jit(jax.random.key(key), AR, params, ys, 0.5, num_particles=N, functional=h_x, num_backward=2,
+                           resampling="systematic", num_trials=10, log_transition_bound=None, chunk_size=None,
+                           online=False)
+        return jnp.sum(jax.nn.softmax(st.smc.log_weights) * st.stats)
+
+    return run
+
+
+def load():
+    """The 1/5/15-minute load averages and the core count (the machine is shared)."""
+    try:
+        a = os.getloadavg()
+        return f"load average {a[0]:.2f} {a[1]:.2f} {a[2]:.2f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load average n/a"
+
+
+def peak_rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_bytes(N, T):
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
     ys = jax.ShapeDtypeStruct((T,), jnp.float32)
@@ -145,8 +173,11 @@ def memory_bytes(N, T):
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats per N")
+    parser.add_argument("--skip-particles", action="store_true", help="skip the (slow, pure Python) particles run")
     args = parser.parse_args(argv)
     T = 50 if args.quick else 100
+    T_scale = 20 if args.quick else 50
     Ns = [1_000, 10_000, 100_000] if not args.quick else [1_000, 10_000, 30_000]
     xs, ys = AR.simulate(jax.random.key(0), {k: jnp.asarray(v) for k, v in PARAMS.items()}, T)
     ys = np.asarray(ys)
@@ -162,35 +193,66 @@ def main(argv=None):
          f"device {jax.devices()[0].device_kind}; float32 for bayeskit, float64 for particles; "
          f"functional sum_t x_t, exact (RTS) = {exact:.4f}\n")
     N = 1000
+    emit(f"load at start: {load()}\n")
     t_bk, e_bk = bayeskit_paris(ys, N)
-    t_pa, e_pa = particles_paris(ys, N)
+    t_pa, e_pa = (np.nan, np.nan) if args.skip_particles else particles_paris(ys, N)
     t_n2, e_n2 = bayeskit_paris(ys, N, exact=True)
     emit(f"## N = {N}, T = {T}\n")
     emit("| method | time (s) | ratio vs bayeskit PaRIS | abs. error vs RTS |")
     emit("|---|---|---|---|")
     emit(f"| bayeskit PaRIS (jit, hybrid rejection) | {t_bk:.4f} | 1.0 | {abs(float(e_bk) - exact):.3f} |")
-    emit(f"| particles Paris collector (Nparis=2) | {t_pa:.3f} | {t_pa / t_bk:.1f} | {abs(e_pa - exact):.3f} |")
+    if args.skip_particles:
+        emit("| particles Paris collector (Nparis=2) | skipped (--skip-particles) | | |")
+    else:
+        emit(f"| particles Paris collector (Nparis=2) | {t_pa:.3f} | {t_pa / t_bk:.1f} | {abs(e_pa - exact):.3f} |")
     emit(f"| bayeskit O(N^2) forward-only smoother | {t_n2:.4f} | {t_n2 / t_bk:.1f} | {abs(float(e_n2) - exact):.3f} |")
     emit("")
-    emit("## PaRIS time vs N\n")
-    emit("| N | time (s) | time / N (us) | abs. error vs RTS |")
-    emit("|---|---|---|---|")
-    times = {}
+    emit(f"load before the N-scaling runs: {load()}\n")
+    emit(f"## PaRIS time vs N (T = {T_scale}, interleaved repeats)\n")
+    emit("The machine is shared (load above), so the two largest N are timed alternately, "
+         f"{args.repeats} times each after compilation; the ratio uses the minimum (least-disturbed) times.\n")
+    emit("| N | min time (s) | median time (s) | all times (s) | time / N (us, min) | abs. error vs RTS (T = "
+         f"{T_scale}) |")
+    emit("|---|---|---|---|---|---|")
+    exact_s = exact_value(ys[:T_scale])
+    runners, errors = {}, {}
     for n in Ns:
-        t, e = bayeskit_paris(ys, n)
-        times[n] = t
-        emit(f"| {n} | {t:.4f} | {1e6 * t / n:.2f} | {abs(float(e) - exact):.4f} |")
+        runners[n] = paris_runner(ys[:T_scale], n)
+        errors[n] = abs(float(jax.block_until_ready(runners[n]())) - exact_s)  # compile + first run
+    samples = {n: [] for n in Ns}
+    for _ in range(args.repeats):
+        for n in Ns:
+            t0 = time.perf_counter()
+            jax.block_until_ready(runners[n]())
+            samples[n].append(time.perf_counter() - t0)
+    for n in Ns:
+        s = np.array(samples[n])
+        emit(f"| {n} | {s.min():.4f} | {np.median(s):.4f} | {', '.join(f'{v:.3f}' for v in s)} | "
+             f"{1e6 * s.min() / n:.2f} | {errors[n]:.4f} |")
     a, b = Ns[-2], Ns[-1]
-    emit(f"\nscaling: t({b}) / t({a}) = {times[b] / times[a]:.1f} for a {b // a}x larger N (linear: {b // a}x)\n")
-    emit("## Memory of the compiled PaRIS loop (N = 1000; XLA memory analysis)\n")
-    emit("| T | working memory (temp, bytes) | outputs (bytes: T scalar diagnostics) |")
-    emit("|---|---|---|")
-    for TT in (1_000, 100_000):
-        m = memory_bytes(1000, TT)
-        if m is None:
-            emit(f"| {TT} | n/a | n/a |")
-        else:
-            emit(f"| {TT} | {m['temp']} | {m['output']} |")
+    r_min = min(samples[b]) / min(samples[a])
+    r_med = float(np.median(samples[b]) / np.median(samples[a]))
+    emit(f"\nscaling: t({b}) / t({a}) = {r_min:.1f} (min times), {r_med:.1f} (medians) for a {b // a}x larger N "
+         f"(target <= 12; linear: {b // a}x). Load after: {load()}\n")
+    emit("## Memory of the compiled PaRIS loop (XLA memory analysis of the jitted loop, float32)\n")
+    emit("| N | T | working memory (temp, bytes) | outputs (bytes: T scalar diagnostics) | arguments (bytes) |")
+    emit("|---|---|---|---|---|")
+    mems = {}
+    for n in (1_000, 10_000):
+        for TT in (1_000, 100_000):
+            m = memory_bytes(n, TT)
+            mems[(n, TT)] = m
+            if m is None:
+                emit(f"| {n} | {TT} | n/a | n/a | n/a |")
+            else:
+                emit(f"| {n} | {TT} | {m['temp']} | {m['output']} | {m['argument']} |")
+    if mems[(1_000, 1_000)] is not None:
+        growth = {n: mems[(n, 100_000)]["temp"] - mems[(n, 1_000)]["temp"] for n in (1_000, 10_000)}
+        emit(f"\nworking-memory growth from T = 1e3 to 1e5: {growth[1_000]} bytes at N = 1e3 "
+             f"({growth[1_000] / 99_000:.1f} bytes per extra step), {growth[10_000]} bytes at N = 1e4 "
+             f"({growth[10_000] / 99_000:.1f} bytes per extra step): if these agree, the growth is the T per-step "
+             "scalar diagnostics, not particle history (which would grow by ~N x 4 bytes per step).\n")
+    emit(f"RSS peak of this benchmark process (all runs above): {peak_rss_mb():.0f} MB\n")
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "smoothing.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

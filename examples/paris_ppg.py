@@ -4,8 +4,9 @@
 # Reproduces, at laptop scale, the experiments of Cardoso, Janati, Le Corff, Moulines & Olsson,
 # "State and parameter learning with PaRIS particle Gibbs" (ICML 2023):
 #
-# 1. on a linear-Gaussian model, the bias and spread of PaRIS and of PPG (roll-out estimator) for the
-#    smoothed additive functional sum_t E[x_{t-1} x_t | y] at small N, against the exact RTS value;
+# 1. on a linear-Gaussian model, the bias of PPG (roll-out estimator, N particles, k iterations, burn-in
+#    k/2) and of PaRIS with as many particles as PPG moves in total, N (k + 1), for the smoothed additive
+#    functional sum_t E[x_{t-1} x_t | y], against the exact RTS value (R independent replicates);
 # 2. maximum-likelihood learning curves (PPG and PaRIS scores, Fisher identity) converging to the exact
 #    Kalman MLE;
 # 3. learning the stochastic-volatility model's parameters with PPG.
@@ -29,6 +30,7 @@ from numpyro.distributions import constraints
 
 import bayeskit as bk
 from bayeskit.inference.smc.paris import _paris_jit, _ppg_jit
+from bayeskit.inference.smc.smoothing import _ffbs_jit
 from bayeskit.models import linear_gaussian as lg
 from bayeskit.models import stochastic_volatility as sv
 
@@ -47,6 +49,30 @@ def h_cross(t, x_prev, x):
     return jnp.zeros_like(x) if x_prev is None else x_prev * x
 
 
+def paris_replicates(key, ys, params, num_particles, R):
+    """R independent PaRIS estimates of sum_t E[x_(t-1) x_t | y] (vmapped, jitted kernel)."""
+    run = jax.jit(jax.vmap(lambda k: _paris_jit(k, AR, params, ys, 0.5, num_particles=num_particles,
+                                                 functional=h_cross, num_backward=2, resampling="systematic",
+                                                 num_trials=10, log_transition_bound=None, chunk_size=None,
+                                                 online=False)[0]))
+    st = run(jax.random.split(key, R))
+    return np.asarray(jnp.sum(jax.nn.softmax(st.smc.log_weights, -1) * st.stats, -1))
+
+
+def ppg_replicates(key, ys, params, num_particles, num_iterations, R):
+    """R independent PPG chains, each started (as `bk.smc.ppg` does) from one backward-sampled path of a
+    bootstrap filter with the same N: the per-iteration estimates, shape (R, num_iterations)."""
+    def one(k):
+        k1, k2 = jax.random.split(k)
+        path = _ffbs_jit(k1, AR, params, ys, 0.5, num_particles=num_particles, num_paths=1,
+                         resampling="systematic", functional=h_cross)[0][0]
+        return _ppg_jit(k2, AR, params, ys, path, num_particles=num_particles, functional=h_cross, num_backward=2,
+                        num_trials=10, log_transition_bound=None, chunk_size=None, num_iterations=num_iterations,
+                        keep_paths=False)[1]
+
+    return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(key, R)))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
@@ -55,40 +81,44 @@ def main(argv=None):
     jax.config.update("jax_enable_x64", True)
     os.makedirs(args.outdir, exist_ok=True)
     quick = args.quick
-    T = 50 if quick else 100
-    R = 48 if quick else 200
+    T = 50
+    R = 256 if quick else 1024
     true = {"rho": jnp.array(0.8), "sigma_x": jnp.array(1.0), "sigma_y": jnp.array(0.5)}
     _, ys = AR.simulate(jax.random.key(0), true, T)
     sm = lg.rts_smoother(lg_params(true), ys[:, None])
     exact = float((sm.cross_covs[:, 0, 0] + sm.means[:-1, 0] * sm.means[1:, 0]).sum())
 
-    # ---------------------------------------------------------------- 1. bias / spread at small N
-    rows = []
-    keys = jax.random.split(jax.random.key(1), R)
-    for N in (8, 32, 128):
-        run = jax.jit(jax.vmap(lambda k, N=N: _paris_jit(k, AR, true, ys, 0.5, num_particles=N, functional=h_cross,
-                                                          num_backward=2, resampling="systematic", num_trials=10,
-                                                          log_transition_bound=None, chunk_size=None, online=False)[0]))
-        st = run(keys)
-        e = np.asarray(jnp.sum(jax.nn.softmax(st.smc.log_weights, -1) * st.stats, -1))
-        rows.append(("PaRIS", N, 1, N, e.mean() - exact, e.std(), np.sqrt(np.mean((e - exact) ** 2))))
-    N_ppg, k, k0 = 8, 16, 4
-    run = jax.jit(jax.vmap(lambda key: _ppg_jit(key, AR, true, ys, jnp.zeros(T), num_particles=N_ppg,
-                                                functional=h_cross, num_backward=2, num_trials=10,
-                                                log_transition_bound=None, chunk_size=None, num_iterations=k,
-                                                keep_paths=False)[1]))
-    per_iter = np.asarray(run(jax.random.split(jax.random.key(2), R)))  # (R, k)
-    e = per_iter[:, k0:].mean(1)
-    rows.append((f"PPG (k={k}, k0={k0})", N_ppg, k, N_ppg * k, e.mean() - exact, e.std(),
-                 np.sqrt(np.mean((e - exact) ** 2))))
-    print(f"\nsum_t E[x_(t-1) x_t | y], exact (RTS) = {exact:.3f}, T = {T}, {R} replicates "
-          "(PPG chains start from the zero path; cost = particles moved per replicate)")
-    print(f"{'method':<22}{'N':>6}{'iters':>7}{'cost N*k':>10}{'bias':>10}{'sd':>9}{'rmse':>9}")
-    for r in rows:
-        print(f"{r[0]:<22}{r[1]:>6}{r[2]:>7}{r[3]:>10}{r[4]:>10.3f}{r[5]:>9.3f}{r[6]:>9.3f}")
-    bias_iter = per_iter.mean(0) - exact
-    se_iter = per_iter.std(0) / np.sqrt(R)
+    # ---------------------------------------------------------------- 1. bias at equal cost
+    # PPG with N particles and k iterations (roll-out over iterations k0+1..k, k0 = k/2), started from one
+    # backward-sampled path of a bootstrap filter with N particles, costs N (k + 1) particle moves (burn-in and
+    # the initial filter included); PaRIS gets the same number of particles. R independent replicates give
+    # the bias and its standard error against the exact RTS value.
+    ks = (2, 4, 8) if quick else (2, 4, 8, 16)
+    n_ppg = (32,) if quick else (16, 32)
+    rows, per_iter = [], {}
+    paris_cache = {}
 
+    def paris_bias(n):
+        if n not in paris_cache:
+            e = paris_replicates(jax.random.key(1), ys, true, n, R)
+            paris_cache[n] = (e.mean() - exact, e.std(ddof=1) / np.sqrt(R))
+        return paris_cache[n]
+
+    for N in n_ppg:
+        est = ppg_replicates(jax.random.key(2), ys, true, N, max(ks), R)  # (R, k_max)
+        per_iter[N] = (est.mean(0) - exact, est.std(0, ddof=1) / np.sqrt(R))
+        for k in ks:
+            e = est[:, k // 2:k].mean(1)
+            b_pa, se_pa = paris_bias(N * (k + 1))
+            rows.append((N, k, k // 2, N * (k + 1), e.mean() - exact, e.std(ddof=1) / np.sqrt(R), b_pa, se_pa))
+    print(f"\nsum_t E[x_(t-1) x_t | y]: exact (RTS) = {exact:.3f}, T = {T}, {R} independent replicates; "
+          "cost = particles moved = N (k+1) for PPG")
+    print(f"{'PPG N':>6}{'k':>4}{'k0':>4}{'cost':>7}{'PPG bias':>11}{'(se)':>8}{'PaRIS(cost) bias':>18}{'(se)':>8}")
+    for r in rows:
+        print(f"{r[0]:>6}{r[1]:>4}{r[2]:>4}{r[3]:>7}{r[4]:>11.3f}{r[5]:>8.3f}{r[6]:>18.3f}{r[7]:>8.3f}")
+    for N, (b, se) in per_iter.items():
+        print(f"PPG N = {N}, bias of the single-iteration estimate at iterations 1..{len(b)}: "
+              + " ".join(f"{v:.2f}" for v in b) + f"  (se ~ {se.mean():.2f})")
     # ---------------------------------------------------------------- 2. MLE vs exact Kalman MLE
     @jax.jit
     def negll(v):
@@ -136,11 +166,16 @@ def main(argv=None):
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
-    ax.errorbar(np.arange(1, k + 1), bias_iter, yerr=2 * se_iter, marker="o", label=f"PPG, N = {N_ppg}, per sweep")
-    for r in rows[:-1]:
-        ax.axhline(r[4], ls="--", lw=1, label=f"PaRIS N = {r[1]}", color=f"C{rows.index(r) + 1}")
+    for j, N in enumerate(n_ppg):
+        sel = [r for r in rows if r[0] == N]
+        ax.errorbar([r[3] for r in sel], [r[4] for r in sel], yerr=[2 * r[5] for r in sel], marker="o",
+                    color=f"C{j}", label=f"PPG, N = {N}, k0 = k/2 (k = {', '.join(str(r[1]) for r in sel)})")
+    costs = sorted(paris_cache)
+    ax.errorbar(costs, [paris_cache[c][0] for c in costs], yerr=[2 * paris_cache[c][1] for c in costs],
+                marker="s", color="k", ls="--", label="PaRIS, N = cost")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(xlabel="PPG iteration", ylabel="bias", title="bias of sum_t E[x_(t-1) x_t | y]")
+    ax.set(xscale="log", xlabel="cost (particles moved)", ylabel="bias (±2 se)",
+           title="bias of sum_t E[x_(t-1) x_t | y] at equal cost")
     ax.legend(fontsize=7)
     ax = axes[1]
     for j, name in enumerate(("rho", "sigma_x", "sigma_y")):

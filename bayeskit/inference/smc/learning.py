@@ -16,7 +16,10 @@ optax step :math:`\theta \leftarrow \theta + \gamma_\ell \hat s_\ell / T` on unc
 :math:`q_\lambda(x_{0:T-1}) = q_{\lambda,0}(x_0 \mid y_0) \prod_t q_{\lambda,t}(x_t \mid x_{t-1}, y_t)` by minimising the
 inclusive KL :math:`\mathrm{KL}(p_\theta(\cdot \mid y) \,\|\, q_\lambda)`, whose gradient
 :math:`-\mathbb E_{p_\theta(\cdot\mid y)}[\nabla_\lambda \log q_\lambda(X)]` is again a smoothed additive functional;
-the expectation is estimated by a PPG (conditional SMC) Markov chain kept across the updates of :math:`\lambda`.
+the expectation is estimated by a PPG (conditional SMC) Markov chain kept across the updates of :math:`\lambda`
+whose proposal is the current :math:`q_\lambda` itself (particles move with :math:`q_\lambda`, weights
+:math:`m_\theta g_\theta / q_\lambda`, backward kernels from :math:`m_\theta`), as in Naesseth et al.: the chain leaves
+:math:`p_\theta(x \mid y)` invariant for every :math:`\lambda` and mixes better as :math:`q_\lambda` approaches it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ConvergenceError, ModelError
 from bayeskit.inference.smc._chunks import run_chunked
 from bayeskit.inference.smc.csmc import step_log_density
-from bayeskit.inference.smc.feynman_kac import Proposal, bootstrap
+from bayeskit.inference.smc.feynman_kac import Proposal, bootstrap, guided
 from bayeskit.inference.smc.filtering import check_model_params
 from bayeskit.inference.smc.paris import (DEFAULT_NUM_TRIALS, _bound_fn, _run_paris, _weighted_sum,
                                           check_backward_model, conditional_paris, initial_reference)
@@ -231,10 +234,19 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
     def model_params(z):
         return {**fixed_params, **constrain(z)} if method == "mle" else fixed_params
 
+    def feynman_kac(z, theta):
+        if method == "mle":
+            return bootstrap(ssm, theta, ys)
+        lam = constrain(z)  # MSC: the cSMC moves with the current q_lambda and weights by m g / q_lambda
+        q = Proposal(initial=lambda _p, y0: variational.initial(lam, y0),
+                     transition=lambda _p, x_prev, y, t: variational.transition(lam, x_prev, y, t),
+                     vectorized=variational.vectorized)
+        return guided(ssm, theta, ys, q)
+
     def iteration(carry, k):
         z, opt_state, path = carry
         theta = model_params(z)
-        fk = bootstrap(ssm, theta, ys)
+        fk = feynman_kac(z, theta)
         h = functional_for(z)
         bound = _bound_fn(ssm, theta, None)
         if estimator == "paris":
