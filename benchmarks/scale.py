@@ -4,7 +4,10 @@
    T = 100 steps, timed beside a Python loop over the same B filters (one jitted filter each call).
 2. Long runs: T = 1e5 steps (1e4 with --quick) in float32 vs float64 on the same data: no NaN, and the
    float32 log-evidence within the Monte Carlo error of float64 (spread over independent runs).
-3. Memory: peak resident memory of a T = 1e3 vs a T = 1e5 filter without history (online: O(N) state).
+3. Memory: peak resident memory of T = 1e3 ... 1e5 filters without history (online: O(N) state).
+4. Multi-device: throughput of one particle filter with the particle axis sharded over 1, 2 and 4 devices
+   (fake CPU devices here: ``--xla_force_host_platform_device_count=4``; real ones where present), and
+   agreement of the sharded and unsharded log-evidence (same key).
 
     python benchmarks/scale.py [--quick]
 """
@@ -29,6 +32,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 
+    import os
+
+    if "jax" not in sys.modules and "device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
     import jax
     import jax.numpy as jnp
     import numpyro.distributions as dist
@@ -95,16 +102,40 @@ def main(argv=None):
           f"{t64:.2f} / {t32:.2f}"]]))
     print(sections[-1], flush=True)
 
-    # 3. memory flat in T (no history): peak RSS growth while running each horizon once
+    # 3. memory flat in T (no history): peak RSS growth while running each horizon once, shortest first
+    N_mem = 100_000 if args.quick else 10_000
     rows = []
-    for T_m in (1_000, T_long):
+    for T_m in sorted({1_000, 10_000, T_long}):
         _, y_m = model.simulate(jax.random.key(4), {"rho": jnp.float32(0.9)}, T_m)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        bk.smc.particle_filter(jax.random.key(5), model, {"rho": jnp.float32(0.9)}, y_m, 100_000).log_evidence.block_until_ready()
+        bk.smc.particle_filter(jax.random.key(5), model, {"rho": jnp.float32(0.9)}, y_m, N_mem).log_evidence.block_until_ready()
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        rows.append([f"{T_m:.0e}", "1e5", f"{(after - before) / 1024:.1f}"])
+        rows.append([f"{T_m:.0e}", f"{N_mem:.0e}", f"{(after - before) / 1024:.1f}"])
     sections.append("### Memory (peak RSS growth, MiB; outputs are O(T) scalars, the particle state O(N))\n\n"
                     + table(["T", "N", "peak RSS growth MiB"], rows))
+    print(sections[-1], flush=True)
+
+    # 4. multi-device: particle axis sharded over 1, 2, 4 devices
+    devices = jax.devices()
+    N_dev, T_dev = 400_000, 100
+    _, y_dev = model.simulate(jax.random.key(6), {"rho": jnp.float32(0.9)}, T_dev)
+    pf = lambda sh: bk.smc.particle_filter(jax.random.key(7), model, {"rho": jnp.float32(0.9)}, y_dev, N_dev,  # noqa: E731
+                                           sharding=sh).log_evidence.block_until_ready()
+    ref = float(pf(None))
+    rows = []
+    t1 = None
+    for n_dev in (1, 2, 4, 8):
+        if n_dev > len(devices):
+            break
+        sh = bk.distributed.particle_sharding(devices[:n_dev])
+        lz = float(pf(sh))
+        t = median_time(lambda sh=sh: pf(sh), 3)
+        t1 = t if t1 is None else t1
+        rows.append([n_dev, f"{N_dev * T_dev / t:.3g}", f"{t1 / t:.2f}x", f"{abs(lz - ref):.1e}"])
+    sections.append(
+        f"### Multi-device (particle axis sharded, N = {N_dev:.0e}, T = {T_dev}; devices: "
+        f"{devices[0].platform} x {len(devices)}{', fake host devices sharing the CPU cores' if devices[0].platform == 'cpu' else ''})\n\n"
+        + table(["devices", "particle-steps/s", "speed-up vs 1 device", "|log Z sharded - unsharded|"], rows))
     print(sections[-1], flush=True)
     path = write_result("scale", "Scale: batched filters, long runs, memory (benchmarks/scale.py)",
                         "\n\n".join(sections))

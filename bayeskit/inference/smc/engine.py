@@ -76,6 +76,17 @@ def _constrain(tree, sharding):
     return jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
 
+def _replicated(a, sharding):
+    """``a`` replicated on every device of ``sharding``: resampling then runs on each device on the
+    (cheap, O(N)) global weights instead of being partitioned by XLA, which serialises the cumulative
+    sum and the scatter of the offspring counts across shards."""
+    if sharding is None:
+        return a
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return jax.lax.with_sharding_constraint(a, NamedSharding(sharding.mesh, PartitionSpec()))
+
+
 def init(key, fk: FeynmanKac, num_particles: int, *, sharding=None):
     """Step 0: draw from :math:`M_0` and weight by :math:`G_0`. Returns ``(SMCState, StepInfo)``."""
     x = _constrain(fk.init(key, num_particles), sharding)
@@ -96,7 +107,7 @@ def step(key, state: SMCState, fk: FeynmanKac, t, *, resampling: Callable, ess_t
     k_res, k_move = jax.random.split(key)
     current_ess = ess_fn(state.log_weights)
     do_resample = (ess_threshold >= 1.0) | (current_ess < ess_threshold * num_particles)
-    idx = resampling(k_res, state.log_weights, num_particles)
+    idx = _replicated(resampling(k_res, _replicated(state.log_weights, sharding), num_particles), sharding)
     ancestors = jnp.where(do_resample, idx, jnp.arange(num_particles, dtype=idx.dtype))
     x_prev = jax.tree_util.tree_map(lambda a: a[ancestors], state.particles)
     lw_prev = jnp.where(do_resample, jnp.zeros_like(state.log_weights), state.log_weights[ancestors])
