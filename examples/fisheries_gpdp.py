@@ -55,7 +55,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
     grid = np.linspace(0.0, 15.0, 50)  # 50 stock values on [0, 1.5 K], harvest grid = stock grid
     discount = 0.99  # the paper's discount rate delta = 0.01
 
-    # %% GPDP: GP posterior by NUTS -> transition tensor -> value iteration
+    # %% GPDP: GP posterior by NUTS -> transition tensor -> exact discounted DP (policy iteration)
     t0 = time.perf_counter()
     gp = bk.gpdp.solve(key_gp, x_obs, y_obs, grid, profit, discount=discount, pseudo_observations=[(0.0, 0.0)],
                        num_warmup=warmup, num_samples=samples, num_posterior_draws=100)
@@ -72,7 +72,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
         tensors[name] = bk.gpdp.parametric_fit_tensor(fits[name], grid, grid, num_draws=100)
     tensors["MLE"] = bk.gpdp.parametric_fit_tensor(fits["Allen"], grid, grid, use_mle=True)
     t_fit = time.perf_counter() - t0
-    # two DP conventions: "exact" = escapement-exact GP rows + discounted value iteration (gamma = 0.99);
+    # two DP conventions: "exact" = escapement-exact GP rows + the discounted DP (gamma = 0.99) solved exactly;
     # "paper" = the published code: GP mean one grid step below the escapement, variance at the
     # pre-harvest stock, and its value iteration = 999-step undiscounted backward induction
     tensors_paper = dict(tensors)
