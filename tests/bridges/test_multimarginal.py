@@ -170,23 +170,87 @@ def test_bad_input():
         bk.bridges.multimarginal(key, snaps, [0.0, 1.0], reference="ou")
     with pytest.raises(DataError, match="NaN"):
         bk.bridges.multimarginal(key, [snaps[0], np.full((5, 2), np.nan)], [0.0, 1.0])
+    with pytest.raises(ConfigurationError, match="solver"):
+        bk.bridges.multimarginal(key, snaps, [0.0, 1.0], solver="sinkhorn")
+    with pytest.raises(ConfigurationError, match="not linear"):
+        bk.bridges.multimarginal(key, snaps, [0.0, 1.0], reference=bk.bridges.LotkaVolterra(), solver="lightsb")
+    with pytest.raises(ConfigurationError, match="epsilon"):
+        bk.bridges.multimarginal(key, snaps, [0.0, 1.0], solver="lightsb", lightsb_options={"epsilon": 1.0})
 
 
 # ----------------------------------------------------------------------------- SBIRR ground truths
+# Per-interval solver for the OU ground truth: solver="lightsb" (LightSB under the linear reference, exact
+# reference bridges between the plan's end points). With one full component started at the moment-matched
+# Gaussian SB and no training steps it is the exact minimiser of the LightSB loss on the snapshots
+# (test_linear.py), so these tests measure the refinement itself, not an optimiser. Sources of error in
+# theta, measured (10 data seeds each): the finite-sample error of the snapshots (sd across seeds), the
+# Euler-Maruyama refit bias theta_EM = (1 - exp(-theta h)) / h ~ theta (1 - theta h / 2), and the geometric
+# convergence of the refinement (contraction ~0.5 per pass: 0.77, 0.92, 0.96, 0.98, ...).
+OU_LSB = dict(solver="lightsb", lightsb_options=dict(num_components=1, covariance="full", init="gaussian", num_steps=0))
+
+
+def test_irr_lightsb_recovers_ou_theta_vanilla_does_not():
+    # fast version: 3 snapshots x 200 particles, step 0.02, 6 refinements. Over data seeds 0-9 the final
+    # theta was 0.979 +- 0.021 (sd) and vanilla SB 0.677 +- 0.013. Tolerance: 4 sd + EM bias theta h / 2.
+    theta, sigma, h = 1.0, 0.3, 0.02
+    times = np.array([0.0, 1.0, 2.0])
+    snaps = ou_snapshots(times, 200, theta=theta, sigma=sigma, seed=0)
+    irr = bk.bridges.multimarginal(jax.random.key(0), snaps, times, reference=bk.bridges.OU(sigma=sigma),
+                                   num_refinements=6, time_step=h, **OU_LSB)
+    van = bk.bridges.vanilla_sb(jax.random.key(0), snaps, times, reference=bk.bridges.OU(sigma=sigma), time_step=h,
+                                **OU_LSB)
+    theta_irr = float(irr.reference.params["theta"])
+    theta_van = float(van.reference.params["theta"])
+    assert abs(theta_irr - theta) < 4 * 0.021 + theta * h / 2, [float(r["theta"]) for r in irr.reference_history]
+    assert abs(theta_van - theta) > 0.323 - 4 * 0.013, theta_van  # vanilla's systematic error 0.32 +- 0.013
+    # the IRR trajectories pass through the snapshots (each snapshot's particles sit on their trajectories)
+    np.testing.assert_allclose(irr.trajectories[irr.snapshot_grid_index[1], 200:400], snaps[1], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_irr_recovers_ou_theta_vanilla_does_not():
+    # 4 snapshots x 400 particles, step 0.01, 10 refinements (converged: the last 5 passes move by < 0.01).
+    # Over data seeds 0-9 the final theta was 0.985 +- 0.012 (sd; 0.990 +- 0.003 with 1600 particles, so the
+    # error shrinks with the sample size) and vanilla SB 0.772 +- 0.007. Tolerance: 4 sd + EM bias theta h / 2
+    # = 0.053. (With SBIRR's IPF-GP solver, see test_irr_ipf_gp_ou_theta, the refined theta is further off.)
+    theta, sigma, h = 1.0, 0.3, 0.01
+    times = np.array([0.0, 1.0, 2.0, 3.0])
+    snaps = ou_snapshots(times, 400, theta=theta, sigma=sigma, seed=0)
+    irr = bk.bridges.multimarginal(jax.random.key(0), snaps, times, reference=bk.bridges.OU(sigma=sigma),
+                                   num_refinements=10, time_step=h, **OU_LSB)
+    van = bk.bridges.vanilla_sb(jax.random.key(0), snaps, times, reference=bk.bridges.OU(sigma=sigma), time_step=h,
+                                **OU_LSB)
+    thetas = [float(r["theta"]) for r in irr.reference_history]
+    assert abs(thetas[-1] - theta) < 4 * 0.012 + theta * h / 2, thetas
+    assert abs(float(van.reference.params["theta"]) - theta) > 0.228 - 4 * 0.007
+    # a trained mixture (3 full components, 1000 Adam steps from the reference code's initialisation) instead
+    # of the exact one-component solve: final theta 0.982-0.987 on data seeds 0-3 (exact solve: 0.978-0.994)
+    lsb = bk.bridges.multimarginal(jax.random.key(1), snaps, times, reference=bk.bridges.OU(sigma=sigma),
+                                   num_refinements=10, time_step=h, solver="lightsb",
+                                   lightsb_options=dict(num_components=3, num_steps=1000))
+    assert abs(float(lsb.reference.params["theta"]) - theta) < 4 * 0.012 + theta * h / 2
+
+
+@pytest.mark.slow
+def test_irr_ipf_gp_ou_theta():
+    # SBIRR's own per-interval solver (IPF with GP drift regression) on the OU ground truth. Its refined theta
+    # does not settle: on data seeds 0-2 (100 particles, step 0.05, 10 refinements) passes 2-10 gave
+    # 0.93 +- 0.05, 0.94 +- 0.07, 0.93 +- 0.06 (pass-to-pass sd from the random GP subsets and the simulated
+    # IPF paths) against vanilla SB's 0.77; of the ~0.065 bias, 0.025 is the Euler-Maruyama refit bias at
+    # step 0.05 and the rest the GP regression (front-loaded bridges, docs/bridges.md). Hence a comparative
+    # check here (IRR averaged over the refined passes halves vanilla's error: measured 0.06-0.07 vs 0.23);
+    # recovery to a derived tolerance is shown with solver="lightsb" above.
     theta, sigma = 1.0, 0.3
     times = np.array([0.0, 1.0, 2.0, 3.0])
     snaps = ou_snapshots(times, 100, theta=theta, sigma=sigma)
     kw = dict(num_ipf_iterations=5, time_step=0.05, max_gp_points=600)
     irr = bk.bridges.multimarginal(jax.random.key(0), snaps, times, reference=bk.bridges.OU(sigma=sigma),
-                                   num_refinements=5, **kw)
+                                   num_refinements=8, **kw)
     van = bk.bridges.vanilla_sb(jax.random.key(0), snaps, times, reference=bk.bridges.OU(sigma=sigma), **kw)
     thetas = [float(h["theta"]) for h in irr.reference_history]
-    theta_irr = np.mean(thetas[1:])  # refined passes
-    theta_van = float(van.reference.params["theta"])
-    assert abs(theta_irr - theta) < 0.1, thetas
-    assert abs(theta_van - theta) > 0.12, theta_van
+    err_irr = abs(np.mean(thetas[1:]) - theta)
+    err_van = abs(float(van.reference.params["theta"]) - theta)
+    assert err_irr < err_van / 2, (thetas, err_van)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Schrödinger bridges (``bk.bridges``): Light SB, reference dynamics, multi-marginal SB with iterative
 reference refinement (SBIRR), ground-truth constructions and metrics.
 
-* :class:`LightSB` — Korotin, Gushchin & Burnaev, "Light Schrödinger Bridge" (ICLR 2024).
+* :class:`LightSB` — Korotin, Gushchin & Burnaev, "Light Schrödinger Bridge" (ICLR 2024);
+  :class:`LinearLightSB` — the same solver under a linear / OU reference (exact reduction to LightSB).
 * :func:`multimarginal`, :func:`vanilla_sb` — Shen, Berlinghieri & Broderick, "Multi-marginal Schrödinger
   bridges with iterative reference refinement" (AISTATS 2025).
 * References :func:`Brownian`, :func:`OU`, :func:`Linear`, :func:`LotkaVolterra`, :func:`Repressilator`,
@@ -28,6 +29,14 @@ from bayeskit.inference.bridges.lightsb import (
     log_potential,
     loss,
 )
+from bayeskit.inference.bridges.linear import (
+    GaussianTransition,
+    LinearGaussianBridge,
+    LinearLightSB,
+    bridge_paths,
+    gaussian_bridge_linear,
+    linear_transition,
+)
 from bayeskit.inference.bridges.metrics import bw2, bw2_uvp, cbw2_uvp, emd, gaussian_moments
 from bayeskit.inference.bridges.multimarginal import (
     GPDrift,
@@ -51,6 +60,8 @@ __all__ = [
     "LightSB", "LightSBParams", "conditional_components", "conditional_log_prob", "conditional_sample", "drift",
     "euler_maruyama", "log_normaliser", "log_potential", "loss",
     "GaussianBridge", "GaussianMixtureBenchmark", "gaussian_bridge", "gaussian_mixture_benchmark",
+    "LinearLightSB", "LinearGaussianBridge", "GaussianTransition", "gaussian_bridge_linear", "linear_transition",
+    "bridge_paths",
     "bw2", "bw2_uvp", "cbw2_uvp", "emd", "gaussian_moments",
     "GPDrift", "MultiMarginalResult", "ipf_interval", "multimarginal", "vanilla_sb",
     "Reference", "ParametricDrift", "Brownian", "OU", "Linear", "LotkaVolterra", "Repressilator", "GradientField",

@@ -50,6 +50,7 @@ __all__ = [
     "LightSBParams",
     "LightSB",
     "init_params",
+    "gaussian_init_params",
     "covariances",
     "log_potential",
     "log_normaliser",
@@ -105,6 +106,43 @@ def init_params(key, target_samples, num_components: int, *, covariance: str = "
     if covariance == "full":
         rotation = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (num_components, d, d))
     return LightSBParams(log_alpha, target_samples[idx], log_s, rotation)
+
+
+def gaussian_init_params(key, source_samples, target_samples, num_components: int, epsilon, *,
+                         covariance: str = "full", jitter: float = 0.1) -> LightSBParams:
+    """Start at the closed-form Gaussian SB between the samples' moment-matched Gaussians.
+
+    With one full component this is the *exact* minimiser of the full-sample LightSB loss: for :math:`K = 1`,
+    :math:`\\log C_\\theta(x)` is quadratic in :math:`x` and :math:`\\log v_\\theta(y)` a Gaussian log-density, so
+    the loss depends on the samples only through their means and covariances, and the Gaussian SB between the
+    moment-matched Gaussians minimises it. With :math:`K > 1` the components start at that solution with
+    :math:`r_k` moved by ``jitter`` times (a random target sample minus the target mean) to break the symmetry.
+    The diagonal case keeps the diagonal of :math:`S`.
+    """
+    from bayeskit.inference.bridges.benchmark import gaussian_bridge
+
+    x0 = np.asarray(source_samples, float)
+    x1 = np.asarray(target_samples, float)
+    d = x0.shape[1]
+    m0, m1 = x0.mean(0), x1.mean(0)
+    # the loss is an average over the samples: moments with 1/N (bias=True)
+    c0 = np.atleast_2d(np.cov(x0, rowvar=False, bias=True))
+    c1 = np.atleast_2d(np.cov(x1, rowvar=False, bias=True))
+    gb = gaussian_bridge(m0, c0, m1, c1, float(epsilon))
+    slope = np.linalg.solve(c0, gb.cross_cov).T  # E[y|x] = m1 + B (x - m0); B = Var(y|x) / eps, symmetric
+    slope = 0.5 * (slope + slope.T)
+    r = m1 - slope @ m0
+    idx = np.asarray(jax.random.choice(key, x1.shape[0], (num_components,), replace=num_components > x1.shape[0]))
+    rs = r[None] + (jitter if num_components > 1 else 0.0) * (x1[idx] - m1)
+    dtype = jnp.asarray(target_samples).dtype
+    log_alpha = jnp.full((num_components,), -np.log(num_components), dtype)
+    if covariance == "diag":
+        log_s = np.log(np.clip(np.diag(slope), 1e-12, None))
+        return LightSBParams(log_alpha, jnp.asarray(rs, dtype), jnp.asarray(np.tile(log_s, (num_components, 1)), dtype))
+    w, u = np.linalg.eigh(slope)
+    log_s = np.log(np.clip(w, 1e-12, None))
+    return LightSBParams(log_alpha, jnp.asarray(rs, dtype), jnp.asarray(np.tile(log_s, (num_components, 1)), dtype),
+                         jnp.asarray(np.tile(u, (num_components, 1, 1)), dtype))
 
 
 def covariances(params: LightSBParams) -> jax.Array:
@@ -312,11 +350,14 @@ class LightSB:
     def fit(cls, key, x0, x1, *, epsilon: float, num_components: int = 10, covariance: str = "diag",
             num_steps: int = 2000, batch_size: int = 128, learning_rate: float = 1e-2,
             optimizer: optax.GradientTransformation | None = None, init_scale: float = 0.1,
-            chunk_size: int = 500, progress_bar: bool = False) -> "LightSB":
+            init: str = "samples", chunk_size: int = 500, progress_bar: bool = False) -> "LightSB":
         """Fit LightSB between samples ``x0`` (N0, D) of :math:`p_0` and ``x1`` (N1, D) of :math:`p_1`.
 
         Minimises :func:`loss` with ``optimizer`` (default ``optax.adam(learning_rate)``) on minibatches of
-        ``batch_size`` drawn with replacement, in jitted chunks of ``chunk_size`` steps.
+        ``batch_size`` drawn with replacement, in jitted chunks of ``chunk_size`` steps. ``init="samples"``
+        starts as the reference code (:func:`init_params`); ``init="gaussian"`` at the closed-form Gaussian SB
+        of the moment-matched samples (:func:`gaussian_init_params`; with one full component that is the exact
+        optimum and ``num_steps=0`` returns it).
         """
         check_key(key)
         epsilon = _check_epsilon(epsilon)
@@ -325,7 +366,8 @@ class LightSB:
         if np.shape(x0)[1] != np.shape(x1)[1]:
             raise DataError(f"`x0` and `x1` must have the same dimension, got {np.shape(x0)[1]} and {np.shape(x1)[1]}")
         num_components = check_positive_int(num_components, "num_components")
-        num_steps = check_positive_int(num_steps, "num_steps")
+        check_choice(init, "init", {"samples", "gaussian"})
+        num_steps = check_positive_int(num_steps, "num_steps", minimum=0 if init == "gaussian" else 1)
         batch_size = check_positive_int(batch_size, "batch_size")
         chunk_size = check_positive_int(chunk_size, "chunk_size")
         check_choice(covariance, "covariance", {"diag", "full"})
@@ -334,7 +376,10 @@ class LightSB:
         optimizer = optimizer if optimizer is not None else _default_optimizer(float(learning_rate))
         start = time.perf_counter()
         key_init, key_train = jax.random.split(key)
-        params = init_params(key_init, x1, num_components, covariance=covariance, init_scale=init_scale)
+        if init == "gaussian":
+            params = gaussian_init_params(key_init, x0, x1, num_components, epsilon, covariance=covariance)
+        else:
+            params = init_params(key_init, x1, num_components, covariance=covariance, init_scale=init_scale)
         opt_state = optimizer.init(params)
         eps = jnp.asarray(epsilon, x0.dtype)
         losses = []
@@ -355,7 +400,7 @@ class LightSB:
                 bar.set_postfix(loss=float(chunk[-1]))
         if bar is not None:
             bar.close()
-        history = np.concatenate(losses)
+        history = np.concatenate(losses) if losses else np.zeros(0)
         if not np.all(np.isfinite(history[-min(10, len(history)):])) or not all(
                 bool(jnp.all(jnp.isfinite(p))) for p in params if p is not None):
             raise ConvergenceError("LightSB training produced non-finite values; lower `learning_rate` or rescale the data")

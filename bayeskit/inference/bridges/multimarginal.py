@@ -47,6 +47,7 @@ import numpy as np
 
 from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
+from bayeskit.inference.bridges.linear import LinearLightSB, _bridge_steps, _fill
 from bayeskit.inference.bridges.metrics import emd as _emd
 from bayeskit.inference.bridges.reference import Brownian, Reference
 from bayeskit.inference.bridges.reference import simulate as _simulate_reference
@@ -302,11 +303,52 @@ def _one_pass(key, snaps, times, reference, steps, dts, opts):
     return np.asarray(jnp.concatenate(pieces, 1))
 
 
+_LIGHTSB_DEFAULTS = dict(num_components=4, covariance="full", num_steps=1000, batch_size=128, learning_rate=1e-2)
+
+
+def _one_pass_lightsb(key, snaps, times, reference, steps, dts, opts):
+    """One pass with the closed-form per-interval solver (:class:`LinearLightSB`, exact bridge filling)."""
+    m = len(snaps) - 1
+    dtype = jnp.result_type(float)
+    dim = snaps[0].shape[1]
+    a, c = (np.asarray(z, float) for z in reference.linear_coefficients(dim))
+    key_fit, key_push = jax.random.split(key)
+    models, mats = [], []
+    for i in range(m):
+        models.append(LinearLightSB.fit(jax.random.fold_in(key_fit, i), jnp.asarray(snaps[i], dtype),
+                                        jnp.asarray(snaps[i + 1], dtype), reference=reference,
+                                        duration=float(times[i + 1] - times[i]), backward=True,
+                                        **opts["lightsb_options"]))
+        mats.append(tuple(jnp.asarray(z, dtype) for z in _bridge_steps(a, c, reference.sigma,
+                                                                       float(times[i + 1] - times[i]), steps[i])))
+    pieces = []
+    for j in range(m + 1):
+        x0 = jnp.asarray(snaps[j], dtype)
+        back = []
+        x = x0
+        for i in range(j - 1, -1, -1):  # backward through intervals j-1..0: x_i ~ pi_i(. | x_{i+1}), then bridge
+            k1, k2 = jax.random.split(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i)))
+            prev = models[i].sample_backward(k1, x)
+            back.append(_fill(k2, prev, x, *mats[i])[:-1])
+            x = prev
+        segs = back[::-1]
+        x = x0
+        for i in range(j, m):
+            k1, k2 = jax.random.split(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i) + 1))
+            nxt = models[i].sample(k1, x)
+            segs.append(_fill(k2, x, nxt, *mats[i])[:-1])
+            x = nxt
+        segs.append(x[None])
+        pieces.append(jnp.concatenate(segs, 0))
+    return np.asarray(jnp.concatenate(pieces, 1))
+
+
 def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference: Reference | None = None,
                   num_refinements: int = 10, num_ipf_iterations: int = 10, time_step: float | None = None,
                   kernel: str = "exponential", lengthscale: float = 1.0, kernel_variance: float | None = 1.0,
                   max_gp_points: int = 1000,
-                  gp_mean: str = "linear", fit_iterations: int = 200, progress_bar: bool = False) -> MultiMarginalResult:
+                  gp_mean: str = "linear", fit_iterations: int = 200, solver: str = "ipf-gp",
+                  lightsb_options: dict | None = None, progress_bar: bool = False) -> MultiMarginalResult:
     """Multi-marginal SB with iterative reference refinement (module docstring).
 
     Args:
@@ -326,6 +368,14 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
             (1, x, tau, x tau)), ``"zero"`` (SBIRR's code; use with ``kernel_variance=None``) or ``"reference"``
             (GP prior mean = reference drift).
         fit_iterations: L-BFGS iterations of each reference refit (nonlinear families).
+        solver: per-interval two-marginal solver: ``"ipf-gp"`` (the paper's IPF with GP drift regression; any
+            reference) or ``"lightsb"`` (closed-form LightSB under a linear reference, :class:`LinearLightSB`:
+            Brownian, OU or Linear references only; bridges between the plan's end points are sampled
+            exactly, so ``time_step`` only sets the grid of the Euler–Maruyama refit, whose bias is
+            of order ``|A| * time_step``). The ``num_ipf_iterations``, ``kernel``, ``lengthscale``,
+            ``kernel_variance``, ``max_gp_points`` and ``gp_mean`` options belong to ``"ipf-gp"``.
+        lightsb_options: options of :meth:`LightSB.fit` for ``solver="lightsb"`` (default
+            ``num_components=4, covariance="full", num_steps=1000, batch_size=128, learning_rate=1e-2``).
 
     Example:
         >>> import numpy as np, jax
@@ -348,6 +398,14 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
     fit_iterations = check_positive_int(fit_iterations, "fit_iterations")
     check_choice(kernel, "kernel", {"exponential", "rbf"})
     check_choice(gp_mean, "gp_mean", {"zero", "reference", "linear"})
+    check_choice(solver, "solver", {"ipf-gp", "lightsb"})
+    if lightsb_options is not None and not isinstance(lightsb_options, dict):
+        raise ConfigurationError(f"`lightsb_options` must be a dict, got {type(lightsb_options).__name__}")
+    lsb_opts = {**_LIGHTSB_DEFAULTS, **(lightsb_options or {})}
+    if "epsilon" in lsb_opts:
+        raise ConfigurationError("`lightsb_options` must not set `epsilon` (the reference fixes it)")
+    if solver == "lightsb":
+        reference.linear_coefficients(snaps[0].shape[1])  # raises for nonlinear families
     if not (np.isfinite(lengthscale) and lengthscale > 0):
         raise ConfigurationError(f"`lengthscale` must be positive, got {lengthscale}")
     durations = np.diff(times)
@@ -360,7 +418,8 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
     grid = np.concatenate([t + dt * np.arange(n) for t, dt, n in zip(times[:-1], dts, steps)] + [times[-1:]])
     snapshot_grid_index = np.concatenate([[0], np.cumsum(steps)])
     opts = dict(lengthscale=float(lengthscale), kernel=kernel, gp_mean=gp_mean, kernel_variance=kernel_variance,
-                num_ipf_iterations=num_ipf_iterations, max_gp_points=max_gp_points)
+                num_ipf_iterations=num_ipf_iterations, max_gp_points=max_gp_points, lightsb_options=lsb_opts)
+    one_pass = _one_pass_lightsb if solver == "lightsb" else _one_pass
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
@@ -370,7 +429,7 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
     history = []
     traj = None
     for r in range(num_refinements):
-        traj = _one_pass(jax.random.fold_in(key, r), snaps, times, reference, steps, dts, opts)
+        traj = one_pass(jax.random.fold_in(key, r), snaps, times, reference, steps, dts, opts)
         if not np.all(np.isfinite(traj)):
             raise ConvergenceError(f"non-finite bridge trajectories at refinement {r}; decrease `time_step` "
                                    "or rescale the data")
