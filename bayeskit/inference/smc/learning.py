@@ -144,7 +144,8 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
             supports of ``ssm.prior``'s sites, else real); optimisation runs in unconstrained space.
         fixed_params: parameters held fixed (MLE: merged with the learned ones; MSC: the model's parameters).
         variational: for ``method="msc"``, a :class:`~bayeskit.smc.Proposal` whose callables take
-            :math:`\lambda` as their ``params``: ``initial(lam, y0)``, ``transition(lam, x_prev, y_t, t)``.
+            :math:`\lambda` as their ``params``: ``initial(lam, y0)``, ``transition(lam, x_prev, y_t, t)``. It is
+            also the conditional SMC's proposal at the current :math:`\lambda` (weights :math:`m g / q_\lambda`).
         progress_bar: a tqdm bar over ``num_chunks`` jitted chunks.
 
     Returns:
