@@ -495,7 +495,9 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
             optimal control is steepest (``bayeskit.model.sde.make_grid``).
         num_samples: Monte Carlo paths per series per gradient step.
         num_iterations: optimiser steps; ``optimizer`` (default ``optax.adam(learning_rate)``).
-        solver: diffrax solver (default Heun).
+        solver: ``"exact_ou"`` (default: exact OU transitions with a piecewise-constant control, the
+            only choice for which the ELBO is a valid bound at any step size and H; see
+            :func:`bayeskit.model.sde.solve_augmented`) or a diffrax solver (its ELBO is not a bound).
         num_posterior_samples: posterior paths per series stored in the result; the final ELBO
             estimate (and its standard error) uses the same paths.
         chunk_size: the loop runs in jitted chunks of ``chunk_size`` steps.
@@ -506,7 +508,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
 
     Raises:
         DataError: bad times (unsorted, outside [t0, t1]) or observations (shape, NaN without mask).
-        ConfigurationError: bad options (e.g. a solver step too coarse for the fastest OU speed).
+        ConfigurationError: bad options (e.g. a diffrax solver step too coarse for the fastest OU speed).
         ConvergenceError: the ELBO or its gradient stayed non-finite.
     """
     check_key(key)
@@ -525,7 +527,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
     num_iterations = check_positive_int(num_iterations, "num_iterations", minimum=0)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     num_posterior_samples = check_positive_int(num_posterior_samples, "num_posterior_samples")
-    if sde.num_ou:
+    if sde.num_ou and not (solver is None or isinstance(solver, str)):  # explicit stepping of stiff OU drifts
         dt = (sde.t1 - sde.t0) / num_steps
         gmax = float(np.max(np.asarray(sde.noise.gammas(jnp.float32))))
         if gmax * dt > 1.0:

@@ -7,7 +7,7 @@
 2. VI: time per ELBO-gradient step with fractional noise (K OU components) against the same model with
    plain Brownian noise (the overhead of fractional noise), for the affine and the MLP control.
 
-Usage: python benchmarks/sde.py [--quick]; writes benchmarks/results/sde.md.
+Usage: python benchmarks/fbm.py [--quick] (or `bayeskit bench fbm`); writes benchmarks/results/fbm.md.
 """
 
 from __future__ import annotations
@@ -142,16 +142,18 @@ def main(argv=None):
     for name, secs, err, l2 in samp:
         lines.append(f"| {name} | {secs:.4f} | {secs / base:.1f}x | {err:.3f} | {l2:.4f} |")
     lines += ["", f"## VI: time per ELBO-gradient step ({vmeta['num_series']} series x {vmeta['num_obs']} obs, "
-              f"{vmeta['num_steps']} Heun steps, {vmeta['num_samples']} paths/series, diffrax)", "",
+              f"{vmeta['num_steps']} steps of the exact-OU scheme, {vmeta['num_samples']} paths/series)", "",
               "| control | noise | ms / step | compile (s) |", "|---|---|---|---|"]
     for control, noise, secs, comp in vi_rows:
         if comp is None:
             lines.append(f"| {control} | **{noise}** | **{secs:.2f}x** | |")
         else:
             lines.append(f"| {control} | {noise} | {1e3 * secs:.2f} | {comp:.1f} |")
+    lines += ["", "Before the exact-OU scheme (diffrax Heun, same sizes, same machine): affine 66.0 ms (Brownian) vs "
+              "170.2 ms (fractional), 2.58x; mlp 152.5 vs 126.7 ms. Heun's ELBO is not a bound (docs/sde.md)."]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(__file__).resolve().parent / "results" / "sde.md"
+    out = Path(__file__).resolve().parent / "results" / "fbm.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
 
