@@ -75,6 +75,8 @@ from bayeskit.inference.scaling.generator import (
     guarded_step,
     raise_pending_errors,
 )
+from bayeskit.inference.smc import engine as smc_engine
+from bayeskit.inference.smc.feynman_kac import FeynmanKac
 from bayeskit.inference.smc.resampling import ess as ess_fn
 from bayeskit.inference.smc.resampling import get_scheme, multinomial
 
@@ -152,6 +154,16 @@ def _set_slot(tree, slot, value):
     return jax.tree_util.tree_map(lambda a, v: a.at[slot].set(v), tree, value)
 
 
+class _Slot(NamedTuple):
+    """Engine particles: generation ``state``, process ``reward``, untempered potential ``phi``
+    of the last step, and ``live`` (the slot was extended by a generator call at that step)."""
+
+    state: Any
+    reward: jax.Array
+    phi: jax.Array
+    live: jax.Array
+
+
 def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states, *, weights: str = "per_step",
               temperature=1.0, ess_threshold: float = 1.0, resampling="systematic", reference=None,
               resample: bool = True) -> SweepOutput:
@@ -169,57 +181,83 @@ def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states,
         reference: ``None`` or a Particles history with leading axis T: the conditional path,
             pinned to the last slot (conditional SMC).
         resample: ``False`` runs N independent rollouts (best-of-N).
+
+    The sweep is the shared SMC engine (:func:`bayeskit.inference.smc.engine.init` /
+    :func:`~bayeskit.inference.smc.engine.step`) over the Feynman–Kac model whose particles are
+    generations: ``M_0`` is the first generator step from ``init_states``, ``M_t`` the guarded
+    step (finished particles unchanged; with a ``reference``, the last slot is set to it and its
+    ancestor is itself), ``log G_t`` the potential of ``weights`` divided by the temperature. Once
+    every particle has finished, the engine step is skipped (weights frozen, no resampling).
     """
     resampling_fn = get_scheme(resampling)
     step = guarded_step(generator)
     num_steps = generator.max_steps
     n = jax.tree_util.tree_leaves(init_states)[0].shape[0]
     dtype = jnp.result_type(float)
-    slots = jnp.arange(n, dtype=jnp.int32)
     inv_temp = 1.0 / jnp.asarray(temperature, dtype)
     has_ref = reference is not None
     x0 = Particles(init_states, jnp.ones((n,), dtype))
+    threshold = jnp.where(jnp.asarray(resample), jnp.asarray(ess_threshold, dtype), 0.0)
 
-    def body(carry, inp):
-        x, lw = carry
-        t, k = inp
-        k_res, k_move = jax.random.split(k)
-        prev_done = generator.is_done(x.state)
-        all_done = jnp.all(prev_done)
-        first = t == 0
-        thr = jnp.asarray(ess_threshold, dtype)
-        do_res = jnp.asarray(resample) & (~first) & (~all_done) & ((thr >= 1.0) | (ess_fn(lw) < thr * n))
-        if has_ref:
-            idx = multinomial(k_res, lw, n).at[n - 1].set(n - 1)
-        else:
-            idx = resampling_fn(k_res, lw, n)
-        anc = jnp.where(do_res, idx, slots).astype(jnp.int32)
-        prev = _take(x, anc)
-        prev_done = prev_done[anc]
-        lw_prev = jnp.where(do_res, jnp.zeros_like(lw), lw[anc])
-        new_state = step(k_move, prev.state)
+    def extend(k, t, prev: Particles, first):
+        prev_done = generator.is_done(prev.state)
+        new_state = step(k, prev.state)
         reward = reward_model.process(new_state).astype(dtype)
         reward = jnp.where(prev_done, prev.reward, reward)  # finished: keep the score, no new call
         new = Particles(new_state, reward)
         live = ~prev_done
         if has_ref:
-            ref_t = _take(reference, t)
-            new = _set_slot(new, n - 1, ref_t)
+            new = _set_slot(new, n - 1, _take(reference, t))
             live = live.at[n - 1].set(False)
-        bad = ~((new.reward >= 0.0) & (new.reward <= 1.0))
-        bad = bad & (~prev_done)
         phi = _log_potential(weights, prev, new, prev_done, first)
-        phi = jnp.where(all_done, 0.0, phi)
-        lw_new = lw_prev + phi * inv_temp
-        out = (new, lw_new, phi, anc, do_res, ess_fn(lw_new), jnp.sum(live).astype(jnp.int32),
-               jnp.any(bad), jnp.argmax(bad).astype(jnp.int32))
-        return (new, lw_new), out
+        return _Slot(new.state, new.reward, phi, live)
 
-    keys = jax.random.split(key, num_steps)
-    (xf, lwf), outs = jax.lax.scan(body, (x0, jnp.zeros((n,), dtype)),
-                                   (jnp.arange(num_steps), keys))
+    fk = FeynmanKac(
+        num_steps,
+        lambda k, num: extend(k, 0, x0, True),
+        lambda k, t, xp: extend(k, t, Particles(xp.state, xp.reward), False),
+        lambda t, xp, x: x.phi * inv_temp,
+    )
+    if has_ref:
+        def res_fn(k, lw, m):
+            return multinomial(k, lw, m).at[n - 1].set(n - 1)
+    else:
+        res_fn = resampling_fn
+
+    def record(st, info):
+        x = st.particles
+        bad = ~((x.reward >= 0.0) & (x.reward <= 1.0)) & x.live
+        return (Particles(x.state, x.reward), st.log_weights, x.phi, info.ancestors, info.resampled, info.ess,
+                jnp.sum(x.live).astype(jnp.int32), jnp.any(bad), jnp.argmax(bad).astype(jnp.int32))
+
+    k0, kloop = jax.random.split(key)
+    st0, info0 = smc_engine.init(k0, fk, n)
+    out0 = record(st0, info0)
+
+    def body(st, inp):
+        t, k = inp
+
+        def advance(s):
+            return smc_engine.step(k, s, fk, t, resampling=res_fn, ess_threshold=threshold)
+
+        def frozen(s):  # every particle finished: nothing to extend, weights frozen
+            x = s.particles._replace(phi=jnp.zeros_like(s.particles.phi), live=jnp.zeros_like(s.particles.live))
+            info = smc_engine.StepInfo(jnp.zeros((), s.log_evidence.dtype), ess_fn(s.log_weights),
+                                       jnp.array(False), jnp.arange(n, dtype=jnp.int32), jnp.array(False))
+            return s._replace(particles=x), info
+
+        st, info = jax.lax.cond(jnp.all(generator.is_done(st.particles.state)), frozen, advance, st)
+        return st, record(st, info)
+
+    if num_steps > 1:
+        keys = jax.random.split(kloop, num_steps - 1)
+        stf, outs = jax.lax.scan(body, st0, (jnp.arange(1, num_steps), keys))
+        outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b], 0), out0, outs)
+    else:
+        stf, outs = st0, jax.tree_util.tree_map(lambda a: a[None], out0)
     hist, hlw, phi, anc, res, ess, calls, bad, bad_idx = outs
-    return SweepOutput(xf, lwf, hist, hlw, phi, anc, res, ess, calls, bad, bad_idx)
+    xf = Particles(stf.particles.state, stf.particles.reward)
+    return SweepOutput(xf, stf.log_weights, hist, hlw, phi, anc, res, ess, calls, bad, bad_idx)
 
 
 def trace_lineage(ancestors, final_index):
