@@ -238,17 +238,20 @@ def hurst_posterior(params, sde: SDE, times, observations, *, hurst_grid=None, l
 
     ``log_prior(h)`` defaults to the flat prior on (0, 1). Returns a dict with ``grid``, ``density``
     (normalised by the trapezoid rule), ``log_evidence_per_h`` (summed over series), ``mean``, ``sd``,
-    ``mode`` and the central 95% interval ``q025``/``q975`` (from the trapezoid CDF). The default grid
+    ``mode``, ``log_evidence`` (:math:`\log \int p(y \mid H) p(H) dH`, the bound an ELBO with q(H)
+    must respect; the prior must integrate to 1 over the grid's range) and the central 95% interval ``q025``/``q975`` (from the trapezoid CDF). The default grid
     (0.01..0.99, 197 points) is refined around the mass by calling again with a narrower grid.
     """
     grid = np.linspace(0.01, 0.99, 197) if hurst_grid is None else np.asarray(hurst_grid, np.float64)
     ll = np.array([np.sum(log_likelihood(params, sde, times, observations, hurst=float(h))) for h in grid])
     lp = ll + (0.0 if log_prior is None else np.array([float(log_prior(h)) for h in grid]))
     w = np.exp(lp - lp.max())
+    log_evidence = float(lp.max() + np.log(np.trapezoid(w, grid)))
     dens = w / np.trapezoid(w, grid)
     mean = np.trapezoid(grid * dens, grid)
     sd = np.sqrt(np.trapezoid((grid - mean) ** 2 * dens, grid))
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(grid))])
     q025, q975 = np.interp([0.025, 0.975], cdf, grid)
-    return {"grid": grid, "density": dens, "log_evidence_per_h": ll, "mean": float(mean), "sd": float(sd),
+    return {"grid": grid, "density": dens, "log_evidence_per_h": ll, "log_evidence": log_evidence,
+            "mean": float(mean), "sd": float(sd),
             "mode": float(grid[np.argmax(lp)]), "q025": float(q025), "q975": float(q975)}

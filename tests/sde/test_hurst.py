@@ -53,6 +53,9 @@ def test_exact_hurst_posterior_covers_true_value():
     assert post["q025"] < post["mean"] < post["q975"]
     # grid check: the normalised density integrates to 1 and the posterior is well inside the grid
     assert np.trapezoid(post["density"], post["grid"]) == pytest.approx(1.0)
+    # flat prior: log p(y) = log int p(y | H) dH lies below max_H log p(y | H), above it + log(width of the mass)
+    top = post["log_evidence_per_h"].max()
+    assert top + np.log(post["sd"]) < post["log_evidence"] < top
     assert 0.05 < post["q025"] and post["q975"] < 0.6
 
 

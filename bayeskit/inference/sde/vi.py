@@ -194,7 +194,8 @@ class _Setup(NamedTuple):
 
 
 def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_params=None,
-               learn_hurst=False, hurst_prior=None, num_steps=200, refine=4, solver=None, dtype=None):
+               learn_hurst=False, hurst_prior=None, num_steps=200, refine=4, refine_ratio=2.0, solver=None,
+               dtype=None):
     r"""Return ``(elbo_fn, init_fn)`` for the model and data.
 
     ``init_fn(key, params) -> variational_params`` (a pytree: ``model`` parameters, ``control``,
@@ -205,7 +206,7 @@ def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_
     control = MLPControl() if control is None else control
     fixed_params = dict(fixed_params or {})
     dtype = dtype or jnp.result_type(float)
-    grid, obs_index = make_grid(sde.t0, sde.t1, times, num_steps, refine)
+    grid, obs_index = make_grid(sde.t0, sde.t1, times, num_steps, refine, refine_ratio)
     grid_j = jnp.asarray(grid, dtype)
     times_j = jnp.asarray(times, dtype)
     obs_j = jnp.asarray(observations, dtype)
@@ -471,7 +472,8 @@ def _as_series(observations, num_times):
 
 def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | None = None,
            fixed_params: dict | None = None, mask: Any = None, control: Any = None,
-           learn_hurst: bool = False, hurst_prior: Any = None, num_steps: int = 200, refine: int = 4, num_samples: int = 16,
+           learn_hurst: bool = False, hurst_prior: Any = None, num_steps: int = 200, refine: int = 4,
+           refine_ratio: float = 2.0, num_samples: int = 16,
            num_iterations: int = 1000, optimizer: Any = None, learning_rate: float = 1e-2, solver: Any = None,
            num_posterior_samples: int = 256, chunk_size: int = 50,
            progress_bar: bool = True, dtype=None) -> VIResult:
@@ -492,7 +494,8 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
             mean and sd reported), without it a point estimate as in the paper.
         num_steps: uniform solver steps on [t0, t1] (the observation times are added to the grid).
         refine: extra steps of sizes dt/2, dt/4, ... placed before each observation time, where the
-            optimal control is steepest (``bayeskit.model.sde.make_grid``).
+            optimal control is steepest (``bayeskit.model.sde.make_grid``); ``refine_ratio`` (default 2)
+            the ratio of successive refined steps (closer to 1: a graded mesh, a tighter ELBO).
         num_samples: Monte Carlo paths per series per gradient step.
         num_iterations: optimiser steps; ``optimizer`` (default ``optax.adam(learning_rate)``).
         solver: ``"exact_ou"`` (default: exact OU transitions with a piecewise-constant control, the
@@ -539,7 +542,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
     optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
     elbo_fn, init_fn = build_elbo(sde, times, obs, mask, control=control, fixed_params=fixed_params,
                                   learn_hurst=learn_hurst, hurst_prior=hurst_prior, num_steps=num_steps, refine=refine,
-                                  solver=solver, dtype=dtype)
+                                  refine_ratio=refine_ratio, solver=solver, dtype=dtype)
     k_init, k_loop, k_paths = jax.random.split(key, 3)
     state = init(init_fn(k_init, params), optimizer)
 
