@@ -58,7 +58,7 @@ def bridge_sweep(key, hursts, *, num_steps, num_iterations, num_samples, num_pat
     params = fou.example_params(theta=0.0, sigma=1.0, obs_sd=0.1)
     times, obs = np.array([2.0]), np.zeros((1, 1))
     elbo_fn, init_fn = bk.sde.build_elbo(sde, times, obs, control=bk.sde.AffineControl(), fixed_params=params,
-                                         num_steps=num_steps, refine=4)
+                                         num_steps=num_steps, refine=40, refine_ratio=2**0.25)
     vp0 = init_fn(jax.random.key(0), {})
 
     def with_hurst(h):
@@ -90,7 +90,7 @@ def bridge_sweep(key, hursts, *, num_steps, num_iterations, num_samples, num_pat
     final = jax.jit(jax.vmap(lambda p, k: elbo_fn(k, p, 512)[0]))(states.params, jax.random.split(key, len(hursts)))
     paths, _ = jax.jit(jax.vmap(lambda p: elbo_fn.paths(jax.random.key(7), p, num_paths)))(states.params)
     grid = elbo_fn.setup.grid
-    _, idx = make_grid(0.0, 2.0, times, num_steps, 4)
+    _, idx = make_grid(0.0, 2.0, times, num_steps, 40, 2**0.25)
     exact = []
     for h in hursts:
         s_h = fou.make_sde(hurst=float(h), num_ou=5, gamma_max=20.0, t1=2.0)
