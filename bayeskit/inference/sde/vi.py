@@ -18,8 +18,9 @@ which changes the drift of Z only inside the column space of its diffusion, so b
       - \mathrm{KL}(q(X_0) \,\|\, p(X_0)) - \mathrm{KL}(q(Y_0) \,\|\, p(Y_0))
       \;[- \mathrm{KL}(q(H) \,\|\, p(H))] \le \log p(y).
 
-The expectation is estimated with reparameterised path samples (diffrax solves with a fixed grid
-containing the observation times), and maximised with optax over: the control (a neural network
+The expectation is estimated with reparameterised path samples (the exact-OU scheme of
+:func:`bayeskit.model.sde.solve_augmented` on a fixed grid containing the observation times, for which
+the estimate is a valid bound for every H), and maximised with optax over: the control (a neural network
 :class:`MLPControl`, or :class:`AffineControl`, which contains the exact optimal control of linear
 Gaussian models), per-series Gaussian :math:`q(X_0)` and :math:`q(Y_0)` (full covariance in the OU
 coordinates whitened by the prior), the model parameters of the drift / diffusion / observation model
