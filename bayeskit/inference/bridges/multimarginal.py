@@ -23,6 +23,12 @@ repeat ``num_refinements`` times
 
 One pass under a Brownian reference is the "vanilla SB" baseline (:func:`vanilla_sb`).
 
+**Closed-form per-interval solver** (``solver="lightsb"``, Brownian / OU / Linear references): step 1 fits
+:class:`~bayeskit.inference.bridges.linear.LinearLightSB` forward and backward plans per interval (LightSB
+under the linear reference, an exact reduction) and step 2 draws the plan's end points and fills in exact
+reference bridges on the grid. No IPF, no GP regression; on OU ground truths it recovers :math:`\theta`
+where the IPF-GP solver stays biased (docs/bridges.md).
+
 **Departure.** The GP regressions use a random subset of at most ``max_gp_points`` of the
 :math:`N \times n` (particle, step) pairs (SBIRR's code uses all of them, an :math:`O((Nn)^3)` solve)
 so that one IPF step costs milliseconds on a CPU. Besides SBIRR's zero-mean GP, ``gp_mean="linear"``
