@@ -5,6 +5,7 @@ two-particle filter)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import bayeskit as bk
 from bayeskit.inference.scaling.particle import _beam_jit, _pf_jit
@@ -13,13 +14,16 @@ from bayeskit.inference.scaling.worlds import _mlp_init
 S = bk.scaling
 
 
+def _world():
+    world = S.ArithmeticWorld(tuple(_mlp_init(jax.random.key(0), [25, 8, 10])), num_ops=5)
+    prompt = S.ArithmeticWorld.sample_problems(jax.random.key(2), 1)[0][0]
+    return world, world.generator(), world.verifier_reward_model(jax.random.key(1)), prompt
+
+
 def test_equal_generator_calls_at_equal_budget():
     # fixed-length generations (5 steps): at budget B every method extends B partial generations
-    # per step, except that particle Gibbs' pinned reference costs nothing after the first sweep
-    world = S.ArithmeticWorld(tuple(_mlp_init(jax.random.key(0), [25, 8, 10])), num_ops=5)
-    gen = world.generator()
-    rm = world.verifier_reward_model(jax.random.key(1))
-    prompt = S.ArithmeticWorld.sample_problems(jax.random.key(2), 1)[0][0]
+    # per step
+    world, gen, rm, prompt = _world()
     key = jax.random.key(3)
     b = 8
     results = [S.particle_filtering(key, gen, rm, prompt, budget=b),
@@ -29,8 +33,13 @@ def test_equal_generator_calls_at_equal_budget():
     for res in results:
         assert res.budget == b, res.method
         assert res.generator_calls == b * world.num_ops, res.method
-    pg = S.particle_gibbs(key, gen, rm, prompt, num_particles=4, budget=b)
-    assert pg.budget == b and pg.generator_calls == 4 * 5 + 3 * 5
+
+
+@pytest.mark.slow
+def test_particle_gibbs_generator_calls():
+    world, gen, rm, prompt = _world()
+    pg = S.particle_gibbs(jax.random.key(3), gen, rm, prompt, num_particles=4, budget=8)
+    assert pg.budget == 8 and pg.generator_calls == 4 * 5 + 3 * 5  # the reference is not re-generated
 
 
 def test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two():
