@@ -188,8 +188,11 @@ def _component_logpdf(params: LightSBParams, y, mean, epsilon):
     else:
         cov = covariances(params)
         chol = jnp.linalg.cholesky(cov)
-        sol = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
-        maha = jnp.sum(sol**2, -1)
+        # one triangular solve per component with all points as right-hand sides (K solves, not N x K)
+        k = chol.shape[0]
+        rhs = jnp.moveaxis(diff.reshape(-1, k, d), 0, -1)  # (K, D, M)
+        sol = jax.scipy.linalg.solve_triangular(chol, rhs, lower=True)
+        maha = jnp.sum(sol**2, -2).T.reshape(diff.shape[:-1])
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
     return -0.5 * (maha / epsilon + d * (_LOG_2PI + jnp.log(epsilon)) + logdet)
 
