@@ -130,15 +130,15 @@ def particles_paris(ys, N, seed=0):
     return time.perf_counter() - t0, float(alg.summaries.patchedParis[-1])
 
 
-def paris_runner(ys, N, key=0):
+def paris_runner(ys, N, key=0, ess_threshold=0.5):
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
     ys = jnp.asarray(ys, jnp.float32)
 
     def run():
-        st, _ = _paris_jit(jax.random.key(key), AR, params, ys, 0.5, num_particles=N, functional=h_x, num_backward=2,
-                           resampling="systematic", num_trials=10, log_transition_bound=None, chunk_size=None,
-                           online=False)
-        return jnp.sum(jax.nn.softmax(st.smc.log_weights) * st.stats)
+        st, info = _paris_jit(jax.random.key(key), AR, params, ys, ess_threshold, num_particles=N, functional=h_x,
+                              num_backward=2, resampling="systematic", num_trials=10, log_transition_bound=None,
+                              chunk_size=None, online=False)
+        return jnp.sum(jax.nn.softmax(st.smc.log_weights) * st.stats), jnp.mean(info.num_fallback.astype(jnp.float32))
 
     return run
 
@@ -174,10 +174,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats per N")
+    parser.add_argument("--scaling-steps", type=int, default=None, help="T of the time-vs-N runs (default 50)")
     parser.add_argument("--skip-particles", action="store_true", help="skip the (slow, pure Python) particles run")
     args = parser.parse_args(argv)
     T = 50 if args.quick else 100
-    T_scale = 20 if args.quick else 50
+    T_scale = args.scaling_steps or (20 if args.quick else 50)
     Ns = [1_000, 10_000, 100_000] if not args.quick else [1_000, 10_000, 30_000]
     xs, ys = AR.simulate(jax.random.key(0), {k: jnp.asarray(v) for k, v in PARAMS.items()}, T)
     ys = np.asarray(ys)
@@ -209,31 +210,37 @@ def main(argv=None):
     emit("")
     emit(f"load before the N-scaling runs: {load()}\n")
     emit(f"## PaRIS time vs N (T = {T_scale}, interleaved repeats)\n")
-    emit("The machine is shared (load above), so the two largest N are timed alternately, "
-         f"{args.repeats} times each after compilation; the ratio uses the minimum (least-disturbed) times.\n")
-    emit("| N | min time (s) | median time (s) | all times (s) | time / N (us, min) | abs. error vs RTS (T = "
-         f"{T_scale}) |")
-    emit("|---|---|---|---|---|---|")
+    emit("The machine is shared (load above), so all N are timed alternately, "
+         f"{args.repeats} times each after compilation; the ratio uses the minimum (least-disturbed) times. "
+         "`fallback/step`: backward draws per step that exhausted the rejection trials and took the exact O(N) "
+         "draw. Two resampling rules: adaptive (ESS < N/2, the default) and every step (ess_threshold = 1, as in "
+         "Olsson & Westerborn's PaRIS).\n")
+    emit("| resampling | N | min time (s) | median time (s) | all times (s) | time / N (us, min) | fallback/step | "
+         f"abs. error vs RTS (T = {T_scale}) |")
+    emit("|---|---|---|---|---|---|---|---|")
     exact_s = exact_value(ys[:T_scale])
-    runners, errors = {}, {}
-    for n in Ns:
-        runners[n] = paris_runner(ys[:T_scale], n)
-        errors[n] = abs(float(jax.block_until_ready(runners[n]())) - exact_s)  # compile + first run
-    samples = {n: [] for n in Ns}
-    for _ in range(args.repeats):
+    for ess in (0.5, 1.0):
+        runners, errors, fallback = {}, {}, {}
         for n in Ns:
-            t0 = time.perf_counter()
-            jax.block_until_ready(runners[n]())
-            samples[n].append(time.perf_counter() - t0)
-    for n in Ns:
-        s = np.array(samples[n])
-        emit(f"| {n} | {s.min():.4f} | {np.median(s):.4f} | {', '.join(f'{v:.3f}' for v in s)} | "
-             f"{1e6 * s.min() / n:.2f} | {errors[n]:.4f} |")
-    a, b = Ns[-2], Ns[-1]
-    r_min = min(samples[b]) / min(samples[a])
-    r_med = float(np.median(samples[b]) / np.median(samples[a]))
-    emit(f"\nscaling: t({b}) / t({a}) = {r_min:.1f} (min times), {r_med:.1f} (medians) for a {b // a}x larger N "
-         f"(target <= 12; linear: {b // a}x). Load after: {load()}\n")
+            runners[n] = paris_runner(ys[:T_scale], n, ess_threshold=ess)
+            est, nfb = jax.block_until_ready(runners[n]())  # compile + first run
+            errors[n], fallback[n] = abs(float(est) - exact_s), float(nfb)
+        samples = {n: [] for n in Ns}
+        for _ in range(args.repeats):
+            for n in Ns:
+                t0 = time.perf_counter()
+                jax.block_until_ready(runners[n]())
+                samples[n].append(time.perf_counter() - t0)
+        label = "adaptive (ESS < N/2)" if ess < 1 else "every step"
+        for n in Ns:
+            s = np.array(samples[n])
+            emit(f"| {label} | {n} | {s.min():.4f} | {np.median(s):.4f} | {', '.join(f'{v:.3f}' for v in s)} | "
+                 f"{1e6 * s.min() / n:.2f} | {fallback[n]:.1f} | {errors[n]:.4f} |")
+        a, b = Ns[-2], Ns[-1]
+        r_min = min(samples[b]) / min(samples[a])
+        r_med = float(np.median(samples[b]) / np.median(samples[a]))
+        emit(f"\n{label}: t({b}) / t({a}) = {r_min:.1f} (min times), {r_med:.1f} (medians) for a {b // a}x larger N "
+             f"(target <= 12; linear: {b // a}x). Load after: {load()}\n")
     emit("## Memory of the compiled PaRIS loop (XLA memory analysis of the jitted loop, float32)\n")
     emit("| N | T | working memory (temp, bytes) | outputs (bytes: T scalar diagnostics) | arguments (bytes) |")
     emit("|---|---|---|---|---|")
