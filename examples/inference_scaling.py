@@ -265,7 +265,7 @@ def _cell(r):
 def scaling_table(name, budgets, curves, ref, levels=(0.6, 0.8, 0.9)):
     """Markdown: accuracy ± SE vs budget, generator calls per problem, and the scaling rate (budget
     each method needs to first reach an accuracy level, and its ratio to ``ref``)."""
-    lines = [f"\n### {name}: accuracy ± SE vs budget (rollouts)\n",
+    lines = [f"\n### {name}: accuracy vs budget (rollouts; ± one SE over problems)\n",
              "| method | " + " | ".join(str(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for m, res in curves.items():
         lines.append(f"| {m} | " + " | ".join(_cell(r) for r in res) + " |")
