@@ -115,6 +115,8 @@ def test_exact_parameters_give_exact_plan():
     np.testing.assert_allclose(model.log_prob(x, y), logp, atol=1e-10)
     with pytest.raises(ConfigurationError, match="backward"):
         model.sample_backward(jax.random.key(0), y)
+    dt = model.to_arviz()
+    assert "parameters" in dt.children and dt.attrs["method"] == "LinearLightSB" and dt.attrs["reference"] == "linear"
 
 
 def test_bridge_paths_are_exact_reference_bridges():

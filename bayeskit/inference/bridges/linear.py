@@ -248,6 +248,13 @@ class LinearLightSB:
         """Mean (N, D) and covariance (N, D, D) of :math:`\\pi(\\cdot\\mid x)`."""
         return self.forward.conditional_moments(self._feat(x))
 
+    def to_arviz(self):
+        """ArviZ DataTree of the forward plan's inner LightSB (parameters, losses), with the reference in attrs."""
+        dt = self.forward.to_arviz()
+        dt.attrs.update({"method": "LinearLightSB", "reference": getattr(self.reference, "name", "linear"),
+                         "duration": self.transition.duration})
+        return dt
+
     def sample_trajectory(self, key, x0, num_steps: int = 100) -> jax.Array:
         """SB paths from ``x0`` (N, D): end points from the plan, exact reference bridges in between;
         (num_steps + 1, N, D) on ``linspace(0, T, num_steps + 1)``."""
