@@ -213,7 +213,7 @@ def main(argv=None):
     emit("The machine is shared (load above), so all N are timed alternately, "
          f"{args.repeats} times each after compilation; the ratio uses the minimum (least-disturbed) times. "
          "`fallback/step`: backward draws per step that exhausted the rejection trials and took the exact O(N) "
-         "draw. Two resampling rules: adaptive (ESS < N/2, the default) and every step (ess_threshold = 1, as in "
+         "draw. Two resampling rules: adaptive (ESS < N/2) and every step (ess_threshold = 1, the default, as in "
          "Olsson & Westerborn's PaRIS).\n")
     emit("| resampling | N | min time (s) | median time (s) | all times (s) | time / N (us, min) | fallback/step | "
          f"abs. error vs RTS (T = {T_scale}) |")

@@ -526,7 +526,7 @@ def _paris_jit(key, ssm, params, ys, ess_threshold, *, num_particles, functional
 def paris(key, ssm, params, ys, num_particles: int = 1000, *, num_backward: int = 2, functional: Callable | None = None,
           num_trials: int = DEFAULT_NUM_TRIALS, max_trials: int | None = None,
           log_transition_bound: Callable | None = None, resampling: str | Callable = "systematic",
-          ess_threshold: float = 0.5, online: bool = False, chunk_size: int | None = None) -> PaRISResult:
+          ess_threshold: float = 1.0, online: bool = False, chunk_size: int | None = None) -> PaRISResult:
     r"""PaRIS online additive smoothing (Olsson & Westerborn 2017) with the hybrid exact backward sampler.
 
     Estimates :math:`\mathbb E[\sum_{t=0}^{T-1} \tilde h_t(X_{t-1}, X_t) \mid y_{0:T-1}]` in one forward pass,
@@ -547,7 +547,11 @@ def paris(key, ssm, params, ys, num_particles: int = 1000, *, num_backward: int 
         log_transition_bound: optional ``(params, x_prev, t) -> scalar`` upper bound of
             :math:`\log m_t(x_{prev}^j, x)` over the cloud ``x_prev`` and all ``x``; default: from the mode of
             each transition distribution (Gaussian, Student, Laplace families).
-        resampling, ess_threshold: as in :func:`~bayeskit.smc.particle_filter`.
+        resampling, ess_threshold: as in :func:`~bayeskit.smc.particle_filter`; the default 1.0 resamples
+            at every step, as Olsson & Westerborn's algorithm does. Adaptive resampling (< 1) keeps the
+            weights of unresampled particles, the rejection sampler then falls back to exact O(N) draws
+            more often as N grows (measured: 7, 52 and 441 fallback draws per step at N = 1e3, 1e4, 1e5),
+            and the cost stops being linear in N (``benchmarks/smoothing.py``).
         online: also return the estimate at every t (``online_estimates``).
         chunk_size: rows of the backward kernel computed at once by the exact fallback.
 
