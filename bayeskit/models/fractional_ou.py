@@ -27,6 +27,7 @@ import numpy as np
 import numpyro.distributions as dist
 import scipy.linalg
 
+from bayeskit._linalg import linear_sde_transition
 from bayeskit.inference.sde.fbm import BrownianMotion, FractionalBM
 from bayeskit.model.sde import SDE
 
@@ -90,23 +91,8 @@ def _linear_system(params, sde: SDE, hurst=None):
 
 
 def _transition(F, G, dt):
-    """Exact (Phi, Q) over a step dt: Van Loan's block exponential on dt / 2^m (so that the fast OU
-    speeds do not overflow the exponential of -F), then m doublings Q <- Phi Q Phi^T + Q, Phi <- Phi^2."""
-    n = F.shape[0]
-    rate = float(np.max(np.abs(np.diag(F)))) if n else 0.0
-    m = max(0, int(np.ceil(np.log2(max(rate * dt, 1e-300) / 0.5)))) if rate * dt > 0.5 else 0
-    h = dt / 2.0**m
-    M = np.zeros((2 * n, 2 * n))
-    M[:n, :n] = -F
-    M[:n, n:] = G @ G.T
-    M[n:, n:] = F.T
-    E = scipy.linalg.expm(M * h)
-    Phi = E[n:, n:].T
-    Q = Phi @ E[:n, n:]
-    for _ in range(m):
-        Q = Phi @ Q @ Phi.T + Q
-        Phi = Phi @ Phi
-    return Phi, 0.5 * (Q + Q.T)
+    """Exact (Phi, Q) of dX = F X dt + G dW over a step dt (see :func:`bayeskit._linalg.linear_sde_transition`)."""
+    return linear_sde_transition(F, G @ G.T, dt)
 
 
 def exact_moments(params, sde: SDE, grid, *, hurst=None, x0_mean=None, x0_var: float = 0.0):

@@ -3,7 +3,6 @@ beam search (beam search with one beam and two expansions is the zero-temperatur
 two-particle filter)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -123,7 +123,6 @@ def gaussian_init_params(key, source_samples, target_samples, num_components: in
 
     x0 = np.asarray(source_samples, float)
     x1 = np.asarray(target_samples, float)
-    d = x0.shape[1]
     m0, m1 = x0.mean(0), x1.mean(0)
     # the loss is an average over the samples: moments with 1/N (bias=True)
     c0 = np.atleast_2d(np.cov(x0, rowvar=False, bias=True))

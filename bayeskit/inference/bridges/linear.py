@@ -43,9 +43,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from bayeskit._checks import check_finite_array, check_key, check_positive_int
+from bayeskit._linalg import linear_sde_transition
 from bayeskit.errors import ConfigurationError, DataError
 from bayeskit.inference.bridges.lightsb import LightSB
 
@@ -71,15 +71,13 @@ def _coefficients(reference, dim):
 
 def _transition(a, c, sigma, duration) -> GaussianTransition:
     d = a.shape[0]
+    # the shift m = int_0^T e^{As} c ds comes from the state augmented with a constant 1
     aug = np.zeros((d + 1, d + 1))
     aug[:d, :d], aug[:d, d] = a, c
-    e = scipy.linalg.expm(aug * duration)
-    phi, shift = e[:d, :d], e[:d, d]
-    # Van Loan: expm([[-A, s^2 I], [0, A^T]] T) = [[., F12], [0, F22]], Phi = F22^T, Q = Phi F12
-    vl = np.block([[-a, sigma**2 * np.eye(d)], [np.zeros((d, d)), a.T]]) * duration
-    f = scipy.linalg.expm(vl)
-    q = f[d:, d:].T @ f[:d, d:]
-    return GaussianTransition(phi, shift, 0.5 * (q + q.T), float(duration))
+    noise = np.zeros((d + 1, d + 1))
+    noise[:d, :d] = sigma**2 * np.eye(d)
+    phi, q = linear_sde_transition(aug, noise, duration)
+    return GaussianTransition(phi[:d, :d], phi[:d, d], q[:d, :d], float(duration))
 
 
 def linear_transition(reference, dim: int, duration: float) -> GaussianTransition:

@@ -1,0 +1,35 @@
+"""Small dense linear-algebra helpers shared by the models and backends (NumPy / SciPy, float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+
+def linear_sde_transition(drift_matrix, noise_cov, dt: float):
+    r"""Exact transition of :math:`dX = F X\,dt + dW`, :math:`\operatorname{Cov}(dW) = \Sigma\,dt`, over ``dt``:
+    :math:`X_{dt} \mid X_0 = x \sim \mathcal N(\Phi x, Q)` with :math:`\Phi = e^{F\,dt}` and
+    :math:`Q = \int_0^{dt} e^{Fs}\Sigma e^{F^\top s} ds`.
+
+    Van Loan's block exponential, evaluated on :math:`dt / 2^m` (so that fast stable modes do not overflow
+    the exponential of :math:`-F`), then :math:`m` doublings :math:`Q \leftarrow \Phi Q \Phi^\top + Q`,
+    :math:`\Phi \leftarrow \Phi^2`. A constant drift term :math:`c` is handled by augmenting the state with a
+    constant 1 (``F = [[A, c], [0, 0]]``). Returns ``(Phi, Q)`` with ``Q`` symmetrised.
+    """
+    F = np.asarray(drift_matrix, float)
+    S = np.asarray(noise_cov, float)
+    n = F.shape[0]
+    rate = float(np.max(np.abs(np.diag(F)))) if n else 0.0
+    m = max(0, int(np.ceil(np.log2(rate * dt / 0.5)))) if rate * dt > 0.5 else 0
+    h = dt / 2.0**m
+    M = np.zeros((2 * n, 2 * n))
+    M[:n, :n] = -F
+    M[:n, n:] = S
+    M[n:, n:] = F.T
+    E = scipy.linalg.expm(M * h)
+    Phi = E[n:, n:].T
+    Q = Phi @ E[:n, n:]
+    for _ in range(m):
+        Q = Phi @ Q @ Phi.T + Q
+        Phi = Phi @ Phi
+    return Phi, 0.5 * (Q + Q.T)
