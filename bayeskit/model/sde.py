@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit._checks import check_finite_array, check_in_interval, check_key, check_positive_int
+from bayeskit._checks import check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, DataError, ModelError
 
 __all__ = ["SDE", "GridBrownianPath", "make_grid", "solve_augmented", "default_solver", "validate_times"]
@@ -256,17 +256,12 @@ class GridBrownianPath(diffrax.AbstractPath):
 def _exact_ou_tables(gammas, dts):
     """Per-step OU decay ``exp(-gamma dt)``, control gain ``(1 - exp(-gamma dt)) / gamma`` and a square root
     of the noise covariance ``(1 - exp(-(gamma_i + gamma_j) dt)) / (gamma_i + gamma_j)``, each ``(n - 1, ...)``."""
+    from bayeskit.inference.sde.fbm import _psd_sqrt, ou_transition_covariance
+
     g = gammas[None, :]
     decay = jnp.exp(-g * dts[:, None])
     gain = -jnp.expm1(-g * dts[:, None]) / g
-    gsum = gammas[:, None] + gammas[None, :]
-
-    def root(dt):
-        cov = -jnp.expm1(-gsum * dt) / gsum
-        evals, evecs = jnp.linalg.eigh(cov)
-        return evecs * jnp.sqrt(jnp.clip(evals, 0.0))[None, :]
-
-    return decay, gain, jax.vmap(root)(dts)
+    return decay, gain, jax.vmap(lambda dt: _psd_sqrt(ou_transition_covariance(gammas, dt)))(dts)
 
 
 def _solve_exact_ou(key, sde, params, grid, x0, y0, control, hurst):
