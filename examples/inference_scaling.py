@@ -329,14 +329,10 @@ def markov_world(args, budgets):
     return name, curves, scaling_table(name, budgets, curves, "PF")
 
 
-def learned_world(args, budgets):
-    """Learned arithmetic model + noisy verifier; settings chosen on validation problems, numbers
-    reported on disjoint test problems."""
+def arithmetic_setup(args):
+    """The learned arithmetic generator and the validation / test problems (shared by every PRM)."""
     t0 = time.time()
     arith = S.ArithmeticWorld.train(jax.random.key(2), num_iterations=600 if args.quick else 2000)
-    acc_step = arith.step_accuracy()
-    gen = arith.generator()
-    rm = arith.verifier_reward_model(jax.random.key(3), confidence=2.0, noise_scale=1.5)
     num_problems = 96 if args.quick else 256
     num_seeds = 1 if args.quick else 2
     test_prompts, test_truth = S.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
@@ -345,11 +341,62 @@ def learned_world(args, budgets):
     keep = np.array([tuple(p) not in test_set for p in np.asarray(val_prompts).tolist()])
     val_prompts, val_truth = val_prompts[keep][:num_problems], val_truth[keep][:num_problems]
     assert not {tuple(p) for p in np.asarray(val_prompts).tolist()} & test_set  # disjoint
-    val = ProblemSet(val_prompts, np.asarray(val_truth), num_seeds, jax.random.key(300))
-    test = ProblemSet(test_prompts, np.asarray(test_truth), num_seeds, jax.random.key(200))
+    print(f"(arithmetic generator trained in {time.time() - t0:.0f}s)", flush=True)
+    return {"arith": arith, "num_problems": num_problems, "num_seeds": num_seeds,
+            "val": (val_prompts, val_truth), "test": (test_prompts, test_truth)}
+
+
+def verifier_prm(args, setup):
+    """The noisy step verifier σ(±2 + 1.5ξ), ξ fixed per prefix."""
+    return setup["arith"].verifier_reward_model(jax.random.key(3), confidence=2.0, noise_scale=1.5), ""
+
+
+def learned_prm(args, setup):
+    """A Math-Shepherd-style learned PRM, trained on problems disjoint from the validation and test
+    problems; its quality (and the verifier's) is measured on further held-out problems."""
+    t0 = time.time()
+    arith = setup["arith"]
+    used = np.concatenate([np.asarray(setup["val"][0]), np.asarray(setup["test"][0])])
+    kw = {"num_problems": 512, "num_iterations": 300} if args.quick else {}
+    prm = arith.train_reward_model(jax.random.key(6), exclude=used, **kw)
+    used_set = {tuple(p) for p in used.tolist()}
+    assert not {tuple(p) for p in np.asarray(prm.train_prompts).tolist()} & used_set  # disjoint from val/test
+    t_train = time.time() - t0
+    rm = prm.reward_model()
+    exclude = np.concatenate([used, np.asarray(prm.train_prompts)])
+    nq = 128 if args.quick else 512
+    lines = [f"\n### PRM quality on held-out prefixes ({nq} problems disjoint from training, validation and "
+             f"test; learned PRM trained in {t_train:.0f}s on {len(prm.train_prompts)} problems)\n",
+             "| PRM | sibling ranking acc. | AUC (same step) | ECE | Brier vs MC value | sibling error rate | "
+             "error rate given an error on another prefix with the same last step | same-state agreement |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, model in (("learned (Math-Shepherd)", rm), ("noisy verifier σ(±2+1.5ξ)", verifier_prm(args, setup)[0])):
+        q = arith.reward_model_quality(jax.random.key(7), model, num_problems=nq, exclude=exclude)
+        lines.append(f"| {name} | {q['sibling_accuracy']:.3f} ± {q['sibling_accuracy_se']:.3f} | "
+                     f"{q['auc']:.3f} ± {q['auc_se']:.3f} | {q['ece']:.3f} | {q['brier']:.3f} | "
+                     f"{q['sibling_error_rate']:.3f} | {q['shared_error_rate']:.3f} | {q['same_state_agreement']:.3f} |")
+    return rm, "\n".join(lines)
+
+
+PRMS = {"verifier": ("noisy verifier PRM", verifier_prm), "learned": ("learned PRM", learned_prm)}
+
+
+def learned_world(args, budgets, setup, prm="verifier"):
+    """Learned arithmetic model + a PRM (``prm``: the noisy verifier or the learned PRM); settings
+    chosen on validation problems, numbers reported on disjoint test problems."""
+    t0 = time.time()
+    arith = setup["arith"]
+    acc_step = arith.step_accuracy()
+    gen = arith.generator()
+    prm_name, make_prm = PRMS[prm]
+    rm, quality = make_prm(args, setup)
+    num_problems, num_seeds = setup["num_problems"], setup["num_seeds"]
+    val = ProblemSet(setup["val"][0], np.asarray(setup["val"][1]), num_seeds, jax.random.key(300))
+    test = ProblemSet(setup["test"][0], np.asarray(setup["test"][1]), num_seeds, jax.random.key(200))
     runner = Runner(gen, rm)
-    lines = [f"\n### Learned arithmetic model: validation ({num_problems} problems x {num_seeds} seeds, "
-             f"disjoint from the test problems)\n"]
+    lines = [quality] if quality else []
+    lines.append(f"\n### Learned arithmetic model, {prm_name}: validation ({num_problems} problems x {num_seeds} "
+                 f"seeds, disjoint from the test problems)\n")
     # --- validation: choose PF and beam-search settings
     pf_cfgs, pf_val = eval_pf_grid(runner, val, budgets, 10, pf_configs())
     i_pf, pf_means = choose(pf_cfgs, pf_val, budgets)
@@ -389,32 +436,64 @@ def learned_world(args, budgets):
         "Beam (validated)": beam_test[bpos[i_beam]],
         "Beam (M=min(4,B), argmax)": beam_test[bpos[0]],
     }
-    name = (f"Learned arithmetic model, TEST ({num_problems} problems x {num_seeds} seeds; step accuracy "
-            f"{acc_step:.3f}; noisy verifier PRM; {time.time() - t0:.0f}s)")
+    name = (f"Learned arithmetic model, {prm_name}, TEST ({num_problems} problems x {num_seeds} seeds; step "
+            f"accuracy {acc_step:.3f}; {time.time() - t0:.0f}s)")
     lines.append(scaling_table(name, budgets, curves, "PF (validated)", levels=(0.8, 0.9, 0.95)))
     lines.append(paired_table(budgets, curves, [("PF (validated)", "Beam (validated)"),
                                                 ("PF (validated per budget)", "Beam (validated)"),
                                                 ("PF (validated)", "Beam (M=min(4,B), argmax)"),
                                                 ("PF (validated)", "WMV"), ("PF (validated)", "BoN"),
                                                 ("PF (paper default)", "Beam (M=min(4,B), argmax)")]))
-    return "Learned arithmetic model (test)", curves, "\n".join(lines)
+    lines.append(hypothesis_verdict(budgets, curves))
+    return f"Learned arithmetic model, {prm_name} (test)", curves, "\n".join(lines)
+
+
+def hypothesis_verdict(budgets, curves, a="PF (validated)", b="Beam (validated)"):
+    """The declared test (docs/scaling.md): the paired difference a − b exceeds 2 SE at some budget
+    in 2..16 and is never below −2 SE at any budget in 2..128."""
+    z = {}
+    for bud, ra, rb in zip(budgets, curves[a], curves[b]):
+        if bud < 2 or ra[2] is None or rb[2] is None:
+            continue
+        d = ra[2] - rb[2]
+        se = np.std(d, ddof=1) / np.sqrt(d.size)
+        z[bud] = d.mean() / se if se > 0 else (0.0 if d.mean() == 0 else np.sign(d.mean()) * np.inf)
+    better = [bud for bud, v in z.items() if bud <= 16 and v > 2]
+    worse = [bud for bud, v in z.items() if v < -2]
+    ok = bool(better) and not worse
+    return (f"\nDeclared hypothesis ({a} − {b} > 2 SE at some budget in 2..16, never < −2 SE): "
+            f"{'SUPPORTED' if ok else 'NOT SUPPORTED'} (z = "
+            + ", ".join(f"{bud}: {v:+.1f}" for bud, v in z.items())
+            + f"; better at {better or 'none'}; worse at {worse or 'none'}).")
+
+
+
 
 
 def run_scaling(args, budgets, figs):
     out, curves_all = [], {}
-    for fn in (markov_world, learned_world):
-        name, curves, txt = fn(args, budgets)
+    prms = ["verifier", "learned"] if args.prm == "both" else [args.prm]
+    setup = None
+    for world in ["markov"] + prms:
+        if world == "markov":
+            bud = budgets
+            name, curves, txt = markov_world(args, bud)
+        else:
+            setup = setup or arithmetic_setup(args)
+            # the quick run keeps the learned-PRM comparison short: budgets up to 16
+            bud = budgets[:5] if (args.quick and world == "learned" and len(prms) > 1) else budgets
+            name, curves, txt = learned_world(args, bud, setup, world)
         print(txt, flush=True)
         out.append(txt)
-        curves_all[name] = curves
+        curves_all[name] = (curves, bud)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, (name, curves) in zip(axes, curves_all.items()):
+    fig, axes = plt.subplots(1, len(curves_all), figsize=(6 * len(curves_all), 4.5))
+    for ax, (name, (curves, bud)) in zip(np.atleast_1d(axes), curves_all.items()):
         for m, res in curves.items():
             acc = np.array([r[0] for r in res])
             se = np.array([r[1] for r in res])
-            ax.errorbar(budgets, acc, yerr=se, marker="o", ms=3, capsize=2, label=m)
+            ax.errorbar(bud, acc, yerr=se, marker="o", ms=3, capsize=2, label=m)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("budget (rollouts)")
         ax.set_ylabel("accuracy")
@@ -424,7 +503,7 @@ def run_scaling(args, budgets, figs):
     path = os.path.join(args.outdir, "scaling_accuracy_vs_budget.png")
     fig.savefig(path, dpi=120)
     figs.append(path)
-    return "\n".join(out), curves_all
+    return "\n".join(out), {name: c for name, (c, _) in curves_all.items()}
 
 
 # %%
@@ -485,6 +564,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small run (a few minutes on a laptop CPU)")
     parser.add_argument("--outdir", default="out/scaling", help="where figures and the table go")
+    parser.add_argument("--prm", choices=("verifier", "learned", "both"), default="both",
+                        help="PRM(s) of the learned arithmetic world: the noisy step verifier, the learned "
+                             "(Math-Shepherd-style) PRM, or both (default; --quick runs the learned-PRM "
+                             "comparison at budgets 1-16 only)")
     args = parser.parse_args(argv)
     os.makedirs(args.outdir, exist_ok=True)
     budgets = [1, 2, 4, 8, 16, 32, 64, 128]

@@ -24,7 +24,14 @@ from bayeskit.inference.scaling.particle import (
     trace_lineage,
     weighted_majority_vote,
 )
-from bayeskit.inference.scaling.worlds import ArithmeticWorld, ArithState, ChainState, MarkovWorld, random_markov_world
+from bayeskit.inference.scaling.worlds import (
+    ArithmeticWorld,
+    ArithState,
+    ChainState,
+    LearnedPRM,
+    MarkovWorld,
+    random_markov_world,
+)
 
 __all__ = [
     "Generator",
@@ -48,6 +55,7 @@ __all__ = [
     "ChainState",
     "ArithState",
     "ArithmeticWorld",
+    "LearnedPRM",
     "MarkovWorld",
     "random_markov_world",
 ]
