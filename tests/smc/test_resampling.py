@@ -53,3 +53,29 @@ def test_ess_bounds_and_normalisation():
 def test_unknown_scheme_raises():
     with pytest.raises(ConfigurationError, match="resampling"):
         R.get_scheme("bogus")
+
+
+@pytest.mark.parametrize("n, m", [(1, 1), (7, 7), (50, 13), (13, 50), (1000, 1000)])
+def test_search_and_repeat_expansions_agree(n, m):
+    # CPU expands offspring counts by binary search for small N; every other case by jnp.repeat.
+    # Both must return the same ancestors from the same running totals (including zero counts,
+    # all mass on one particle and all mass on the last).
+    rng = np.random.default_rng(n * 1000 + m)
+    cases = [rng.multinomial(m, rng.dirichlet(np.full(n, 0.3))) for _ in range(20)]
+    cases += [np.eye(n, dtype=int)[0] * m, np.eye(n, dtype=int)[-1] * m]
+    for counts in cases:
+        below = jnp.asarray(np.cumsum(counts), jnp.int32)
+        rep = R._expand(R._counts_from_below(below), m)
+        searched = R._ancestors_from_below(below, m)  # binary search on this (CPU) backend
+        np.testing.assert_array_equal(np.asarray(searched), np.asarray(rep))
+        np.testing.assert_array_equal(np.asarray(rep), np.repeat(np.arange(n), counts))
+
+
+@pytest.mark.parametrize("scheme", ["multinomial", "stratified", "systematic"])
+def test_large_n_uses_the_linear_expansion_consistently(scheme, monkeypatch):
+    # the same key gives the same ancestors whichever expansion runs
+    lw = jax.random.normal(jax.random.key(3), (300,)) * 3
+    small = np.asarray(R.get_scheme(scheme)(jax.random.key(4), lw, 300))
+    monkeypatch.setattr(R, "SEARCH_MAX", 10)
+    large = np.asarray(R.get_scheme(scheme)(jax.random.key(4), lw, 300))
+    np.testing.assert_array_equal(small, large)
