@@ -154,20 +154,25 @@ class StateSpaceModel:
     def validate(self, params, ys, name: str = "ys"):
         """Check observations against the model: finite values, shape ``(T, *obs_shape)``, and
         parameters the model accepts (finite initial log-density). Raises bayeskit errors."""
-        from bayeskit._checks import check_finite_array
-
         try:
             obs_shape = self.observation_shape(params)
         except Exception as exc:  # the model rejected the parameters
             raise ModelError(f"the model rejects `params`: {exc}") from exc
-        arr = np.asarray(ys)
-        check_finite_array(arr, name)
-        if arr.ndim != 1 + len(obs_shape) or tuple(arr.shape[1:]) != obs_shape:
-            raise DataError(f"`{name}` must have shape (num_steps, {', '.join(map(str, obs_shape))})"
-                            .replace(", )", ")") + f", got {arr.shape}")
-        if arr.shape[0] < 1:
-            raise DataError(f"`{name}` must hold at least one time step")
+        check_observations(ys, obs_shape, name)
         return obs_shape
+
+
+def check_observations(ys, obs_shape: tuple, name: str = "ys"):
+    """``ys`` must be finite with shape ``(T, *obs_shape)``, T >= 1 (raises DataError)."""
+    from bayeskit._checks import check_finite_array
+
+    arr = np.asarray(ys)
+    check_finite_array(arr, name)
+    if arr.ndim != 1 + len(obs_shape) or tuple(arr.shape[1:]) != tuple(obs_shape):
+        raise DataError(f"`{name}` must have shape (num_steps, {', '.join(map(str, obs_shape))})"
+                        .replace(", )", ")") + f", got {arr.shape}")
+    if arr.shape[0] < 1:
+        raise DataError(f"`{name}` must hold at least one time step")
 
 
 def _sum_event(d, value):

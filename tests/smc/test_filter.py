@@ -191,3 +191,31 @@ def test_all_weights_vanish_raises():
     ys = jnp.array([0.1, 0.2, 50.0, 0.1])
     with pytest.raises(DegenerateWeightsError, match="time step 2"):
         bk.smc.particle_filter(jax.random.key(0), ssm, {}, ys, 100)
+
+
+def test_model_validation_is_remembered_per_parameter_values():
+    # the model checks run once per (model, parameter values); the data are checked on every call
+    calls = []
+
+    def initial(p):
+        calls.append(1)
+        return dist.Normal(0.0, p["s"])
+
+    ssm = bk.StateSpaceModel(initial, lambda p, x, t: dist.Normal(0.9 * x, p["s"]),
+                             lambda p, x, t: dist.Normal(x, 1.0), vectorized=True)
+    ys = jnp.linspace(-1.0, 1.0, 12)
+    good = {"s": jnp.float32(1.0)}
+    bk.smc.particle_filter(jax.random.key(0), ssm, good, ys, 20)
+    n_first = len(calls)
+    bk.smc.particle_filter(jax.random.key(1), ssm, {"s": jnp.float32(1.0)}, ys, 20)
+    assert len(calls) == n_first  # same values: no model re-check
+    bad = np.asarray(ys).copy()
+    bad[4] = np.inf
+    with pytest.raises(DataError, match="ys"):
+        bk.smc.particle_filter(jax.random.key(2), ssm, good, bad, 20)
+    with pytest.raises(DataError, match="shape"):
+        bk.smc.particle_filter(jax.random.key(2), ssm, good, np.zeros((12, 2)), 20)
+    with pytest.raises(ModelError, match="params"):  # new values are checked again
+        bk.smc.particle_filter(jax.random.key(3), ssm, {"s": jnp.float32(-1.0)}, ys, 20)
+    bk.smc.particle_filter(jax.random.key(4), ssm, {"s": jnp.float32(2.0)}, ys, 20)
+    assert len(calls) > n_first

@@ -29,7 +29,7 @@ from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc._chunks import run_chunked
 from bayeskit.inference.smc.feynman_kac import FeynmanKac, bootstrap
-from bayeskit.inference.smc.filtering import check_model_params
+from bayeskit.inference.smc.filtering import check_model
 from bayeskit.inference.smc.paris import _take, categorical
 from bayeskit.inference.smc.smoothing import backward_sample
 
@@ -275,8 +275,7 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
     burn_in = _checks.check_positive_int(burn_in, "burn_in", 0)
     if burn_in >= num_iterations:
         raise ConfigurationError(f"`burn_in` ({burn_in}) must be smaller than `num_iterations` ({num_iterations})")
-    check_model_params(ssm, params)
-    ssm.validate(params, ys)
+    check_model(ssm, params, ys)
     if backward_sampling or ancestor_sampling:
         check_backward_model(ssm, params, None, 0)
     ys = jnp.asarray(ys)

@@ -116,6 +116,50 @@ def _is_traced(*trees) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
 
 
+_VALIDATED: dict = {}  # (model, parameter fingerprint) -> observation shape, for check_model
+_VALIDATED_MAX = 256
+_FINGERPRINT_MAX = 65536  # parameters with more numbers than this are validated on every call
+
+
+def _fingerprint(params):
+    """A hashable copy of the parameter values (tree structure, shapes, dtypes, bytes), or None."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    try:
+        arrays = [np.asarray(leaf) for leaf in leaves]
+    except Exception:  # e.g. typed PRNG keys: not cached
+        return None
+    if sum(a.size for a in arrays) > _FINGERPRINT_MAX or any(a.dtype == object for a in arrays):
+        return None
+    return treedef, tuple((a.shape, a.dtype.str, a.tobytes()) for a in arrays)
+
+
+def check_model(ssm, params, ys, name: str = "params"):
+    """:func:`check_model_params` and ``ssm.validate(params, ys)``, with the model part remembered per
+    (model, parameter values): repeated calls with the same model and parameters (e.g. many filters
+    in a Python loop) only re-check ``ys``. Returns the observation shape."""
+    fp = _fingerprint(params)
+    key = None
+    if fp is not None:
+        try:
+            key = (ssm, fp)
+            hash(key)
+        except TypeError:  # a model object that is not hashable
+            key = None
+    obs_shape = _VALIDATED.get(key) if key is not None else None
+    if obs_shape is not None:
+        from bayeskit.model.ssm import check_observations
+
+        check_observations(ys, obs_shape)
+        return obs_shape
+    check_model_params(ssm, params, name)
+    obs_shape = ssm.validate(params, ys)
+    if key is not None:
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.pop(next(iter(_VALIDATED)))
+        _VALIDATED[key] = obs_shape
+    return obs_shape
+
+
 def check_model_params(ssm, params, name: str = "params"):
     """Build each distribution of ``ssm`` at ``params`` with NumPyro's argument validation on, so that
     invalid parameters (negative scales, ...) raise a :class:`ModelError` naming ``params``."""
@@ -173,8 +217,7 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
         num_particles = _checks.check_positive_int(num_particles, "num_particles")
         get_scheme(resampling)
         ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
-        check_model_params(ssm, params)
-        ssm.validate(params, ys)
+        check_model(ssm, params, ys)
         if sharding is not None:
             n_dev = len(sharding.device_set)
             if num_particles % n_dev:

@@ -51,7 +51,7 @@ from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc.feynman_kac import FeynmanKac, bootstrap
-from bayeskit.inference.smc.filtering import check_model_params, check_weights
+from bayeskit.inference.smc.filtering import check_model, check_weights
 from bayeskit.inference.smc.resampling import get_scheme
 
 __all__ = [
@@ -502,8 +502,7 @@ def _validate_common(key, ssm, params, ys, num_particles, num_backward, num_tria
     num_trials = _checks.check_positive_int(num_trials, "num_trials", 0)
     if max_trials is not None:
         _checks.check_positive_int(max_trials, "max_trials")
-    check_model_params(ssm, params)
-    ssm.validate(params, ys)
+    check_model(ssm, params, ys)
     check_functional(functional, ssm, params)
     check_backward_model(ssm, params, log_transition_bound, num_trials)
     if log_transition_bound is not None and not callable(log_transition_bound):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from bayeskit import _checks
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc.feynman_kac import FeynmanKac, bootstrap
-from bayeskit.inference.smc.filtering import check_model_params, check_weights
+from bayeskit.inference.smc.filtering import check_model, check_weights
 from bayeskit.inference.smc.resampling import get_scheme
 
 __all__ = ["FFBSResult", "ffbs", "backward_sample", "forward_smoother", "path_functional"]
@@ -148,8 +148,7 @@ def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_paths: int = 100
     num_paths = _checks.check_positive_int(num_paths, "num_paths")
     get_scheme(resampling)
     ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
-    check_model_params(ssm, params)
-    ssm.validate(params, ys)
+    check_model(ssm, params, ys)
     check_functional(functional, ssm, params)
     check_backward_model(ssm, params, None, 0)
     paths, est, logz, info = _ffbs_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
