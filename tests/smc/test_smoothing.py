@@ -42,8 +42,8 @@ def _check_runs(estimates, exact, extra_se=0.0):
 
 
 def test_backward_draws_chi_square():
-    """Hybrid rejection + exact fallback reproduces Lambda_t(i, .) exactly, with the default budget and with a
-    trial budget of 1 (most draws then take the exact fallback)."""
+    """Hybrid rejection + exact fallback reproduces Lambda_t(i, .) exactly, with the default budget, with a
+    trial budget of 1 (most draws then take the exact fallback) and with a multi-level schedule."""
     params = lg.example_params(1)
     fk = bootstrap(lg.ssm, params, jnp.zeros((3, 1)))
     x_prev = jnp.array([[-2.0], [-0.5], [0.0], [0.7], [2.5]])
@@ -53,7 +53,8 @@ def test_backward_draws_chi_square():
     M = 20000
     xs = jnp.broadcast_to(x, (M, 1))
     bound = transition_log_bound(lg.ssm, params, x_prev, 1)
-    for trials, max_trials in ((10, None), (1, 1)):
+    # (2, 200): several compaction levels, each left early once the unaccepted draws fit the next buffer
+    for trials, max_trials in ((10, None), (1, 1), (2, 200)):
         J, nfb = jax.jit(lambda k: sample_backward(k, fk, 1, x_prev, lw_prev, xs, 1, log_bound=bound,
                                                    num_trials=trials, max_trials=max_trials))(jax.random.key(3))
         counts = np.bincount(np.asarray(J).ravel(), minlength=5)
