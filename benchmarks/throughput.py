@@ -1,7 +1,8 @@
 """Throughput of the particle methods: the numbers issue 10 asks for, on whatever device JAX sees.
 
 One script for CPU and GPU (``bayeskit bench throughput`` here; on a GPU machine
-``PYTHONPATH=$PWD python3 benchmarks/throughput.py --gpu``, ArviZ not needed):
+``PYTHONPATH=$PWD python3 benchmarks/throughput.py --gpu [--trace DIR] [--dump-hlo DIR]``,
+ArviZ not needed):
 
 1. Bootstrap particle filter, AR(1) model observed in noise, T = 100: ``bk.smc.particle_filter``
    (systematic resampling at every step, so both filters do the same work) timed beside a plain
@@ -93,7 +94,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     ap.add_argument("--gpu", action="store_true", help="the issue's GPU sizes")
+    ap.add_argument("--trace", metavar="DIR", help="also write a jax.profiler trace of one filter and one PaRIS "
+                    "run at the largest N (view with xprof / TensorBoard)")
+    ap.add_argument("--dump-hlo", metavar="DIR", help="dump the optimised XLA programs (XLA_FLAGS=--xla_dump_to)")
     args = ap.parse_args(argv)
+
+    if args.dump_hlo:
+        import os
+
+        if "jax" in sys.modules:
+            raise SystemExit("--dump-hlo must be given before JAX is imported (run the script directly)")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={args.dump_hlo}").strip()
 
     import jax
     import jax.numpy as jnp
@@ -190,6 +201,13 @@ def main(argv=None):
                     f"({paris_n * 100 / t_p:.2e} particle-steps/s); estimate {float(np.ravel(np.asarray(est.estimate))[0]):.3f} vs RTS "
                     f"{truth:.3f}; mean exact-fallback draws per step {float(np.mean(np.asarray(est.num_fallback))):.2f}.")
     print(sections[-1], flush=True)
+
+    if args.trace:
+        n = sizes[-1]
+        with jax.profiler.trace(args.trace):
+            jax.block_until_ready(bk.smc.particle_filter(jax.random.key(8), model, params, ys, n, ess_threshold=1.0).log_evidence)
+            jax.block_until_ready(bk.smc.paris(jax.random.key(9), model, params, ys, paris_n, num_backward=2).estimate)
+        print(f"profiler trace written to {args.trace}")
 
     path = write_result("throughput" + ("_gpu" if args.gpu else ""),
                         "Throughput of the particle methods (benchmarks/throughput.py" + (" --gpu)" if args.gpu else ")"),
