@@ -23,6 +23,7 @@ same table (:meth:`MarkovWorld.noisy_reward_model`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -277,6 +278,65 @@ def _mlp(params, x):
     return x @ w + b
 
 
+def _arith_features(prev, d, i, num_ops):
+    return jnp.concatenate([jax.nn.one_hot(prev, 10), jax.nn.one_hot(d, 10), jax.nn.one_hot(i, num_ops)], -1)
+
+
+def _arith_step(params, num_ops, key, s: ArithState) -> ArithState:
+    """One step of the learned arithmetic generator with MLP ``params`` (finished rows unchanged)."""
+    k = num_ops
+    rows = jnp.arange(s.start.shape[0])
+    i = jnp.clip(s.step, 0, k - 1)
+    prev = jnp.where(s.step == 0, s.start, s.values[rows, jnp.clip(s.step - 1, 0, k - 1)])
+    logits = _mlp(list(params), _arith_features(prev, s.digits[rows, i], i, k))
+    a = jax.random.categorical(key, logits).astype(jnp.int32)
+    values = s.values.at[rows, i].set(jnp.where(s.done, s.values[rows, i], a))
+    new_step = s.step + (~s.done).astype(jnp.int32)
+    return ArithState(s.start, s.digits, values, new_step, s.done | (new_step >= k))
+
+
+@partial(jax.jit, static_argnums=1)
+def _arith_trajectory(params, num_ops, key, s: ArithState) -> ArithState:
+    """The prefixes after steps 1..K of one rollout per row, flattened step-major."""
+    def body(s, t):
+        s = _arith_step(params, num_ops, jax.random.fold_in(key, t), s)
+        return s, s
+
+    _, states = jax.lax.scan(body, s, jnp.arange(num_ops))
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), states)
+
+
+@partial(jax.jit, static_argnums=(1, 5))
+def _arith_mc_values(params, num_ops, key, states: ArithState, truth, rollouts):
+    rep = jax.tree_util.tree_map(lambda a: jnp.repeat(a, rollouts, axis=0), states)
+    rep = jax.lax.fori_loop(0, num_ops, lambda t, r: _arith_step(params, num_ops, jax.random.fold_in(key, t), r), rep)
+    right = rep.values[:, num_ops - 1] == jnp.repeat(truth, rollouts)
+    return jnp.mean(right.reshape(-1, rollouts), axis=1)
+
+
+@partial(jax.jit, static_argnums=(4, 5))
+def _fit_prm(params, key, states: ArithState, labels, num_ops, batch_size, num_iterations, learning_rate):
+    """Adam on the sigmoid cross-entropy of the PRM logit against the soft labels (one compiled loop)."""
+    import optax
+
+    opt = optax.adam(learning_rate)
+    n = labels.shape[0]
+
+    def loss(p, idx):
+        logits = _prm_logit(p, jax.tree_util.tree_map(lambda a: a[idx], states), num_ops)
+        return optax.sigmoid_binary_cross_entropy(logits, labels[idx]).mean()
+
+    def body(it, carry):
+        p, s = carry
+        idx = jax.random.randint(jax.random.fold_in(key, it), (batch_size,), 0, n)
+        g = jax.grad(loss)(p, idx)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s
+
+    params, _ = jax.lax.fori_loop(0, num_iterations, body, (params, opt.init(params)))
+    return params
+
+
 @dataclass(frozen=True, eq=False)
 class ArithmeticWorld:
     r"""A learned "reasoner" for multi-step modular arithmetic (the stand-in for an LLM).
@@ -337,7 +397,7 @@ class ArithmeticWorld:
         return cls(tuple(params), num_ops)
 
     def _features(self, prev, d, i):
-        return jnp.concatenate([jax.nn.one_hot(prev, 10), jax.nn.one_hot(d, 10), jax.nn.one_hot(i, self.num_ops)], -1)
+        return _arith_features(prev, d, i, self.num_ops)
 
     def step_accuracy(self):
         """Model probability of writing the right digit, averaged over (a_{i-1}, d_i, i)."""
@@ -357,14 +417,7 @@ class ArithmeticWorld:
                               jnp.full((n, k), -1, jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
 
         def step(key, s: ArithState):
-            rows = jnp.arange(s.start.shape[0])
-            i = jnp.clip(s.step, 0, k - 1)
-            prev = jnp.where(s.step == 0, s.start, s.values[rows, jnp.clip(s.step - 1, 0, k - 1)])
-            logits = _mlp(params, self._features(prev, s.digits[rows, i], i))
-            a = jax.random.categorical(key, logits).astype(jnp.int32)
-            values = s.values.at[rows, i].set(jnp.where(s.done, s.values[rows, i], a))
-            new_step = s.step + (~s.done).astype(jnp.int32)
-            return ArithState(s.start, s.digits, values, new_step, s.done | (new_step >= k))
+            return _arith_step(params, k, key, s)
 
         def is_done(s):
             return s.done
@@ -429,33 +482,15 @@ class ArithmeticWorld:
     def _prefixes(self, key, prompts):
         """One generator trajectory per problem; its prefixes after steps 1..K, flattened step-major:
         row ``t * N + p`` is problem ``p`` after ``t + 1`` steps."""
-        gen = self.generator()
-
-        @jax.jit
-        def run(key, s):
-            states = []
-            for t in range(self.num_ops):
-                s = gen.step(jax.random.fold_in(key, t), s)
-                states.append(s)
-            return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, 0), *states)
-
-        return run(key, self.initial_states(prompts))
+        return _arith_trajectory(tuple(self.params), self.num_ops, key, self.initial_states(prompts))
 
     def monte_carlo_values(self, key, states: ArithState, truth, rollouts: int):
         """Math-Shepherd soft labels: the fraction of ``rollouts`` generator completions of each
         prefix whose final answer equals ``truth`` (a finished prefix is its own completion)."""
-        gen = self.generator()
-        k = self.num_ops
-
-        @jax.jit
-        def run(key, states, truth):
-            rep = jax.tree_util.tree_map(lambda a: jnp.repeat(a, rollouts, axis=0), states)
-            for t in range(k):
-                rep = gen.step(jax.random.fold_in(key, t), rep)
-            right = rep.values[:, k - 1] == jnp.repeat(jnp.asarray(truth), rollouts)
-            return jnp.mean(right.reshape(-1, rollouts), axis=1)
-
-        return run(key, states, jnp.asarray(truth, jnp.int32))
+        if isinstance(rollouts, bool) or not isinstance(rollouts, (int, np.integer)) or rollouts < 1:
+            raise ConfigurationError(f"`rollouts` must be a positive integer, got {rollouts!r}")
+        return _arith_mc_values(tuple(self.params), self.num_ops, key, states, jnp.asarray(truth, jnp.int32),
+                                int(rollouts))
 
     def train_reward_model(self, key, *, num_problems: int = 2048, rollouts_per_prefix: int = 4, hidden: int = 32,
                            num_iterations: int = 1500, batch_size: int = 256, learning_rate: float = 3e-3,
@@ -475,8 +510,6 @@ class ArithmeticWorld:
         modest: the result is an *imperfect* PRM whose errors are a deterministic function of the
         state (the same for every particle in that state) and correlated across similar states.
         """
-        import optax
-
         for name, val in (("num_problems", num_problems), ("rollouts_per_prefix", rollouts_per_prefix),
                           ("hidden", hidden), ("num_iterations", num_iterations), ("batch_size", batch_size)):
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
@@ -491,23 +524,8 @@ class ArithmeticWorld:
         k_local, k_head = jax.random.split(k_init)
         h = int(hidden)
         params = (_mlp_init(k_local, [30 + self.num_ops, h, h]), _mlp_init(k_head, [h + self.num_ops + 1, h, 1]))
-        opt = optax.adam(learning_rate)
-        opt_state = opt.init(params)
-        n = labels.shape[0]
-
-        def loss(p, idx):
-            logits = _prm_logit(p, jax.tree_util.tree_map(lambda a: a[idx], states), self.num_ops)
-            return optax.sigmoid_binary_cross_entropy(logits, labels[idx]).mean()
-
-        @jax.jit
-        def update(p, s, k):
-            idx = jax.random.randint(k, (int(batch_size),), 0, n)
-            val, g = jax.value_and_grad(loss)(p, idx)
-            upd, s = opt.update(g, s, p)
-            return optax.apply_updates(p, upd), s, val
-
-        for it in range(int(num_iterations)):
-            params, opt_state, _ = update(params, opt_state, jax.random.fold_in(k_fit, it))
+        params = _fit_prm(params, k_fit, states, labels, self.num_ops, int(batch_size), int(num_iterations),
+                          float(learning_rate))
         return LearnedPRM(tuple(params), self.num_ops, prompts)
 
     def reward_model_quality(self, key, reward_model: RewardModel, *, num_problems: int = 512,
