@@ -240,19 +240,23 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     num_chunks_max = -(-total // c)
     (pos,) = jnp.nonzero(remaining, size=num_chunks_max * c, fill_value=total)  # padding: out of bounds
 
-    def fb_cond(carry):
-        i, _ = carry
-        return i * c < count
-
-    def fb_body(carry):
-        i, J = carry
-        sl = jax.lax.dynamic_slice(pos, (i * c,), (c,))
+    def exact_draws(J, start, width):
+        """Exact draws for the unaccepted draws ``pos[start : start + width]``."""
+        sl = jax.lax.dynamic_slice(pos, (start,), (width,))
         L = log_weights_prev[None, :] + _log_transition_matrix(fk, t, x_prev, _take(x, target[jnp.minimum(sl, total - 1)]))
-        draws = jax.random.categorical(jax.random.fold_in(key_exact, i), L, axis=-1).astype(jnp.int32)
-        J = J.at[sl].set(draws, mode="drop")
-        return i + 1, J
+        draws = jax.random.categorical(jax.random.fold_in(key_exact, start), L, axis=-1).astype(jnp.int32)
+        return J.at[sl].set(draws, mode="drop")
 
-    _, J = jax.lax.while_loop(fb_cond, fb_body, (jnp.int32(0), J))
+    # full chunks of c rows, then the last count mod c draws one row at a time (a lone straggler
+    # used to cost a whole c x N chunk)
+    num_full = count // c
+    _, J = jax.lax.while_loop(lambda carry: carry[0] < num_full,
+                              lambda carry: (carry[0] + 1, exact_draws(carry[1], carry[0] * c, c)),
+                              (jnp.int32(0), J))
+    if c > 1:
+        _, J = jax.lax.while_loop(lambda carry: carry[0] < count,
+                                  lambda carry: (carry[0] + 1, exact_draws(carry[1], carry[0], 1)),
+                                  (num_full * c, J))
     return J.reshape(m, num_draws), count
 
 
