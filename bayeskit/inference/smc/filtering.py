@@ -117,7 +117,7 @@ def _is_traced(*trees) -> bool:
 
 
 _VALIDATED: dict = {}  # (model, parameter fingerprint) -> observation shape, for check_model
-_VALIDATED_MAX = 256
+_VALIDATED_MAX = 64  # models hold closures (possibly data): keep few
 _FINGERPRINT_MAX = 65536  # parameters with more numbers than this are validated on every call
 
 
