@@ -115,9 +115,19 @@ def multinomial(key, log_weights, num_samples: int):
     c = _cumulative(log_weights)
     e = jax.random.exponential(key, (num_samples + 1,), dtype=c.dtype)
     u = jnp.cumsum(e[:-1]) / jnp.sum(e)  # sorted uniforms on (0, 1)
-    below = jnp.searchsorted(u, c, side="left", method="sort").astype(jnp.int32)
-    below = below.at[-1].set(num_samples)
-    return _ancestors_from_below(below, num_samples)
+    n = c.shape[0]
+
+    def by_counts(u):
+        below = jnp.searchsorted(u, c, side="left", method="sort").astype(jnp.int32)
+        return _expand(_counts_from_below(below.at[-1].set(num_samples)), num_samples)
+
+    def by_search(u):
+        # A_j = #{i : c_i <= u_j}: the same indices as the counts above, in one binary search
+        return jnp.minimum(jnp.searchsorted(c, u, side="right"), n - 1).astype(jnp.int32)
+
+    if max(n, num_samples) > SEARCH_MAX:
+        return by_counts(u)
+    return jax.lax.platform_dependent(u, cpu=by_search, default=by_counts)
 
 
 def residual(key, log_weights, num_samples: int):
