@@ -424,8 +424,30 @@ def _finish(generator, reward_model, out: SweepOutput):
     _raise_bad_reward(out.bad_reward, out.bad_index, out.history.reward)
 
 
+@partial(jax.jit, static_argnums=(0, 2))
+def _init_jit(generator, prompt, num_particles):
+    return generator.init(prompt, num_particles)
+
+
+def _initial_states(generator, prompt, num_particles: int):
+    """``generator.init(prompt, N)``, compiled once per (generator, N) for JAX-native generators (run op
+    by op it cost about as much as a whole small sweep); host generators, and prompts that cannot be
+    traced, run it as it is."""
+    if generator.host is None:
+        try:
+            return _init_jit(generator, prompt, num_particles)
+        except Exception:  # e.g. a prompt that is not an array: same call, untraced (re-raises real errors)
+            pass
+    return generator.init(prompt, num_particles)
+
+
+@partial(jax.jit, static_argnums=0)
+def _done_history(generator, states):
+    return jax.vmap(generator.is_done)(states)
+
+
 def _history(out: SweepOutput, generator):
-    done = jax.vmap(generator.is_done)(out.history.state) if generator.host is None else None
+    done = _done_history(generator, out.history.state) if generator.host is None else None
     h = {"log_weights": out.history_log_weights, "ancestors": out.ancestors,
          "process_rewards": out.history.reward, "ess": out.ess, "resampled": out.resampled,
          "generator_calls": out.calls}
@@ -484,7 +506,7 @@ def particle_filtering(key, generator: Generator, reward_model: RewardModel, pro
     n = num_particles if num_particles is not None else budget
     _check_common(key, generator, reward_model, prompt, temperature, selection, weights, ess_threshold, n)
     get_scheme(resampling)
-    init_states = generator.init(prompt, n)
+    init_states = _initial_states(generator, prompt, n)
     out, answers, outcome, ans, idx = _pf_jit(key, init_states, float(temperature), generator, reward_model,
                                                WEIGHTS.index(weights), float(ess_threshold), resampling,
                                                SELECTIONS.index(selection))
@@ -501,7 +523,7 @@ def best_of_n(key, generator: Generator, reward_model: RewardModel, prompt, *, b
     (``selection="vote"``: :math:`\\arg\\max_a \\sum_i R_i 1[a_i = a]`)."""
     budget, _ = _budget_particles(budget, None)
     _check_common(key, generator, reward_model, prompt, 1.0, selection, None, None, budget)
-    init_states = generator.init(prompt, budget)
+    init_states = _initial_states(generator, prompt, budget)
     out, answers, outcome, _, _ = _pf_jit(key, init_states, 1.0, generator, reward_model, 0, 1.0,
                                           "multinomial", 0, resample=False)
     _finish(generator, reward_model, out)
@@ -604,7 +626,7 @@ def _pg_jit(key, init_states, temperatures, generator, reward_model, weights, nu
 def _pg_driver(method, key, generator, reward_model, prompt, num_particles, num_iterations, budget, weights,
                temperatures, selection):
     k_run, k_sel = jax.random.split(key)
-    init_states = generator.init(prompt, num_particles)
+    init_states = _initial_states(generator, prompt, num_particles)
     temps = jnp.asarray(temperatures, jnp.result_type(float))
     summ, final_states = _pg_jit(k_run, init_states, temps, generator, reward_model, WEIGHTS.index(weights),
                                  num_iterations)
@@ -728,7 +750,7 @@ def beam_search(key, generator: Generator, reward_model: RewardModel, prompt, *,
     expansions = min(beam_width, budget)
     num_beams = budget // expansions
     n = num_beams * expansions
-    init_states = generator.init(prompt, n)
+    init_states = _initial_states(generator, prompt, n)
     beams, answers, outcome, anc, rew, calls, bad, bad_idx = _beam_jit(key, init_states, generator, reward_model,
                                                                         num_beams, expansions)
     raise_pending_errors(generator, reward_model)
