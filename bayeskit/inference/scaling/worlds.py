@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayeskit._checks import check_positive_int
 from bayeskit.errors import ConfigurationError
 from bayeskit.inference.scaling.generator import Generator, RewardModel
 
@@ -372,9 +373,6 @@ class ArithmeticWorld:
         opt = optax.adam(learning_rate)
         state = opt.init(params)
 
-        def features(prev, d, i):
-            return jnp.concatenate([jax.nn.one_hot(prev, 10), jax.nn.one_hot(d, 10), jax.nn.one_hot(i, num_ops)], -1)
-
         def loss(p, k):
             k1, k2, k3, k4 = jax.random.split(k, 4)
             prev = jax.random.randint(k1, (batch_size,), 0, 10)
@@ -383,7 +381,7 @@ class ArithmeticWorld:
             right = (prev + d) % 10
             noise = jax.random.randint(jax.random.fold_in(k4, 1), (batch_size,), 0, 10)
             y = jnp.where(jax.random.uniform(k4, (batch_size,)) < step_accuracy, right, noise)
-            logits = _mlp(p, features(prev, d, i))
+            logits = _mlp(p, _arith_features(prev, d, i, num_ops))
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         @jax.jit
@@ -411,10 +409,7 @@ class ArithmeticWorld:
         params = list(self.params)
 
         def init(prompt, num_particles):
-            prompt = jnp.asarray(prompt, jnp.int32)
-            n = num_particles
-            return ArithState(jnp.full((n,), prompt[0]), jnp.broadcast_to(prompt[1:], (n, k)),
-                              jnp.full((n, k), -1, jnp.int32), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
+            return self.initial_states(jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (num_particles, k + 1)))
 
         def step(key, s: ArithState):
             return _arith_step(params, k, key, s)
@@ -487,10 +482,9 @@ class ArithmeticWorld:
     def monte_carlo_values(self, key, states: ArithState, truth, rollouts: int):
         """Math-Shepherd soft labels: the fraction of ``rollouts`` generator completions of each
         prefix whose final answer equals ``truth`` (a finished prefix is its own completion)."""
-        if isinstance(rollouts, bool) or not isinstance(rollouts, (int, np.integer)) or rollouts < 1:
-            raise ConfigurationError(f"`rollouts` must be a positive integer, got {rollouts!r}")
+        rollouts = check_positive_int(rollouts, "rollouts")
         return _arith_mc_values(tuple(self.params), self.num_ops, key, states, jnp.asarray(truth, jnp.int32),
-                                int(rollouts))
+                                rollouts)
 
     def train_reward_model(self, key, *, num_problems: int = 2048, rollouts_per_prefix: int = 4, hidden: int = 32,
                            num_iterations: int = 1500, batch_size: int = 256, learning_rate: float = 3e-3,
@@ -512,8 +506,7 @@ class ArithmeticWorld:
         """
         for name, val in (("num_problems", num_problems), ("rollouts_per_prefix", rollouts_per_prefix),
                           ("hidden", hidden), ("num_iterations", num_iterations), ("batch_size", batch_size)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise ConfigurationError(f"`{name}` must be a positive integer, got {val!r}")
+            check_positive_int(val, name)
         if not (isinstance(learning_rate, (int, float)) and np.isfinite(learning_rate) and learning_rate > 0):
             raise ConfigurationError(f"`learning_rate` must be a positive finite number, got {learning_rate!r}")
         k_prob, k_traj, k_mc, k_init, k_fit = jax.random.split(key, 5)
@@ -551,8 +544,7 @@ class ArithmeticWorld:
           another particle slot (1 for a PRM that is a function of the state).
         """
         for name, val in (("num_problems", num_problems), ("rollouts_per_prefix", rollouts_per_prefix)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 2:
-                raise ConfigurationError(f"`{name}` must be an integer >= 2, got {val!r}")
+            check_positive_int(val, name, minimum=2)
         k = self.num_ops
         k_prob, k_traj, k_mc = jax.random.split(key, 3)
         prompts, truth = self._heldout_problems(k_prob, int(num_problems), exclude)

@@ -75,6 +75,14 @@ def _counts_from_below(below):
 SEARCH_MAX = 1 << 15  # largest N or M for which CPU expands the counts by binary search
 
 
+def _search_on_small_cpu(operand, sizes, by_search, by_counts):
+    """``by_search(operand)`` on CPU when every size is <= SEARCH_MAX, else ``by_counts(operand)``
+    (both must return the same indices)."""
+    if max(sizes) > SEARCH_MAX:
+        return by_counts(operand)
+    return jax.lax.platform_dependent(operand, cpu=by_search, default=by_counts)
+
+
 def _ancestors_from_below(below, num_samples: int):
     """Ancestor indices from the running totals ``below`` (nondecreasing, ``below[-1] = M``):
     particle i is repeated ``below[i] - below[i-1]`` times, i.e. ``A_j = #{i : below_i <= j}``."""
@@ -87,9 +95,7 @@ def _ancestors_from_below(below, num_samples: int):
         a = jnp.searchsorted(b, jnp.arange(num_samples, dtype=b.dtype), side="right")
         return jnp.minimum(a, n - 1).astype(jnp.int32)
 
-    if max(n, num_samples) > SEARCH_MAX:
-        return by_repeat(below)
-    return jax.lax.platform_dependent(below, cpu=by_search, default=by_repeat)
+    return _search_on_small_cpu(below, (n, num_samples), by_search, by_repeat)
 
 
 def systematic(key, log_weights, num_samples: int):
@@ -127,9 +133,7 @@ def multinomial(key, log_weights, num_samples: int):
         # A_j = #{i : c_i <= u_j}: the same indices as the counts above, in one binary search
         return jnp.minimum(jnp.searchsorted(c, u, side="right"), n - 1).astype(jnp.int32)
 
-    if max(n, num_samples) > SEARCH_MAX:
-        return by_counts(u)
-    return jax.lax.platform_dependent(u, cpu=by_search, default=by_counts)
+    return _search_on_small_cpu(u, (n, num_samples), by_search, by_counts)
 
 
 def residual(key, log_weights, num_samples: int):
