@@ -46,3 +46,19 @@ def write_result(name: str, title: str, body: str) -> Path:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     path.write_text(f"## {title}\n\nMachine: {machine()}. Run: {stamp}.\n\n{body}\n")
     return path
+
+
+def ar1_kalman_loglik(y, rho: float, sx: float, sy: float) -> float:
+    """Exact log-likelihood of ``y`` under x_0 ~ N(0, sx^2/(1-rho^2)), x_t = rho x_{t-1} + sx e_t,
+    y_t = x_t + sy u_t (Kalman filter, float64): the ground truth of the filter benchmarks."""
+    import numpy as np
+
+    m, p, ll = 0.0, sx**2 / (1 - rho**2), 0.0
+    for t, yt in enumerate(np.asarray(y, np.float64)):
+        if t > 0:
+            m, p = rho * m, rho**2 * p + sx**2
+        s = p + sy**2
+        ll += -0.5 * (np.log(2 * np.pi * s) + (yt - m) ** 2 / s)
+        k = p / s
+        m, p = m + k * (yt - m), (1 - k) * p
+    return ll

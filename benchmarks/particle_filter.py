@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median_time, table, write_result  # noqa: E402
+from _common import ar1_kalman_loglik, median_time, table, write_result  # noqa: E402
 
 RHO, SX, SY, T = 0.9, 1.0, 1.0, 100
 
@@ -29,18 +29,6 @@ def simulate(seed=0):
     for t in range(1, T):
         x[t] = RHO * x[t - 1] + SX * rng.normal()
     return x + SY * rng.normal(size=T)
-
-
-def kalman_loglik(y):
-    m, p, ll = 0.0, SX**2 / (1 - RHO**2), 0.0
-    for t in range(T):
-        if t > 0:
-            m, p = RHO * m, RHO**2 * p + SX**2
-        s = p + SY**2
-        ll += -0.5 * (np.log(2 * np.pi * s) + (y[t] - m) ** 2 / s)
-        k = p / s
-        m, p = m + k * (y[t] - m), (1 - k) * p
-    return ll
 
 
 def numpy_filter(y, n, rng):
@@ -74,7 +62,7 @@ def main(argv=None):
     import bayeskit as bk
 
     y = simulate()
-    exact = kalman_loglik(y)
+    exact = ar1_kalman_loglik(y, RHO, SX, SY)
     model = bk.StateSpaceModel(
         initial=lambda p: dist.Normal(0.0, SX / np.sqrt(1 - RHO**2)),
         transition=lambda p, x, t: dist.Normal(RHO * x, SX),

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result  # noqa: E402
+from _common import ar1_kalman_loglik, table, write_result  # noqa: E402
 
 RHO, SX, SY = 0.9, 1.0, 1.0
 
@@ -47,18 +47,6 @@ def best_time(fn, repeats):
         jax.block_until_ready(fn())
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def kalman_loglik(y):
-    m, p, ll = 0.0, SX**2 / (1 - RHO**2), 0.0
-    for t, yt in enumerate(np.asarray(y, np.float64)):
-        if t > 0:
-            m, p = RHO * m, RHO**2 * p + SX**2
-        s = p + SY**2
-        ll += -0.5 * (np.log(2 * np.pi * s) + (yt - m) ** 2 / s)
-        k = p / s
-        m, p = m + k * (yt - m), (1 - k) * p
-    return ll
 
 
 def make_plain_filter():
@@ -129,7 +117,7 @@ def main(argv=None):
     params = {"rho": jnp.float32(RHO)}
     _, ys_long = model.simulate(jax.random.key(0), params, 1000)
     ys = ys_long[:100]
-    exact = kalman_loglik(ys)
+    exact = ar1_kalman_loglik(ys, RHO, SX, SY)
     plain = make_plain_filter()
     sections = []
 
