@@ -1,4 +1,4 @@
-"""The ``bayeskit`` command line: ``demo``, ``reproduce NAME [--quick]``, ``bench [NAME|all]``."""
+"""The ``bayeskit`` command line: ``demo``, ``reproduce NAME [--quick]``, ``bench NAME|all [--update-results]``."""
 
 from __future__ import annotations
 
@@ -48,41 +48,121 @@ def benchmarks() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
 
 
+#: the comparison libraries each benchmark times bayeskit against (beyond bayeskit's own dependencies
+#: that can be missing in a user's environment): ``--update-results`` refuses without them, so a
+#: committed table never loses a column.
+COMPARISONS = {
+    "particle_filter": ("particles",),
+    "smoothing": ("particles",),
+    "tempered": ("blackjax",),
+}
+
+
+class _UsageError(Exception):
+    """A bad name on the command line: one line on stderr, exit code 2."""
+
+
+def _check_name(kind: str, name: str, valid) -> None:
+    if name not in valid:
+        raise _UsageError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(valid))}")
+
+
+def _missing_comparisons(names) -> list[str]:
+    import importlib.util
+
+    needed = sorted({mod for n in names for mod in COMPARISONS.get(n, ())})
+    return [m for m in needed if importlib.util.find_spec(m) is None]
+
+
+def _bench(args) -> None:
+    import os
+
+    available = benchmarks()
+    if args.list:
+        print("\n".join(sorted(available)))
+        return
+    if args.name is None:
+        raise _UsageError(f"bench needs a NAME (or 'all'); valid names: {', '.join(sorted(available))}")
+    if args.name != "all":
+        _check_name("benchmark", args.name, available)
+    names = sorted(available) if args.name == "all" else [args.name]
+    if args.update_results:
+        missing = _missing_comparisons(names)
+        if missing:
+            raise _UsageError(
+                f"--update-results needs every comparison library; missing: {', '.join(missing)} "
+                "(pip install -e '.[bench]')")
+        out = REPO_ROOT / "benchmarks" / "results"
+    else:
+        out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("BAYESKIT_BENCH_OUT")
+    os.environ["BAYESKIT_BENCH_OUT"] = str(out.resolve())
+    try:
+        for name in names:
+            print(f"== benchmark {name}")
+            _run_script(available[name], ["--quick"] if args.quick else [])
+            print(f"wrote {out / (name + '.md')}")
+    finally:
+        if old is None:
+            os.environ.pop("BAYESKIT_BENCH_OUT", None)
+        else:
+            os.environ["BAYESKIT_BENCH_OUT"] = old
+    if args.update_results:
+        print(f"updated {merge_results()}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bayeskit import __version__
+
     parser = argparse.ArgumentParser(prog="bayeskit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bayeskit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="short end-to-end particle-filter job on simulated data")
     demo.add_argument("--outdir", default="bayeskit-output/demo", help="folder for the plot and ArviZ output")
     demo.add_argument("--num-particles", type=int, default=2000)
 
-    rep = sub.add_parser("reproduce", help="run one paper's example")
-    rep.add_argument("name", choices=sorted(EXAMPLES))
+    rep = sub.add_parser("reproduce", help="run one paper's example",
+                         epilog="names: " + ", ".join(sorted(EXAMPLES)))
+    rep.add_argument("name", nargs="?", help="which example (see --list)")
+    rep.add_argument("--list", action="store_true", help="print the example names and exit")
     rep.add_argument("--quick", action="store_true", help="small sizes, a minute or two")
     rep.add_argument("--outdir", default=None, help="folder for figures and tables")
 
-    bench = sub.add_parser("bench", help="run benchmark scripts (side-by-side timings)")
-    bench.add_argument("name", nargs="?", default="all")
-    bench.add_argument("--quick", action="store_true")
+    bench = sub.add_parser(
+        "bench", help="run a side-by-side benchmark script",
+        epilog="names: " + ", ".join(sorted(benchmarks())) + ", all. Results go to --outdir; only "
+        "--update-results rewrites the committed benchmarks/results/ and benchmarks/RESULTS.md.")
+    bench.add_argument("name", nargs="?", help="which benchmark, or 'all' (see --list)")
+    bench.add_argument("--list", action="store_true", help="print the benchmark names and exit")
+    bench.add_argument("--quick", action="store_true", help="small sizes")
+    bench.add_argument("--outdir", default="bayeskit-output/bench", help="folder for NAME.md")
+    bench.add_argument("--update-results", action="store_true",
+                       help="rewrite the committed benchmarks/results/NAME.md and benchmarks/RESULTS.md "
+                       "(refuses unless every comparison library is installed)")
 
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from bayeskit.demo import run_demo
+    try:
+        if args.command == "demo":
+            from bayeskit.demo import run_demo
 
-        run_demo(outdir=args.outdir, num_particles=args.num_particles)
-    elif args.command == "reproduce":
-        outdir = args.outdir or f"bayeskit-output/{args.name}"
-        extra = ["--outdir", outdir] + (["--quick"] if args.quick else [])
-        _run_script(_script("examples", EXAMPLES[args.name]), extra)
-    elif args.command == "bench":
-        available = benchmarks()
-        names = sorted(available) if args.name == "all" else [args.name]
-        for name in names:
-            if name not in available:
-                raise ConfigurationError(f"unknown benchmark {name!r}; available: {sorted(available)}")
-            print(f"== benchmark {name}")
-            _run_script(available[name], ["--quick"] if args.quick else [])
-        print(f"updated {merge_results()}")
+            run_demo(outdir=args.outdir, num_particles=args.num_particles)
+        elif args.command == "reproduce":
+            if args.list:
+                print("\n".join(sorted(EXAMPLES)))
+                return 0
+            if args.name is None:
+                raise _UsageError(f"reproduce needs a NAME; valid names: {', '.join(sorted(EXAMPLES))}")
+            _check_name("example", args.name, EXAMPLES)
+            outdir = args.outdir or f"bayeskit-output/{args.name}"
+            extra = ["--outdir", outdir] + (["--quick"] if args.quick else [])
+            _run_script(_script("examples", EXAMPLES[args.name]), extra)
+        elif args.command == "bench":
+            _bench(args)
+    except (_UsageError, ConfigurationError) as err:
+        print(f"bayeskit {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

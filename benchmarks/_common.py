@@ -9,6 +9,24 @@ import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: where a run writes its table: ``bayeskit-output/bench/`` under the working directory, unless
+#: ``BAYESKIT_BENCH_OUT`` names another folder (``bayeskit bench --update-results`` points it at the
+#: committed ``benchmarks/results/``).
+OUT_ENV = "BAYESKIT_BENCH_OUT"
+
+
+def output_dir() -> Path:
+    """The folder a benchmark writes its ``NAME.md`` to (see ``OUT_ENV``)."""
+    path = Path(os.environ.get(OUT_ENV) or Path("bayeskit-output") / "bench")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_text(name: str, text: str) -> Path:
+    """Write one benchmark's markdown to ``output_dir()/NAME.md`` and return the path."""
+    path = output_dir() / f"{name}.md"
+    path.write_text(text if text.endswith("\n") else text + "\n")
+    return path
 
 
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
@@ -41,11 +59,8 @@ def table(headers, rows) -> str:
 
 
 def write_result(name: str, title: str, body: str) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{name}.md"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    path.write_text(f"## {title}\n\nMachine: {machine()}. Run: {stamp}.\n\n{body}\n")
-    return path
+    return save_text(name, f"## {title}\n\nMachine: {machine()}. Run: {stamp}.\n\n{body}\n")
 
 
 def ar1_kalman_loglik(y, rho: float, sx: float, sy: float) -> float:

@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_text  # noqa: E402
+
 
 import jax
 import jax.numpy as jnp
@@ -136,10 +141,7 @@ def main(quick: bool = False):
         text += ("\n## LightSB on the Gaussian-mixture benchmark instances (examples/light_sb.py)\n\n" + bench_table
                  + "\n\n" + bench_info + f"; machine: {platform.machine()}, {os.cpu_count()} cores, jax "
                  f"{jax.__version__}, shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)\n")
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bridges.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write(text)
+    save_text("bridges", text)
     return rows
 
 

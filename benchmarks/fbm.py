@@ -7,7 +7,7 @@
 2. VI: time per ELBO-gradient step with fractional noise (K OU components) against the same model with
    plain Brownian noise (the overhead of fractional noise), for the affine and the MLP control.
 
-Usage: python benchmarks/fbm.py [--quick] (or `bayeskit bench fbm`); writes benchmarks/results/fbm.md.
+Usage: python benchmarks/fbm.py [--quick] (or `bayeskit bench fbm`); writes bayeskit-output/bench/fbm.md.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
-from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_text  # noqa: E402
+
 
 import jax
 import jax.numpy as jnp
@@ -153,9 +157,7 @@ def main(argv=None):
               "170.2 ms (fractional), 2.58x; mlp 152.5 vs 126.7 ms. Heun's ELBO is not a bound (docs/sde.md)."]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(__file__).resolve().parent / "results" / "fbm.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    save_text("fbm", text)
 
 
 if __name__ == "__main__":

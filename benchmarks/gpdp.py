@@ -15,7 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_text  # noqa: E402
+
 
 import jax
 
@@ -167,10 +172,7 @@ def main(quick=False):
             lines.append(f"- {k}: {v:.1f} s")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = os.path.join(os.path.dirname(__file__), "results", "gpdp.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write(text)
+    save_text("gpdp", text)
 
 
 if __name__ == "__main__":

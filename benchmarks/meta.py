@@ -5,7 +5,7 @@ points) for NIW-Meta (SGLD-moment local approximation, 5 inner SGLD iterations, 
 posterior, no backprop through them) and MAML (5 inner SGD steps, second-order gradients), after
 compilation; also first-order MAML. Accuracy: query MSE on 200 fresh episodes after the same number
 of training steps. Also checks that NIW-Meta's step time and state size do not grow with the number of
-episodes already seen (streaming). Writes benchmarks/results/meta.md.
+episodes already seen (streaming). Writes bayeskit-output/bench/meta.md.
 
     python benchmarks/meta.py [--quick]
 """
@@ -17,6 +17,10 @@ import os
 import platform
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_text  # noqa: E402
+
 
 import jax
 import jax.numpy as jnp
@@ -162,10 +166,7 @@ def main(argv=None):
     ]
     text = "\n".join(lines)
     print(text)
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "meta.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        fh.write(text + "\n")
+    save_text("meta", text)
 
 
 if __name__ == "__main__":

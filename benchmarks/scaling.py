@@ -8,7 +8,7 @@
    exact reward-tilted success probability).
 2. Generator calls and wall time per method (PF, PG, best-of-N, WMV, beam search) at equal budget.
 
-Run: ``python benchmarks/scaling.py [--quick]``; writes ``benchmarks/results/scaling.md``.
+Run: ``python benchmarks/scaling.py [--quick]``; writes ``bayeskit-output/bench/scaling.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ import copy
 import os
 import platform
 import random
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_text  # noqa: E402
+
 
 import jax
 import jax.numpy as jnp
@@ -153,9 +158,7 @@ def main(argv=None):
         lines.append(f"| {name} | {bud} | {calls:.0f} | {dt:.4f} | {acc:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "scaling.md"), "w") as f:
-        f.write(text)
+    save_text("scaling", text)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Same model (scalar linear-Gaussian AR(1) observed in noise), same functional (su
 exact RTS smoother. Reports: time at N = 1000 for bayeskit PaRIS, particles' Paris collector and bayeskit's
 O(N^2) forward-only smoother (one run); time vs N for PaRIS (linear scaling target: t(1e5) / t(1e4) <= 12);
 peak working memory of the compiled PaRIS loop at T = 1e3 and T = 1e5 (XLA memory analysis: O(N) working
-memory, flat in T). Results go to benchmarks/results/smoothing.md.
+memory, flat in T). Results go to bayeskit-output/bench/smoothing.md.
 
 Run: `python benchmarks/smoothing.py [--quick]` or `bayeskit bench smoothing [--quick]`.
 """
@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_text  # noqa: E402
+
 
 import jax
 import jax.numpy as jnp
@@ -260,10 +265,7 @@ def main(argv=None):
              f"({growth[10_000] / 99_000:.1f} bytes per extra step): if these agree, the growth is the T per-step "
              "scalar diagnostics, not particle history (which would grow by ~N x 4 bytes per step).\n")
     emit(f"RSS peak of this benchmark process (all runs above): {peak_rss_mb():.0f} MB\n")
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "smoothing.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    out = save_text("smoothing", "\n".join(lines))
     print(f"\nwritten to {out}")
 
 

@@ -1,7 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 
-from bayeskit import cli
-from bayeskit.errors import ConfigurationError
+from bayeskit import __version__, cli
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -18,8 +20,62 @@ def test_every_reproduce_name_has_an_example_script():
         assert (cli.REPO_ROOT / "examples" / filename).exists(), name
 
 
-def test_unknown_names_are_rejected():
-    with pytest.raises(SystemExit):
-        cli.main(["reproduce", "nonexistent"])
-    with pytest.raises(ConfigurationError, match="unknown benchmark"):
-        cli.main(["bench", "nonexistent"])
+@pytest.mark.parametrize("argv, kind", [(["reproduce", "nonexistent"], "example"),
+                                        (["bench", "nonexistent"], "benchmark"),
+                                        (["bench"], None), (["reproduce"], None)])
+def test_unknown_or_missing_names_give_one_line_and_exit_2(argv, kind, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    if kind:
+        assert f"unknown {kind} 'nonexistent'" in err
+    valid = cli.EXAMPLES if argv[0] == "reproduce" else cli.benchmarks()
+    assert all(name in err for name in valid)
+
+
+def test_console_script_unknown_name_exit_code_and_version():
+    run = subprocess.run([sys.executable, "-m", "bayeskit.cli", "bench", "nonexistent"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "particle_filter" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "bayeskit.cli", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == f"bayeskit {__version__}"
+
+
+def test_list_names(capsys):
+    cli.main(["bench", "--list"])
+    assert capsys.readouterr().out.split() == sorted(cli.benchmarks())
+    cli.main(["reproduce", "--list"])
+    assert capsys.readouterr().out.split() == sorted(cli.EXAMPLES)
+
+
+def _fake_benchmark(tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(cli.REPO_ROOT / 'benchmarks')!r})\n"
+        "from _common import save_text\n"
+        "print('fake table')\n"
+        "save_text('fake', '| a | b |')\n")
+    return script
+
+
+def test_bench_writes_to_outdir_not_the_committed_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "benchmarks", lambda: {"fake": _fake_benchmark(tmp_path)})
+    committed = cli.REPO_ROOT / "benchmarks" / "results" / "fake.md"
+    out = tmp_path / "out"
+    assert cli.main(["bench", "fake", "--outdir", str(out)]) == 0
+    assert (out / "fake.md").read_text() == "| a | b |\n"
+    assert "fake table" in capsys.readouterr().out
+    assert not committed.exists()
+
+
+def test_update_results_refuses_without_a_comparison_library(tmp_path, monkeypatch, capsys):
+    results = cli.REPO_ROOT / "benchmarks" / "RESULTS.md"
+    before = results.read_text()
+    monkeypatch.setattr(cli, "benchmarks", lambda: {"fake": _fake_benchmark(tmp_path)})
+    monkeypatch.setitem(cli.COMPARISONS, "fake", ("numpy", "no_such_comparison_library"))
+    assert cli.main(["bench", "fake", "--update-results"]) == 2
+    err = capsys.readouterr().err
+    assert "missing: no_such_comparison_library" in err and "numpy" not in err.split("missing:")[1]
+    assert results.read_text() == before
+    assert not (cli.REPO_ROOT / "benchmarks" / "results" / "fake.md").exists()

@@ -734,20 +734,30 @@ class NIWMeta:
         local_approximation: ``"sgld"`` (the paper's SGLD moments; diagonal curvature) or ``"laplace"``
             (Taylor expansion, exact for linear-Gaussian likelihoods).
         curvature: for ``"laplace"``: ``"hessian"`` (exact, dense) or ``"fisher"`` (empirical Fisher).
-        num_inner_steps / inner_step_size: Laplace: gradient-ascent steps before the expansion (0 = expand
-            at the global mean); SGLD: step size η of the SGLD iterations.
-        num_burnin / num_sgld_samples / sgld_temperature: SGLD iterations discarded / kept, noise temperature.
-        curvature_min / curvature_max: clipping of the curvature (defaults 1e-4/1e6 for SGLD, 0/inf for Laplace).
+        num_inner_steps: Laplace: gradient-ascent steps before the expansion (0 = expand at the global
+            mean).
+        inner_step_size: the step size of those gradient steps (Laplace) or the step size η of the SGLD
+            iterations (SGLD).
+        num_burnin: SGLD iterations discarded.
+        num_sgld_samples: SGLD iterations kept.
+        sgld_temperature: SGLD noise temperature.
+        curvature_min: lower clip of the curvature (default 1e-4 for SGLD, 0 for Laplace).
+        curvature_max: upper clip of the curvature (default 1e6 for SGLD, inf for Laplace).
         max_grad_norm: clip the norm of the likelihood gradient in the inner SGLD / gradient steps (None: no clip).
         optimizer: an optax transformation for the global parameters (default ``optax.adam(1e-2)``).
-        batch_size: episodes per step; num_steps: optimisation steps.
+        batch_size: episodes per step.
+        num_steps: optimisation steps.
         dataset_size: number of training episodes N weighting ``KL(q(φ)||p(φ))/N``; default: the number of
             episodes given as arrays, ``None`` (no hyperprior term: type-II-ML-like) for generators.
         prior: hyperprior :class:`NIWPrior`; default weak: mean 0 (or ``init_mean``), kappa 1e-2,
             dof d + 1 (diag: 2), ``E[Σ^{-1}] = I / prior_std**2``.
-        init_mean / init_prior_std / init_kappa / init_dof: initial q(φ) (mean defaults to the episode
-            model's ``init_theta``; ``E[Σ^{-1}] = I / init_prior_std**2``); ``init_scale`` overrides Γ0.
-        chunk_size, progress_bar: steps per jitted ``lax.scan`` chunk, tqdm bar between chunks.
+        init_mean: initial mean of q(φ) (default: the episode model's ``init_theta``).
+        init_prior_std: initial ``E[Σ^{-1}] = I / init_prior_std**2`` of q(φ).
+        init_kappa: initial κ of q(φ).
+        init_dof: initial degrees of freedom of q(φ).
+        init_scale: overrides the initial Γ0 given by ``init_prior_std``.
+        chunk_size: steps per jitted ``lax.scan`` chunk.
+        progress_bar: a tqdm bar between chunks.
     """
 
     episode_model: EpisodeModel

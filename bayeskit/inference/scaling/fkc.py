@@ -240,13 +240,15 @@ def fkc_sample(key, score_fns: Sequence[Callable], betas, *, num_particles: int 
         score_fns: experts' scores ``s_i(x, t) -> (N, d)`` at diffusion time ``t`` (VE process).
         betas: exponents :math:`\beta_i` (``[beta]`` anneals one model, ``[1, 1]`` is a product of
             experts, ``[1 - w, w]`` classifier-free guidance).
-        num_particles, num_steps: particles and Euler–Maruyama steps.
+        num_particles: number of particles.
+        num_steps: Euler–Maruyama steps.
         sde: the :class:`VESDE` the scores belong to.
         dim: dimension of x.
         log_densities: optional ``log q_i(x, t)`` used only to weight the initial draw exactly.
         weighted: ``False`` gives the heuristic baseline (mixed-score reverse SDE, no weights, no
             resampling).
-        resampling, ess_threshold: SMC resampling (scheme, resample when ESS < threshold × N).
+        resampling: SMC resampling scheme.
+        ess_threshold: resample when ESS < threshold × N.
         t_min: final diffusion time.
 
     Returns:

@@ -171,7 +171,8 @@ def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states,
 
     Args:
         key: ``jax.random`` key.
-        generator, reward_model: the protocols of :mod:`~bayeskit.inference.scaling.generator`.
+        generator: a :class:`~bayeskit.inference.scaling.generator.Generator`.
+        reward_model: a :class:`~bayeskit.inference.scaling.generator.RewardModel`.
         init_states: ``generator.init(prompt, N)``.
         weights: ``"per_step"``, ``"accumulated"`` or ``"value_ratio"`` (module docstring).
         temperature: softmax temperature :math:`\\tau` (may be traced).

@@ -139,7 +139,10 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
             ``"paris"`` (a fresh PaRIS filter per iteration; MLE only).
         optimizer: an ``optax.GradientTransformation`` (default ``optax.adam(1e-2)``); it minimises the negative
             score divided by T.
-        num_iterations, num_particles (N >= 2), num_backward (K >= 1), num_trials: algorithm sizes.
+        num_iterations: optimisation steps.
+        num_particles: N >= 2.
+        num_backward: K >= 1 backward draws per particle.
+        num_trials: rejection-sampling trials before the exact fallback (as in :func:`~bayeskit.smc.paris`).
         constraints: ``{name: numpyro.distributions.constraints.*}`` for the learned parameters (default: the
             supports of ``ssm.prior``'s sites, else real); optimisation runs in unconstrained space.
         fixed_params: parameters held fixed (MLE: merged with the learned ones; MSC: the model's parameters).

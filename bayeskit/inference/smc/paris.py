@@ -555,7 +555,8 @@ def paris(key, ssm, params, ys, num_particles: int = 1000, *, num_backward: int 
         log_transition_bound: optional ``(params, x_prev, t) -> scalar`` upper bound of
             :math:`\log m_t(x_{prev}^j, x)` over the cloud ``x_prev`` and all ``x``; default: from the mode of
             each transition distribution (Gaussian, Student, Laplace families).
-        resampling, ess_threshold: as in :func:`~bayeskit.smc.particle_filter`; the default 1.0 resamples
+        resampling: as in :func:`~bayeskit.smc.particle_filter`.
+        ess_threshold: as in :func:`~bayeskit.smc.particle_filter`; the default 1.0 resamples
             at every step, as Olsson & Westerborn's algorithm does. Adaptive resampling (< 1) keeps the
             weights of unresampled particles, the rejection sampler then falls back to exact O(N) draws
             more often as N grows (measured: 7, 52 and 441 fallback draws per step at N = 1e3, 1e4, 1e5),
@@ -754,10 +755,19 @@ def ppg(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int =
     conditional SMC to mix (docs: smoothing.md has the measured table).
 
     Args:
-        key, ssm, params, ys: as in :func:`paris`.
+        key: as in :func:`paris`.
+        ssm: as in :func:`paris`.
+        params: as in :func:`paris`.
+        ys: as in :func:`paris`.
         num_particles: N >= 2.
-        num_iterations: k >= 1; burn_in: :math:`k_0 < k`.
-        num_backward, functional, num_trials, max_trials, log_transition_bound, chunk_size: as in :func:`paris`.
+        num_iterations: k >= 1.
+        burn_in: :math:`k_0 < k`.
+        num_backward: as in :func:`paris`.
+        functional: as in :func:`paris`.
+        num_trials: as in :func:`paris`.
+        max_trials: as in :func:`paris`.
+        log_transition_bound: as in :func:`paris`.
+        chunk_size: as in :func:`paris`.
         initial_path: the first frozen path (T, *state_shape); default: a draw from a bootstrap filter
             with N particles (backward sampling).
         keep_paths: return every frozen path (O(k T) memory).

@@ -606,8 +606,9 @@ def tempered(key, model: Callable, *args, num_particles: int = 2000, target_ess:
     Args:
         key: ``jax.random`` key.
         model: a NumPyro model with continuous latent sites and at least one observed site (or factor).
-        *args, **model_kwargs: the model's arguments (keyword arguments whose names clash with the
-            options below cannot be passed; wrap the model in a closure).
+        *args: the model's positional arguments.
+        **model_kwargs: the model's keyword arguments (names that clash with the options below cannot
+            be passed; wrap the model in a closure).
         num_particles: N >= 2.
         target_ess: :math:`\rho \in (0, 1)`: each new temperature makes the ESS of the incremental
             weights :math:`\rho N` (smaller: fewer, bigger steps).
