@@ -1,11 +1,25 @@
 import os
+from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Most of the suite's time is XLA compiling small programs that then run for milliseconds: the
+# backend's optimisation level 0 cuts the suite's CPU time by about a quarter (measured: 17.8 -> 12.9
+# CPU-minutes for the fast suite). Set XLA_FLAGS yourself to override both flags.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # tests run on 2 xdist workers: one BLAS thread each avoids oversubscribing the cores
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 
-# exactness tests run in float64 (DESIGN.md); the package itself defaults to float32
+# exactness tests run in float64 (docs/index.md); the package itself defaults to float32
 jax.config.update("jax_enable_x64", True)
+
+# JAX's persistent compilation cache: a program that two tests (or the two xdist workers) compile
+# with the same shapes is compiled once; the cache lives in the clone's .jax-cache/ (git-ignored),
+# so a second run of the suite skips most XLA compilation (measured: tests/smc/test_paris.py 74 s
+# cold, 24 s warm). BAYESKIT_TEST_JAX_CACHE= (empty) turns it off.
+_CACHE = os.environ.get("BAYESKIT_TEST_JAX_CACHE", str(Path(__file__).resolve().parent.parent / ".jax-cache"))
+if _CACHE:
+    jax.config.update("jax_compilation_cache_dir", _CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -12,7 +12,11 @@ from bayeskit.inference.bridges import lightsb as L
 from bayeskit.inference.bridges.benchmark import gaussian_bridge, gaussian_mixture_benchmark
 
 
-@pytest.mark.parametrize("covariance,dim,epsilon", [("full", 2, 0.1), ("diag", 5, 1.0), ("full", 8, 10.0)])
+@pytest.mark.parametrize("covariance,dim,epsilon", [
+    ("full", 2, 0.1),
+    # the other two instances add 15 s of compilation: slow suite
+    pytest.param("diag", 5, 1.0, marks=pytest.mark.slow),
+    pytest.param("full", 8, 10.0, marks=pytest.mark.slow)])
 def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
     bench = gaussian_mixture_benchmark(jax.random.key(dim), dim, epsilon, diagonal=covariance == "diag")
     params = bench.lightsb_params(covariance)

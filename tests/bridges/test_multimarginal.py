@@ -26,6 +26,7 @@ def ou_snapshots(times, n, theta=1.0, sigma=0.3, m0=(3.0, -2.0), s0=0.1, seed=0)
 
 
 # ----------------------------------------------------------------------------- reference refits
+@pytest.mark.slow  # 24 s; the refit step stays in the fast suite via the Lotka-Volterra refit and IRR tests
 def test_ou_and_linear_refit_recover_parameters():
     # EM MLE (closed-form weighted least squares) on simulated OU paths: error ~ 1/sqrt(N T)
     ref_true = bk.bridges.OU(sigma=0.5, theta=1.5, mean=jnp.array([1.0, -1.0]))

@@ -183,6 +183,7 @@ def _ppg_chains(key, params, ys, num_particles, num_iterations, R, start, num_tr
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+@pytest.mark.slow  # 12 s; PPG against the RTS smoother stays fast in test_ppg_matches_rts
 def test_ppg_unbiased_at_stationarity_and_bias_falls(problem):
     """(a) Chains started from exact smoothing draws are stationary, so the PPG estimate of every iteration is
     unbiased (Cardoso et al. 2023): each iteration's mean over R chains is within 4 standard errors of RTS.

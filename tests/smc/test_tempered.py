@@ -224,6 +224,7 @@ def test_driver_gaussian_outputs_and_to_arviz(gaussian_runs):
     assert tree.attrs["log_evidence"] == pytest.approx(float(res.log_evidence))
 
 
+@pytest.mark.slow  # HMC moves: also in test_gaussian_closed_form_many_dims_and_kernels (slow)
 def test_hmc_moves_gaussian_closed_form():
     y = gaussian_data(3, seed=1)
     log_z, mean, var = gaussian_truth(y)
