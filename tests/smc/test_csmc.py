@@ -196,3 +196,41 @@ def test_particle_gibbs_with_nuts_on_stochastic_volatility():
                                 burn_in=200, parameter_update=bk.smc.NumPyroUpdate(NUTS, num_warmup=100))
     post = {k: float(v[200:].mean()) for k, v in res.params.items()}
     assert abs(post["mu"] - true["mu"]) < 0.7 and post["phi"] > 0.7
+
+
+@pytest.mark.slow
+def test_particle_gibbs_nuts_update_matches_exact_posterior():
+    """AR(1) with a Uniform(-1, 1) prior on the coefficient: the NUTS parameter step of particle Gibbs
+    against the exact posterior of ``a`` (quadrature of the Kalman likelihood). Before the kernel's cached
+    potential energy was refreshed for each new path, the chain stuck at one value (sd 0)."""
+    import numpyro
+    from numpyro.infer import NUTS
+
+    from bayeskit.models import linear_gaussian as lg
+
+    def prior():
+        return {"a": numpyro.sample("a", dist.Uniform(-1.0, 1.0))}
+
+    ssm = bk.StateSpaceModel(initial=lambda p: dist.Normal(0.0, 0.5 / jnp.sqrt(1 - p["a"] ** 2)),
+                             transition=lambda p, x, t: dist.Normal(p["a"] * x, 0.5),
+                             observation=lambda p, x, t: dist.Normal(x, 0.4), vectorized=True, prior=prior)
+    _, ys = ssm.simulate(jax.random.key(0), {"a": 0.6}, 60)
+    grid = np.linspace(-0.995, 0.995, 1999)
+
+    def loglik(a):
+        p = {"A": a * jnp.eye(1), "Q": 0.25 * jnp.eye(1), "H": jnp.eye(1), "R": 0.16 * jnp.eye(1),
+             "m0": jnp.zeros(1), "P0": 0.25 / (1 - a**2) * jnp.eye(1)}
+        return lg.kalman_filter(p, ys[:, None]).log_likelihood
+
+    lls = np.asarray(jax.vmap(loglik)(jnp.asarray(grid)))
+    w = np.exp(lls - lls.max())
+    w /= w.sum()
+    mean = float(np.sum(w * grid))
+    sd = float(np.sqrt(np.sum(w * (grid - mean) ** 2)))
+    res = bk.smc.particle_gibbs(jax.random.key(1), ssm, {"a": 0.0}, ys, num_particles=50, num_iterations=800,
+                                parameter_update=NUTS)
+    a = np.asarray(res.params["a"][200:])
+    batch_means = a.reshape(20, -1).mean(axis=1)
+    se = batch_means.std(ddof=1) / np.sqrt(len(batch_means))
+    assert abs(a.mean() - mean) < 4 * se, (a.mean(), mean, se)
+    assert 0.8 < a.std() / sd < 1.2, (a.std(), sd)

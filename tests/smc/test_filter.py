@@ -39,13 +39,21 @@ SLOW_CASES = [(s, 0.5, 1) for s in SCHEMES] + [(s, th, d) for s in SCHEMES for t
     FAST_CASES + [pytest.param(*c, marks=pytest.mark.slow) for c in SLOW_CASES],
 )
 def test_unbiased_evidence_and_filtering_moments(scheme, threshold, state_dim):
-    params, ys = _data(state_dim)
+    # threshold 0 never resamples (sequential importance sampling): its weights collapse to one path
+    # within a few steps, so over T = 30 the evidence ratio is too heavy-tailed for a Monte Carlo check
+    # (mean 2.5e-11 over 64 runs, measured); over T = 5 it is not. Its evidence is exactly unbiased, but
+    # its filtering moments are self-normalised with an O(1/ESS) bias that is not small at ESS << N
+    # (z = 7.2 at t = 4, d = 2, measured), so only the evidence is checked for it.
+    never_resamples = threshold == 0.0
+    params, ys = _data(state_dim, num_steps=5 if never_resamples else 30)
     kf = lg.kalman_filter(params, ys)
     reps, n = 64, 1000
     logz, means, variances = map(np.asarray, _runs(params, ys, n, scheme, threshold, reps))
     # E[Z_hat / Z] = 1: the mean of the ratio lies within 4 standard errors of 1
     ratio = np.exp(logz - float(kf.log_likelihood))
     assert abs(ratio.mean() - 1.0) < 4 * ratio.std(ddof=1) / np.sqrt(reps), ratio.mean()
+    if never_resamples:
+        return
     # filtering means/variances: average over runs within 4.5 standard errors (per time and coordinate)
     kvar = np.diagonal(np.asarray(kf.covs), axis1=1, axis2=2)
     for est, exact in ((means, np.asarray(kf.means)), (variances, kvar)):

@@ -174,6 +174,16 @@ def _params_from_sites(ssm, sites):
     return handlers.seed(handlers.substitute(ssm.prior, data=sites), jax.random.key(0))()
 
 
+def _refresh_potential(kernel, state, model_args):
+    """``state`` with ``potential_energy`` and ``z_grad`` evaluated under ``model_args`` (HMC/NUTS states;
+    other kernels' states are returned unchanged)."""
+    if not (hasattr(state, "potential_energy") and hasattr(state, "z_grad")):
+        return state
+    potential_fn = kernel._potential_fn_gen(*model_args)
+    energy, grad = jax.value_and_grad(potential_fn)(state.z)
+    return state._replace(potential_energy=energy, z_grad=grad)
+
+
 def _is_numpyro_kernel(obj) -> bool:
     try:
         from numpyro.infer.mcmc import MCMCKernel
@@ -321,6 +331,11 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
                           ancestor_sampling=ancestor_sampling)
         acc = jnp.asarray(jnp.nan)
         if kernel is not None:
+            # the kernel's state caches the potential energy and its gradient at z for the path it was
+            # last run on: recompute both for the new path (as NumPyro's HMCGibbs does), otherwise the
+            # acceptance test compares energies of two different targets and the chain sticks
+            ks = _refresh_potential(kernel, ks, (path, ys))
+
             def one(st, kk):
                 st = st._replace(rng_key=kk)
                 st = kernel.sample(st, (path, ys), {})
