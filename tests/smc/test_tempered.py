@@ -13,6 +13,7 @@ import numpyro.distributions as dist
 import pytest
 from scipy import integrate, stats
 
+import bayeskit as bk
 from bayeskit.errors import ConfigurationError, ConvergenceError, ModelError
 from bayeskit.inference.smc.resampling import ess as ess_fn
 from bayeskit.inference.smc.tempered import (
@@ -459,3 +460,17 @@ def test_example_quick(tmp_path):
     assert abs(out["w_smc"].mean() - out["w_true"]) < 0.05
     assert np.argmax(out["est"].mean(1)) == np.argmax(out["exact"])  # the evidence picks the true degree
     assert np.all(np.abs(out["est"].mean(1) - out["exact"]) < 0.3)
+
+
+def test_public_names_stay_functions_after_their_modules_are_imported():
+    """``bk.smc.tempered`` / ``bk.smc.pmmh`` are the drivers on every access, also after a user imports the
+    modules of the same name (a lazy export used to return the module from the second access on)."""
+    import importlib
+    import types
+
+    for _ in range(2):
+        importlib.import_module("bayeskit.inference.smc.tempered")
+        importlib.import_module("bayeskit.inference.smc.pmmh")
+        assert not isinstance(bk.smc.tempered, types.ModuleType) and callable(bk.smc.tempered)
+        assert not isinstance(bk.smc.pmmh, types.ModuleType) and callable(bk.smc.pmmh)
+    assert bk.smc.tempered is tempered and bk.smc.pmmh.__name__ == "pmmh"

@@ -17,7 +17,11 @@ from bayeskit.inference.smc.learning import FitResult, fit, score
 from bayeskit.inference.smc.paris import (PaRISInfo, PaRISResult, PaRISState, PPGResult, conditional_paris,
                                           paris, paris_init, paris_step, ppg, sample_backward,
                                           transition_log_bound)
+from bayeskit.inference.smc.pmmh import PMMHResult, pmmh
 from bayeskit.inference.smc.smoothing import FFBSResult, backward_sample, ffbs, forward_smoother, path_functional
+# imported here, not lazily: the first import of a submodule binds its name on this package, so a lazy
+# export of the function `tempered` from the module `tempered` returned the module from the second access
+from bayeskit.inference.smc.tempered import TemperedSMCResult, tempered
 
 __all__ = [
     "engine",
@@ -62,20 +66,10 @@ __all__ = [
     "FitResult",
     "fit",
     "score",
+    # tempered SMC, PMMH
+    "TemperedSMCResult",
+    "tempered",
+    "PMMHResult",
+    "pmmh",
 ]
 
-# Modules written by other areas (tempered SMC, PMMH) are exported lazily: importing bk.smc never fails
-# because of them, and `bk.smc.tempered(...)` / `bk.smc.pmmh(...)` resolve on first access.
-_LAZY = {"tempered": ("bayeskit.inference.smc.tempered", "tempered"),
-         "TemperedSMCResult": ("bayeskit.inference.smc.tempered", "TemperedSMCResult"),
-         "pmmh": ("bayeskit.inference.smc.pmmh", "pmmh"),
-         "PMMHResult": ("bayeskit.inference.smc.pmmh", "PMMHResult")}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'bayeskit.inference.smc' has no attribute {name!r}")
