@@ -235,3 +235,12 @@ def test_bad_input():
     wrong_rm = S.RewardModel(lambda s: jnp.zeros(3))
     with pytest.raises(ModelError, match="shape"):
         S.best_of_n(key, GEN, wrong_rm, TARGET, budget=4)
+
+
+def test_vote_with_all_zero_float32_outcomes_is_a_plain_majority_vote():
+    """All-zero outcome rewards in float32: finite, equal vote weights (log 0 was -inf, the weights NaN)."""
+    zero_rm = S.RewardModel(EXACT_RM.process, outcome=lambda s: jnp.zeros_like(EXACT_RM.process(s), jnp.float32))
+    res = S.best_of_n(jax.random.key(3), GEN, zero_rm, TARGET, budget=16, selection="vote")
+    assert np.all(np.isfinite(res.log_weights)) and np.ptp(res.log_weights) == 0
+    values, counts = np.unique(res.answers, return_counts=True)
+    assert counts[values == res.answer][0] == counts.max()

@@ -229,3 +229,23 @@ def test_model_validation_is_remembered_per_parameter_values():
         bk.smc.particle_filter(jax.random.key(3), ssm, {"s": jnp.float32(-1.0)}, ys, 20)
     bk.smc.particle_filter(jax.random.key(4), ssm, {"s": jnp.float32(2.0)}, ys, 20)
     assert len(calls) > n_first
+
+
+def test_model_errors_name_what_is_wrong(small):
+    params, ys = small
+    key = jax.random.key(0)
+    ar = bk.StateSpaceModel(initial=lambda p: dist.Normal(0.0, 1.0),
+                            transition=lambda p, x, t: dist.Normal(p["rho"] * x, 1.0),
+                            observation=lambda p, x, t: dist.Normal(x, p["sigma_y"]))
+    y1 = ys[:, 0]
+    with pytest.raises(ModelError, match=r"`params` has no key 'sigma_y', which the model uses; "
+                                         r"`params` has keys \['rho'\]"):
+        bk.smc.particle_filter(key, ar, {"rho": 0.5}, y1, 10)
+    with pytest.raises(ModelError, match="`ssm` must be a bayeskit.StateSpaceModel, got dict"):
+        bk.smc.particle_filter(key, {"initial": ar.initial}, params, ys, 10)
+    floats = bk.StateSpaceModel(initial=lambda p: dist.Normal(0.0, 1.0), transition=lambda p, x, t: 0.5 * x,
+                                observation=lambda p, x, t: dist.Normal(x, 1.0))
+    with pytest.raises(ModelError, match="`ssm.transition` must return a numpyro distribution, got"):
+        bk.smc.particle_filter(key, floats, {}, y1, 10)
+    with pytest.raises(ConfigurationError, match="num_particles"):
+        bk.smc.paris(key, lg.ssm, params, ys, 1)

@@ -279,6 +279,12 @@ def _path(out: SweepOutput, index):
     return states, score
 
 
+def _log_outcome(outcome) -> np.ndarray:
+    """log R_i in float64, with R_i = 0 mapped to the log of the smallest normal float64 (finite): in
+    float32, ``log(max(R, 1e-300))`` is -inf and all-zero rewards gave NaN vote weights."""
+    return np.log(np.maximum(np.asarray(outcome, np.float64), np.finfo(np.float64).tiny))
+
+
 def select_answer(key, answers, log_weights, selection):
     """Choose the answer: ``argmax`` (highest weight), ``vote`` (weighted majority vote:
     :math:`\\arg\\max_a \\sum_i W_i 1[a_i = a]`) or ``sample`` (:math:`i \\sim W`); ``selection`` is a
@@ -531,7 +537,7 @@ def best_of_n(key, generator: Generator, reward_model: RewardModel, prompt, *, b
     outcome = np.asarray(outcome)
     if np.any(~((outcome >= 0) & (outcome <= 1))):
         raise DataError("the reward model's outcome reward returned a value outside [0, 1] or NaN")
-    lw = np.log(np.maximum(outcome, 1e-300))  # vote weights W_i are then proportional to R_i
+    lw = _log_outcome(outcome)  # vote weights W_i are then proportional to R_i
     ans, idx = select_answer(jax.random.fold_in(key, 7), jnp.asarray(answers), jnp.asarray(lw), selection)
     calls = int(np.sum(out.calls))
     return ScalingResult("best_of_n" if selection != "vote" else "weighted_majority_vote", int(ans), int(idx),
@@ -757,7 +763,7 @@ def beam_search(key, generator: Generator, reward_model: RewardModel, prompt, *,
     raise_pending_errors(generator, reward_model)
     _raise_bad_reward(bad, bad_idx, rew)
     outcome = np.asarray(outcome)
-    lw = np.log(np.maximum(outcome, 1e-300))
+    lw = _log_outcome(outcome)
     ans, idx = select_answer(key, jnp.asarray(answers), jnp.asarray(lw), selection)
     ncalls = int(np.sum(calls))
     hist = {"ancestors": np.asarray(anc), "process_rewards": np.asarray(rew), "generator_calls": np.asarray(calls)}

@@ -162,16 +162,34 @@ def check_model(ssm, params, ys, name: str = "params"):
 
 def check_model_params(ssm, params, name: str = "params"):
     """Build each distribution of ``ssm`` at ``params`` with NumPyro's argument validation on, so that
-    invalid parameters (negative scales, ...) raise a :class:`ModelError` naming ``params``."""
+    invalid parameters (negative scales, ...) raise a :class:`ModelError` naming ``params``; a model
+    that is not a :class:`~bayeskit.StateSpaceModel`, a key of ``params`` the model uses but ``params``
+    lacks, and a callable that returns no distribution each get their own message."""
     import numpyro
+    import numpyro.distributions as dist
+
+    from bayeskit.model.ssm import StateSpaceModel
+
+    if not isinstance(ssm, StateSpaceModel):
+        raise ModelError(f"`ssm` must be a bayeskit.StateSpaceModel, got {type(ssm).__name__}")
+
+    def built(part, value):
+        if not isinstance(value, dist.Distribution):
+            raise ModelError(f"`ssm.{part}` must return a numpyro distribution, got {type(value).__name__}")
+        return value
 
     try:
         with numpyro.validation_enabled():
-            d0 = ssm.initial(params)
+            d0 = built("initial", ssm.initial(params))
             x0 = d0.sample(jax.random.key(0))
             xb = x0[None] if ssm.vectorized else x0
-            ssm.transition(params, xb, 1)
-            ssm.observation(params, xb, 0)
+            built("transition", ssm.transition(params, xb, 1))
+            built("observation", ssm.observation(params, xb, 0))
+    except ModelError:
+        raise
+    except KeyError as exc:
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ModelError(f"`{name}` has no key {exc}, which the model uses; `{name}` has keys {keys}") from exc
     except Exception as exc:
         raise ModelError(f"the model rejects `{name}`: {exc}") from exc
 
