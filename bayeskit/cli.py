@@ -170,7 +170,7 @@ def merge_results() -> Path:
     """Concatenate ``benchmarks/results/*.md`` (one per benchmark script) into ``benchmarks/RESULTS.md``."""
     folder = REPO_ROOT / "benchmarks"
     parts = [p.read_text().strip() for p in sorted((folder / "results").glob("*.md"))]
-    header = ("# Benchmark results\n\nWritten by `bayeskit bench` from `benchmarks/results/*.md`; each section "
+    header = ("# Benchmark results\n\nWritten by `bayeskit bench --update-results` from `benchmarks/results/*.md`; each section "
               "names the machine it ran on. Times are medians after a warm-up (compile excluded) unless "
               "stated; ratios are alternative time / bayeskit time (> 1 means bayeskit is faster).\n")
     path = folder / "RESULTS.md"
