@@ -198,13 +198,11 @@ def test_particle_gibbs_with_nuts_on_stochastic_volatility():
     assert abs(post["mu"] - true["mu"]) < 0.7 and post["phi"] > 0.7
 
 
-@pytest.mark.slow
-def test_particle_gibbs_nuts_update_matches_exact_posterior():
-    """AR(1) with a Uniform(-1, 1) prior on the coefficient: the NUTS parameter step of particle Gibbs
-    against the exact posterior of ``a`` (quadrature of the Kalman likelihood). Before the kernel's cached
-    potential energy was refreshed for each new path, the chain stuck at one value (sd 0)."""
+def _ar1_with_exact_posterior():
+    """AR(1) x_t = a x_{t-1} + N(0, 0.5^2), y_t = x_t + N(0, 0.4^2), stationary x_0, a ~ Uniform(-1, 1),
+    T = 60: the model, data and the exact posterior mean and sd of ``a`` (quadrature of the Kalman
+    likelihood)."""
     import numpyro
-    from numpyro.infer import NUTS
 
     from bayeskit.models import linear_gaussian as lg
 
@@ -226,11 +224,54 @@ def test_particle_gibbs_nuts_update_matches_exact_posterior():
     w = np.exp(lls - lls.max())
     w /= w.sum()
     mean = float(np.sum(w * grid))
-    sd = float(np.sqrt(np.sum(w * (grid - mean) ** 2)))
-    res = bk.smc.particle_gibbs(jax.random.key(1), ssm, {"a": 0.0}, ys, num_particles=50, num_iterations=800,
-                                parameter_update=NUTS)
-    a = np.asarray(res.params["a"][200:])
-    batch_means = a.reshape(20, -1).mean(axis=1)
-    se = batch_means.std(ddof=1) / np.sqrt(len(batch_means))
+    return ssm, ys, mean, float(np.sqrt(np.sum(w * (grid - mean) ** 2)))
+
+
+def _check_chain_against_exact(draws, mean, sd, burn_in=200, num_batches=20):
+    """Mean within 4 batch-means standard errors, sd within +-20% of the exact posterior's."""
+    a = np.asarray(draws)[burn_in:]
+    a = a[: len(a) // num_batches * num_batches]
+    se = a.reshape(num_batches, -1).mean(axis=1).std(ddof=1) / np.sqrt(num_batches)
     assert abs(a.mean() - mean) < 4 * se, (a.mean(), mean, se)
     assert 0.8 < a.std() / sd < 1.2, (a.std(), sd)
+
+
+@pytest.mark.slow
+def test_particle_gibbs_nuts_update_matches_exact_posterior():
+    """The NUTS parameter step of particle Gibbs against the exact posterior of ``a``. Before the kernel's
+    cached potential energy was refreshed for each new path, the chain stuck at one value (sd 0)."""
+    from numpyro.infer import NUTS
+
+    ssm, ys, mean, sd = _ar1_with_exact_posterior()
+    res = bk.smc.particle_gibbs(jax.random.key(1), ssm, {"a": 0.0}, ys, num_particles=50, num_iterations=800,
+                                parameter_update=NUTS)
+    _check_chain_against_exact(res.params["a"], mean, sd)
+
+
+@pytest.mark.slow
+def test_particle_gibbs_user_update_matches_exact_posterior():
+    """A user-written parameter step (10 random-walk Metropolis moves on ``a`` given the path) against
+    the same exact posterior."""
+    ssm, ys, mean, sd = _ar1_with_exact_posterior()
+
+    def log_cond(a, path):
+        x = path.reshape(path.shape[0])  # scalar state: (T,)
+        inside = jnp.abs(a) < 1
+        a_ = jnp.where(inside, a, 0.0)
+        lp = (dist.Normal(0.0, 0.5 / jnp.sqrt(1 - a_**2)).log_prob(x[0])
+              + dist.Normal(a_ * x[:-1], 0.5).log_prob(x[1:]).sum())
+        return jnp.where(inside, lp, -jnp.inf)
+
+    def update(key, theta, path, ys):
+        def move(a, k):
+            k1, k2 = jax.random.split(k)
+            prop = a + 0.15 * jax.random.normal(k1)
+            accept = jnp.log(jax.random.uniform(k2)) < log_cond(prop, path) - log_cond(a, path)
+            return jnp.where(accept, prop, a), None
+
+        a, _ = jax.lax.scan(move, theta["a"], jax.random.split(key, 10))
+        return {"a": a}
+
+    res = bk.smc.particle_gibbs(jax.random.key(2), ssm, {"a": 0.0}, ys, num_particles=50, num_iterations=800,
+                                parameter_update=update)
+    _check_chain_against_exact(res.params["a"], mean, sd)
