@@ -76,6 +76,7 @@ def _missing_comparisons(names) -> list[str]:
 
 def _bench(args) -> None:
     import os
+    from unittest import mock
 
     available = benchmarks()
     if args.list:
@@ -96,18 +97,11 @@ def _bench(args) -> None:
     else:
         out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    old = os.environ.get("BAYESKIT_BENCH_OUT")
-    os.environ["BAYESKIT_BENCH_OUT"] = str(out.resolve())
-    try:
+    with mock.patch.dict(os.environ, {"BAYESKIT_BENCH_OUT": str(out.resolve())}):
         for name in names:
             print(f"== benchmark {name}")
             _run_script(available[name], ["--quick"] if args.quick else [])
             print(f"wrote {out / (name + '.md')}")
-    finally:
-        if old is None:
-            os.environ.pop("BAYESKIT_BENCH_OUT", None)
-        else:
-            os.environ["BAYESKIT_BENCH_OUT"] = old
     if args.update_results:
         print(f"updated {merge_results()}")
 

@@ -504,9 +504,9 @@ def _bound_fn(ssm, params, log_transition_bound):
 
 
 def _validate_common(key, ssm, params, ys, num_particles, num_backward, num_trials, functional,
-                     log_transition_bound, min_particles=2, max_trials=None):
+                     log_transition_bound, max_trials=None):
     _checks.check_key(key)
-    num_particles = _checks.check_positive_int(num_particles, "num_particles", min_particles)
+    num_particles = _checks.check_positive_int(num_particles, "num_particles", 2)
     num_backward = _checks.check_positive_int(num_backward, "num_backward")
     num_trials = _checks.check_positive_int(num_trials, "num_trials", 0)
     if max_trials is not None:
@@ -581,7 +581,7 @@ def paris(key, ssm, params, ys, num_particles: int = 1000, *, num_backward: int 
     if not traced:
         num_particles, num_backward, num_trials = _validate_common(
             key, ssm, params, ys, num_particles, num_backward, num_trials, functional, log_transition_bound,
-            min_particles=2, max_trials=max_trials)
+            max_trials=max_trials)
         get_scheme(resampling)
         ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
     state, infos = _paris_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
@@ -780,7 +780,7 @@ def ppg(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int =
     if not traced:
         num_particles, num_backward, num_trials = _validate_common(
             key, ssm, params, ys, num_particles, num_backward, num_trials, functional, log_transition_bound,
-            min_particles=2, max_trials=max_trials)
+            max_trials=max_trials)
         num_iterations = _checks.check_positive_int(num_iterations, "num_iterations")
         burn_in = _checks.check_positive_int(burn_in, "burn_in", 0)
         if burn_in >= num_iterations:
