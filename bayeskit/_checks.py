@@ -84,3 +84,9 @@ def check_finite_array(x: Any, name: str, *, ndim: int | tuple[int, ...] | None 
             f"`{name}` contains {len(bad)} NaN or infinite value(s), first at index {tuple(bad[0])}"
         )
     return x
+
+
+def is_traced(*trees) -> bool:
+    """Whether any leaf of ``trees`` is a JAX tracer (a driver called inside ``jit``/``vmap``/``grad``: its
+    host-side validation, which needs concrete values, is then skipped)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))

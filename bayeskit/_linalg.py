@@ -33,3 +33,11 @@ def linear_sde_transition(drift_matrix, noise_cov, dt: float):
         Q = Phi @ Q @ Phi.T + Q
         Phi = Phi @ Phi
     return Phi, 0.5 * (Q + Q.T)
+
+
+def sqrtm_psd(a) -> np.ndarray:
+    """The symmetric square root of a symmetric positive semi-definite matrix (eigenvalues below zero from
+    round-off clipped to zero)."""
+    a = np.asarray(a, float)
+    w, v = np.linalg.eigh(0.5 * (a + a.T))
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T

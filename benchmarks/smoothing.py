@@ -27,7 +27,6 @@ import numpy as np
 import numpyro.distributions as dist
 
 import bayeskit as bk
-from bayeskit.inference.smc.paris import _paris_jit
 from bayeskit.models import linear_gaussian as lg
 
 PARAMS = {"rho": 0.9, "sigma_x": 1.0, "sigma_y": 0.5}
@@ -62,11 +61,10 @@ def bayeskit_paris(ys, N, key=0, exact=False):
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
     ys = jnp.asarray(ys, jnp.float32)
 
+    driver = bk.smc.forward_smoother if exact else bk.smc.paris
+
     def run():
-        st, _ = _paris_jit(jax.random.key(key), AR, params, ys, 0.5, num_particles=N, functional=h_x, num_backward=2,
-                           resampling="systematic", num_trials=10, log_transition_bound=None, chunk_size=None,
-                           online=False, exact=exact)
-        return jnp.sum(jax.nn.softmax(st.smc.log_weights) * st.stats)
+        return driver(jax.random.key(key), AR, params, ys, N, functional=h_x, ess_threshold=0.5).estimate
 
     return time_call(run, repeat=1 if exact else 3)
 
@@ -140,10 +138,8 @@ def paris_runner(ys, N, key=0, ess_threshold=0.5):
     ys = jnp.asarray(ys, jnp.float32)
 
     def run():
-        st, info = _paris_jit(jax.random.key(key), AR, params, ys, ess_threshold, num_particles=N, functional=h_x,
-                              num_backward=2, resampling="systematic", num_trials=10, log_transition_bound=None,
-                              chunk_size=None, online=False)
-        return jnp.sum(jax.nn.softmax(st.smc.log_weights) * st.stats), jnp.mean(info.num_fallback.astype(jnp.float32))
+        res = bk.smc.paris(jax.random.key(key), AR, params, ys, N, functional=h_x, ess_threshold=ess_threshold)
+        return res.estimate, jnp.mean(res.num_fallback.astype(jnp.float32))
 
     return run
 
@@ -166,9 +162,8 @@ def peak_rss_mb():
 def memory_bytes(N, T):
     params = {k: jnp.asarray(v, jnp.float32) for k, v in PARAMS.items()}
     ys = jax.ShapeDtypeStruct((T,), jnp.float32)
-    lowered = _paris_jit.lower(jax.random.key(0), AR, params, ys, 0.5, num_particles=N, functional=h_x,
-                               num_backward=2, resampling="systematic", num_trials=10, log_transition_bound=None,
-                               chunk_size=None, online=False)
+    lowered = jax.jit(lambda k, y: bk.smc.paris(k, AR, params, y, N, functional=h_x, ess_threshold=0.5).estimate
+                      ).lower(jax.random.key(0), ys)
     m = lowered.compile().memory_analysis()
     if m is None:
         return None

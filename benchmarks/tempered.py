@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import table, write_result  # noqa: E402
 
-from bayeskit.inference.smc.tempered import hmc_move, prior_and_likelihood_fn, run  # noqa: E402
+from bayeskit.inference.smc.kernels import hmc_move, prior_and_likelihood_fn  # noqa: E402
+from bayeskit.inference.smc.kernels import run_tempered as run  # noqa: E402
 from bayeskit.model.density import log_density  # noqa: E402
 
 PRIOR_SD, NUM_OBS, STEP_SIZE, LEAPFROG, MOVES, TARGET = 2.0, 5, 0.1, 10, 5, 0.5

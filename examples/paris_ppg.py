@@ -29,8 +29,6 @@ import scipy.optimize as so
 from numpyro.distributions import constraints
 
 import bayeskit as bk
-from bayeskit.inference.smc.paris import _paris_jit, _ppg_jit
-from bayeskit.inference.smc.smoothing import _ffbs_jit
 from bayeskit.models import linear_gaussian as lg
 from bayeskit.models import stochastic_volatility as sv
 
@@ -50,13 +48,10 @@ def h_cross(t, x_prev, x):
 
 
 def paris_replicates(key, ys, params, num_particles, R):
-    """R independent PaRIS estimates of sum_t E[x_(t-1) x_t | y] (vmapped, jitted kernel)."""
-    run = jax.jit(jax.vmap(lambda k: _paris_jit(k, AR, params, ys, 0.5, num_particles=num_particles,
-                                                 functional=h_cross, num_backward=2, resampling="systematic",
-                                                 num_trials=10, log_transition_bound=None, chunk_size=None,
-                                                 online=False)[0]))
-    st = run(jax.random.split(key, R))
-    return np.asarray(jnp.sum(jax.nn.softmax(st.smc.log_weights, -1) * st.stats, -1))
+    """R independent PaRIS estimates of sum_t E[x_(t-1) x_t | y] (the public driver, vmapped and jitted)."""
+    run = jax.jit(jax.vmap(lambda k: bk.smc.paris(k, AR, params, ys, num_particles, functional=h_cross,
+                                                  ess_threshold=0.5).estimate))
+    return np.asarray(run(jax.random.split(key, R)))
 
 
 def ppg_replicates(key, ys, params, num_particles, num_iterations, R):
@@ -64,11 +59,9 @@ def ppg_replicates(key, ys, params, num_particles, num_iterations, R):
     bootstrap filter with the same N: the per-iteration estimates, shape (R, num_iterations)."""
     def one(k):
         k1, k2 = jax.random.split(k)
-        path = _ffbs_jit(k1, AR, params, ys, 0.5, num_particles=num_particles, num_paths=1,
-                         resampling="systematic", functional=h_cross)[0][0]
-        return _ppg_jit(k2, AR, params, ys, path, num_particles=num_particles, functional=h_cross, num_backward=2,
-                        num_trials=10, log_transition_bound=None, chunk_size=None, num_iterations=num_iterations,
-                        keep_paths=False)[1]
+        path = bk.smc.ffbs(k1, AR, params, ys, num_particles, num_paths=1).paths[0]
+        return bk.smc.ppg(k2, AR, params, ys, num_particles, functional=h_cross, num_iterations=num_iterations,
+                          initial_path=path).estimates
 
     return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(key, R)))
 

@@ -37,7 +37,7 @@ import numpyro
 import numpyro.distributions as dist
 from scipy import integrate, stats
 
-from bayeskit.inference.smc.tempered import tempered
+from bayeskit.inference.smc import tempered
 
 PRIOR_LOC, NOISE, THETA_TRUE, NUM_OBS = 0.25, 1.0, 2.0, 20
 

@@ -9,7 +9,7 @@ import pytest
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError
 from bayeskit.inference.bridges import lightsb as L
-from bayeskit.inference.bridges.benchmark import gaussian_bridge, gaussian_mixture_benchmark
+from bayeskit.inference.bridges import gaussian_bridge, gaussian_mixture_benchmark
 
 
 @pytest.mark.parametrize("covariance,dim,epsilon", [

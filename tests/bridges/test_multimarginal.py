@@ -10,7 +10,7 @@ import scipy.spatial
 
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError
-from bayeskit.inference.bridges.benchmark import gaussian_bridge
+from bayeskit.inference.bridges import gaussian_bridge
 from bayeskit.inference.bridges.multimarginal import _push, ipf_interval
 
 

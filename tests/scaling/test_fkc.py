@@ -75,7 +75,7 @@ def _replicates(score_fns, betas, log_densities, reps, n, steps, key):
     @jax.jit
     def run(keys):
         def one(k):
-            st, _ = bk.smc.engine.run(k, fk, n, resampling="systematic", ess_threshold=0.5)
+            st, _ = bk.smc.engine.run(k, fk, n, strategy=bk.smc.resampling.adaptive("systematic", 0.5))
             w = jax.nn.softmax(st.log_weights)
             x = st.particles
             m = w @ x

@@ -11,8 +11,7 @@ from scipy import stats
 
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, ModelError
-from bayeskit.inference.smc.feynman_kac import bootstrap
-from bayeskit.inference.smc.paris import conditional_paris
+from bayeskit.inference.smc import bootstrap
 from bayeskit.models import linear_gaussian as lg
 
 # ---------------------------------------------------------------- a 2-state HMM, T = 2, N = 2
@@ -92,7 +91,7 @@ def test_csmc_jax_kernel_matches_enumeration():
     fk = bootstrap(HMM, {}, jnp.asarray(YS))
     M = 4000
     for bs, as_ in VARIANTS:
-        sweep = jax.jit(jax.vmap(lambda k, ref: bk.smc.csmc(k, fk, ref, 2, backward_sampling=bs,
+        sweep = jax.jit(jax.vmap(lambda k, ref: bk.smc.kernels.csmc(k, fk, ref, 2, backward_sampling=bs,
                                                             ancestor_sampling=as_)[0], in_axes=(0, None)))
         for i, ref in enumerate(PATHS):
             new = np.asarray(sweep(jax.random.split(jax.random.key(i), M), jnp.asarray(ref)))
@@ -114,7 +113,7 @@ def test_ppg_sweep_keeps_smoothing_distribution():
     M = 20000
     k1, k2 = jax.random.split(jax.random.key(0))
     start = np.asarray(paths3)[np.asarray(jax.random.choice(k1, 8, (M,), p=jnp.asarray(pi)))]
-    sweep = jax.jit(jax.vmap(lambda k, ref: conditional_paris(k, fk, ref, 2, lambda t, xp, x: x.astype(float),
+    sweep = jax.jit(jax.vmap(lambda k, ref: bk.smc.kernels.conditional_paris(k, fk, ref, 2, lambda t, xp, x: x.astype(float),
                                                              num_backward=2, num_trials=0).path))
     new = np.asarray(sweep(jax.random.split(k2, M), jnp.asarray(start)))
     counts = np.bincount(new[:, 0] * 4 + new[:, 1] * 2 + new[:, 2], minlength=8)

@@ -10,7 +10,6 @@ import pytest
 
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, ModelError
-from bayeskit.inference.smc.paris import _paris_jit, _ppg_jit
 from bayeskit.models import linear_gaussian as lg
 
 T = 20
@@ -46,13 +45,10 @@ def _check_runs(estimates, exact):
 
 
 def _vmapped_paris(ys, functional, R, seed, num_particles=200, online=False):
-    """R independent PaRIS estimates in one vmapped, jitted call (the driver validates; this is its kernel)."""
+    """R independent PaRIS estimates in one vmapped, jitted call of the public driver (validated once outside)."""
     def one(key):
-        st, infos = _paris_jit(key, AR, PARAMS, ys, 0.5, num_particles=num_particles, functional=functional,
-                               num_backward=2, resampling="systematic", num_trials=10, log_transition_bound=None,
-                               chunk_size=None, online=online)
-        w = jax.nn.softmax(st.smc.log_weights)
-        return jax.tree_util.tree_map(lambda s: jnp.tensordot(w, s, axes=1), st.stats)
+        return bk.smc.paris(key, AR, PARAMS, ys, num_particles, functional=functional, ess_threshold=0.5,
+                            online=online).estimate
 
     out = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), R))
     return [jax.tree_util.tree_map(lambda a: a[r], out) for r in range(R)]
@@ -77,7 +73,7 @@ def test_paris_score_matches_kalman_grad(problem):
     exact = jax.grad(lambda p: lg.kalman_filter(lg_params(p), ys[:, None]).log_likelihood)(PARAMS)
 
     def h_score(t, x_prev, x):
-        return bk.smc.score(AR, PARAMS, ys, t, x_prev, x)
+        return bk.smc.kernels.score(AR, PARAMS, ys, t, x_prev, x)
 
     runs = _vmapped_paris(ys, h_score, 16, 50)
     for name in PARAMS:
@@ -160,24 +156,20 @@ def _exact_posterior_path(key, params, ys):
 @partial(jax.jit, static_argnames=("num_particles", "num_iterations", "num_trials"))
 def _ppg_from_paths(keys, paths, params, ys, num_particles, num_iterations, num_trials):
     """Per-iteration PPG estimates of independent chains started from ``paths`` (R, T): (R, num_iterations)."""
-    return jax.vmap(lambda k, path: _ppg_jit(k, AR, params, ys, path, num_particles=num_particles, functional=h_sum,
-                                             num_backward=2, num_trials=num_trials, log_transition_bound=None,
-                                             chunk_size=None, num_iterations=num_iterations,
-                                             keep_paths=False)[1])(keys, paths)
+    return jax.vmap(lambda k, path: bk.smc.ppg(k, AR, params, ys, num_particles, functional=h_sum,
+                                               num_trials=num_trials, num_iterations=num_iterations,
+                                               initial_path=path).estimates)(keys, paths)
 
 
 def _ppg_chains(key, params, ys, num_particles, num_iterations, R, start, num_trials=10):
     """Per-iteration PPG estimates of R independent chains (R, num_iterations); start = "exact" (an exact
     smoothing draw: the chain is stationary) or "ffbs" (one backward-sampled path of a bootstrap filter with the
     same N, as `bk.smc.ppg` starts)."""
-    from bayeskit.inference.smc.smoothing import _ffbs_jit
-
     k_start, k_run = jax.random.split(key)
     if start == "exact":
         paths = jax.jit(jax.vmap(lambda k: _exact_posterior_path(k, params, ys)))(jax.random.split(k_start, R))
     else:
-        paths = jax.vmap(lambda k: _ffbs_jit(k, AR, params, ys, 0.5, num_particles=num_particles, num_paths=1,
-                                             resampling="systematic", functional=h_sum)[0][0])(
+        paths = jax.jit(jax.vmap(lambda k: bk.smc.ffbs(k, AR, params, ys, num_particles, num_paths=1).paths[0]))(
             jax.random.split(k_start, R))
     out = _ppg_from_paths(jax.random.split(k_run, R), paths, params, ys, num_particles, num_iterations, num_trials)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -220,10 +212,7 @@ def test_ppg_bias_below_paris_at_equal_cost():
     e_ppg = _ppg_chains(jax.random.key(21), params, ys, N, k, R, "ffbs")["xx"][:, k0:].mean(1)
 
     def one(key):
-        st = _paris_jit(key, AR, params, ys, 0.5, num_particles=N * (k + 1), functional=h_sum, num_backward=2,
-                        resampling="systematic", num_trials=10, log_transition_bound=None, chunk_size=None,
-                        online=False)[0]
-        return jnp.tensordot(jax.nn.softmax(st.smc.log_weights), st.stats["xx"], axes=1)
+        return bk.smc.paris(key, AR, params, ys, N * (k + 1), functional=h_sum, ess_threshold=0.5).estimate["xx"]
 
     e_paris = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(22), R)))
     b_ppg, b_paris = e_ppg.mean() - exact, e_paris.mean() - exact

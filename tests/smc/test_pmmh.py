@@ -9,7 +9,7 @@ import pytest
 
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, ModelError
-from bayeskit.inference.smc.pmmh import pmmh
+from bayeskit.inference.smc import pmmh
 from bayeskit.models import linear_gaussian as lg
 
 SIGMA_Y = 1.0

@@ -9,8 +9,8 @@ from scipy import stats
 
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, ModelError
-from bayeskit.inference.smc.feynman_kac import bootstrap
-from bayeskit.inference.smc.paris import sample_backward, transition_log_bound
+from bayeskit.inference.smc import bootstrap
+sample_backward, transition_log_bound = bk.smc.kernels.sample_backward, bk.smc.kernels.transition_log_bound
 from bayeskit.models import linear_gaussian as lg
 
 T = 20
@@ -63,7 +63,7 @@ def test_backward_draws_chi_square():
         if trials == 1:
             assert int(nfb) > M // 4  # the fallback really was exercised
     # a negative control: proposals accepted without the m/eps test follow Cat(W), and fail the test
-    counts = np.bincount(np.asarray(bk.smc.paris.__globals__["categorical"](jax.random.key(4), lw_prev, M)),
+    counts = np.bincount(np.asarray(bk.smc.resampling.categorical(jax.random.key(4), lw_prev, M)),
                          minlength=5)
     assert stats.chisquare(counts, M * np.asarray(lam)).pvalue < 1e-6
 

@@ -16,16 +16,10 @@ from scipy import integrate, stats
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, ConvergenceError, ModelError
 from bayeskit.inference.smc.resampling import ess as ess_fn
-from bayeskit.inference.smc.tempered import (
-    TemperedSMCResult,
-    hmc_move,
-    nuts_move,
-    prior_and_likelihood_fn,
-    run,
-    rwm_move,
-    solve_next_tempering,
-    tempered,
-)
+from bayeskit.inference.smc import TemperedSMCResult, tempered
+from bayeskit.inference.smc.kernels import (hmc_move, nuts_move, prior_and_likelihood_fn, rwm_move,
+                                            solve_next_tempering)
+from bayeskit.inference.smc.kernels import run_tempered as run
 from bayeskit.model.density import log_density
 
 
@@ -373,7 +367,7 @@ def test_driver_nuts_and_numpyro_kernel_object():
 def test_blackjax_algorithm_as_move_cauchy_quadrature():
     import blackjax
 
-    from bayeskit.inference.smc.tempered import blackjax_move
+    from bayeskit.inference.smc.kernels import blackjax_move
 
     log_z, m, v = cauchy_truth()
     _, fn = runner(cauchy_model, num_particles=1000,
@@ -469,8 +463,8 @@ def test_public_names_stay_functions_after_their_modules_are_imported():
     import types
 
     for _ in range(2):
-        importlib.import_module("bayeskit.inference.smc.tempered")
-        importlib.import_module("bayeskit.inference.smc.pmmh")
+        importlib.import_module("bayeskit.inference.smc._tempered")
+        importlib.import_module("bayeskit.inference.smc._pmmh")
         assert not isinstance(bk.smc.tempered, types.ModuleType) and callable(bk.smc.tempered)
         assert not isinstance(bk.smc.pmmh, types.ModuleType) and callable(bk.smc.pmmh)
     assert bk.smc.tempered is tempered and bk.smc.pmmh.__name__ == "pmmh"

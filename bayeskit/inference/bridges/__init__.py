@@ -11,12 +11,8 @@ reference refinement (SBIRR), ground-truth constructions and metrics.
   :func:`gaussian_bridge`.
 """
 
-from bayeskit.inference.bridges.benchmark import (
-    GaussianBridge,
-    GaussianMixtureBenchmark,
-    gaussian_bridge,
-    gaussian_mixture_benchmark,
-)
+from bayeskit.inference.bridges.benchmark import GaussianMixtureBenchmark, gaussian_mixture_benchmark
+from bayeskit.inference.bridges.gaussian import GaussianBridge, gaussian_bridge
 from bayeskit.inference.bridges.lightsb import (
     LightSB,
     LightSBParams,

@@ -45,6 +45,7 @@ import optax
 
 from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
+from bayeskit.inference.bridges.gaussian import gaussian_bridge
 
 __all__ = [
     "LightSBParams",
@@ -119,8 +120,6 @@ def gaussian_init_params(key, source_samples, target_samples, num_components: in
     :math:`r_k` moved by ``jitter`` times (a random target sample minus the target mean) to break the symmetry.
     The diagonal case keeps the diagonal of :math:`S`.
     """
-    from bayeskit.inference.bridges.benchmark import gaussian_bridge
-
     x0 = np.asarray(source_samples, float)
     x1 = np.asarray(target_samples, float)
     m0, m1 = x0.mean(0), x1.mean(0)

@@ -28,7 +28,7 @@ sampling the end point from the plan and filling in the linear-SDE bridge exactl
 (:math:`X_{k+1} \mid X_k, X_T` is Gaussian; :func:`bridge_paths`). No Euler–Maruyama error, no IPF.
 
 **Gaussian closed form** (:func:`gaussian_bridge_linear`): for Gaussian marginals the reduction turns the
-Brownian closed form (:func:`~bayeskit.inference.bridges.benchmark.gaussian_bridge`) of :math:`(\mathcal
+Brownian closed form (:func:`~bayeskit.inference.bridges.gaussian.gaussian_bridge`) of :math:`(\mathcal
 N(Gm_0 + g, G\Sigma_0G^\top), p_1)`, :math:`G = \varepsilon Q^{-1}\Phi`, :math:`g = \varepsilon Q^{-1}m`, into
 :math:`\operatorname{Cov}(X_0, X_T) = G^{-1}\operatorname{Cov}(X_0', X_T)`; the marginals :math:`\Sigma_t` follow from
 the linear bridge. (Compare Bunne et al. 2023, "The Schrödinger bridge between Gaussian measures has a closed
@@ -100,7 +100,7 @@ def _features(tr: GaussianTransition, backward: bool):
 
 
 # ----------------------------------------------------------------------------- exact bridge filling
-def _bridge_steps(a, c, sigma, duration, num_steps):
+def bridge_step_matrices(a, c, sigma, duration, num_steps):
     """Per-step matrices of X_{k+1} = Mx_k X_k + My_k y + b_k + L_k z for the linear bridge to X_T = y."""
     d = a.shape[0]
     delta = duration / num_steps
@@ -133,7 +133,7 @@ def _bridge_steps(a, c, sigma, duration, num_steps):
 
 
 @jax.jit
-def _fill(key, x, y, mx, my, b, chol):
+def fill_bridge(key, x, y, mx, my, b, chol):
     keys = jax.random.split(key, mx.shape[0])
 
     def body(state, inp):
@@ -157,8 +157,8 @@ def bridge_paths(key, reference, x, y, duration: float, num_steps: int) -> jax.A
     y = jnp.asarray(y, x.dtype)
     if x.shape != y.shape:
         raise DataError(f"`x` and `y` must have the same shape, got {x.shape} and {y.shape}")
-    mats = _bridge_steps(*_coefficients(reference, x.shape[1]), duration, num_steps)
-    return _fill(key, x, y, *(jnp.asarray(m, x.dtype) for m in mats))
+    mats = bridge_step_matrices(*_coefficients(reference, x.shape[1]), duration, num_steps)
+    return fill_bridge(key, x, y, *(jnp.asarray(m, x.dtype) for m in mats))
 
 
 # ----------------------------------------------------------------------------- LightSB under a linear reference
@@ -299,7 +299,7 @@ class LinearGaussianBridge(NamedTuple):
 
 def gaussian_bridge_linear(mean0, cov0, mean1, cov1, reference, duration: float = 1.0) -> LinearGaussianBridge:
     """Closed-form Gaussian SB under a linear reference over ``duration`` (module docstring)."""
-    from bayeskit.inference.bridges.benchmark import gaussian_bridge
+    from bayeskit.inference.bridges.gaussian import gaussian_bridge
 
     cov0, cov1 = np.atleast_2d(np.asarray(cov0, float)), np.atleast_2d(np.asarray(cov1, float))
     mean0, mean1 = np.atleast_1d(np.asarray(mean0, float)), np.atleast_1d(np.asarray(mean1, float))

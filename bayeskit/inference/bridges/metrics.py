@@ -21,22 +21,18 @@ import scipy.sparse
 import scipy.spatial
 
 from bayeskit._checks import check_finite_array
+from bayeskit._linalg import sqrtm_psd
 from bayeskit.errors import DataError
 
 __all__ = ["bw2", "bw2_uvp", "cbw2_uvp", "emd", "gaussian_moments"]
-
-
-def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(0.5 * (a + a.T))
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
 def bw2(mean1, cov1, mean2, cov2) -> float:
     """Squared Bures–Wasserstein distance between two Gaussians."""
     m1, m2 = np.asarray(mean1, float), np.asarray(mean2, float)
     c1, c2 = np.atleast_2d(np.asarray(cov1, float)), np.atleast_2d(np.asarray(cov2, float))
-    r2 = _sqrtm_psd(c2)
-    cross = _sqrtm_psd(r2 @ c1 @ r2)
+    r2 = sqrtm_psd(c2)
+    cross = sqrtm_psd(r2 @ c1 @ r2)
     return float(np.sum((m1 - m2) ** 2) + np.trace(c1) + np.trace(c2) - 2.0 * np.trace(cross))
 
 

@@ -53,7 +53,7 @@ import numpy as np
 
 from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
-from bayeskit.inference.bridges.linear import LinearLightSB, _bridge_steps, _fill
+from bayeskit.inference.bridges.linear import LinearLightSB, bridge_step_matrices, fill_bridge
 from bayeskit.inference.bridges.metrics import emd as _emd
 from bayeskit.inference.bridges.reference import Brownian, Reference
 from bayeskit.inference.bridges.reference import simulate as _simulate_reference
@@ -325,7 +325,7 @@ def _one_pass_lightsb(key, snaps, times, reference, steps, dts, opts):
                                         jnp.asarray(snaps[i + 1], dtype), reference=reference,
                                         duration=float(times[i + 1] - times[i]), backward=True,
                                         **opts["lightsb_options"]))
-        mats.append(tuple(jnp.asarray(z, dtype) for z in _bridge_steps(a, c, reference.sigma,
+        mats.append(tuple(jnp.asarray(z, dtype) for z in bridge_step_matrices(a, c, reference.sigma,
                                                                        float(times[i + 1] - times[i]), steps[i])))
     pieces = []
     for j in range(m + 1):
@@ -335,14 +335,14 @@ def _one_pass_lightsb(key, snaps, times, reference, steps, dts, opts):
         for i in range(j - 1, -1, -1):  # backward through intervals j-1..0: x_i ~ pi_i(. | x_{i+1}), then bridge
             k1, k2 = jax.random.split(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i)))
             prev = models[i].sample_backward(k1, x)
-            back.append(_fill(k2, prev, x, *mats[i])[:-1])
+            back.append(fill_bridge(k2, prev, x, *mats[i])[:-1])
             x = prev
         segs = back[::-1]
         x = x0
         for i in range(j, m):
             k1, k2 = jax.random.split(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i) + 1))
             nxt = models[i].sample(k1, x)
-            segs.append(_fill(k2, x, nxt, *mats[i])[:-1])
+            segs.append(fill_bridge(k2, x, nxt, *mats[i])[:-1])
             x = nxt
         segs.append(x[None])
         pieces.append(jnp.concatenate(segs, 0))

@@ -21,7 +21,6 @@ from bayeskit.inference.scaling.particle import (
     particle_gibbs,
     select_answer,
     smc_sweep,
-    trace_lineage,
     weighted_majority_vote,
 )
 from bayeskit.inference.scaling.worlds import (
@@ -50,7 +49,6 @@ __all__ = [
     "particle_gibbs",
     "select_answer",
     "smc_sweep",
-    "trace_lineage",
     "weighted_majority_vote",
     "ChainState",
     "ArithState",

@@ -48,8 +48,8 @@ import numpy as np
 from bayeskit._checks import check_in_interval, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, DegenerateWeightsError
 from bayeskit.inference.smc import engine
-from bayeskit.inference.smc.feynman_kac import FeynmanKac
-from bayeskit.inference.smc.resampling import get_scheme
+from bayeskit.inference.smc._feynman_kac import FeynmanKac
+from bayeskit.inference.smc.resampling import adaptive, get_scheme
 
 __all__ = ["VESDE", "GaussianMixture", "product_of_mixtures", "FKCResult", "fkc_sample", "mmd"]
 
@@ -282,7 +282,7 @@ def fkc_sample(key, score_fns: Sequence[Callable], betas, *, num_particles: int 
 
     @jax.jit
     def go(k):
-        return engine.run(k, fk, num_particles, resampling=resampling, ess_threshold=thr)
+        return engine.run(k, fk, num_particles, strategy=adaptive(resampling, thr))
 
     state, out = go(key)
     if bool(np.any(np.asarray(out.info.nonfinite))):

@@ -76,15 +76,14 @@ from bayeskit.inference.scaling.generator import (
     raise_pending_errors,
 )
 from bayeskit.inference.smc import engine as smc_engine
-from bayeskit.inference.smc.feynman_kac import FeynmanKac
+from bayeskit.inference.smc import FeynmanKac
 from bayeskit.inference.smc.resampling import ess as ess_fn
-from bayeskit.inference.smc.resampling import get_scheme, multinomial
+from bayeskit.inference.smc.resampling import adaptive, conditional, frozen, get_scheme
 
 __all__ = [
     "Particles",
     "SweepOutput",
     "smc_sweep",
-    "trace_lineage",
     "select_answer",
     "ScalingResult",
     "particle_filtering",
@@ -190,7 +189,6 @@ def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states,
     ancestor is itself), ``log G_t`` the potential of ``weights`` divided by the temperature. Once
     every particle has finished, the engine step is skipped (weights frozen, no resampling).
     """
-    resampling_fn = get_scheme(resampling)
     step = guarded_step(generator)
     num_steps = generator.max_steps
     n = jax.tree_util.tree_leaves(init_states)[0].shape[0]
@@ -219,60 +217,26 @@ def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states,
         lambda k, t, xp: extend(k, t, Particles(xp.state, xp.reward), False),
         lambda t, xp, x: x.phi * inv_temp,
     )
-    if has_ref:
-        def res_fn(k, lw, m):
-            return multinomial(k, lw, m).at[n - 1].set(n - 1)
-    else:
-        res_fn = resampling_fn
+    # the reference (last slot) is placed by `extend`, whose potential must see it
+    inner = (conditional(reference, slot=n - 1, pin=False) if has_ref else adaptive(resampling, threshold))
+    strategy = frozen(inner, lambda x: generator.is_done(x.state),
+                      lambda x: x._replace(phi=jnp.zeros_like(x.phi), live=jnp.zeros_like(x.live)))
 
-    def record(st, info):
-        x = st.particles
-        bad = ~((x.reward >= 0.0) & (x.reward <= 1.0)) & x.live
-        return (Particles(x.state, x.reward), st.log_weights, x.phi, info.ancestors, info.resampled, info.ess,
-                jnp.sum(x.live).astype(jnp.int32), jnp.any(bad), jnp.argmax(bad).astype(jnp.int32))
+    def record(particles, log_weights):
+        bad = ~((particles.reward >= 0.0) & (particles.reward <= 1.0)) & particles.live
+        return (Particles(particles.state, particles.reward), log_weights, particles.phi,
+                jnp.sum(particles.live).astype(jnp.int32), jnp.any(bad), jnp.argmax(bad).astype(jnp.int32))
 
-    k0, kloop = jax.random.split(key)
-    st0, info0 = smc_engine.init(k0, fk, n)
-    out0 = record(st0, info0)
-
-    def body(st, inp):
-        t, k = inp
-
-        def advance(s):
-            return smc_engine.step(k, s, fk, t, resampling=res_fn, ess_threshold=threshold)
-
-        def frozen(s):  # every particle finished: nothing to extend, weights frozen
-            x = s.particles._replace(phi=jnp.zeros_like(s.particles.phi), live=jnp.zeros_like(s.particles.live))
-            info = smc_engine.StepInfo(jnp.zeros((), s.log_evidence.dtype), ess_fn(s.log_weights),
-                                       jnp.array(False), jnp.arange(n, dtype=jnp.int32), jnp.array(False))
-            return s._replace(particles=x), info
-
-        st, info = jax.lax.cond(jnp.all(generator.is_done(st.particles.state)), frozen, advance, st)
-        return st, record(st, info)
-
-    if num_steps > 1:
-        keys = jax.random.split(kloop, num_steps - 1)
-        stf, outs = jax.lax.scan(body, st0, (jnp.arange(1, num_steps), keys))
-        outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b], 0), out0, outs)
-    else:
-        stf, outs = st0, jax.tree_util.tree_map(lambda a: a[None], out0)
-    hist, hlw, phi, anc, res, ess, calls, bad, bad_idx = outs
+    stf, out = smc_engine.run(key, fk, n, strategy=strategy, accumulators=(smc_engine.summary(record),),
+                              keep_ancestors=True)
+    ((hist, hlw, phi, calls, bad, bad_idx),) = out.records
     xf = Particles(stf.particles.state, stf.particles.reward)
-    return SweepOutput(xf, stf.log_weights, hist, hlw, phi, anc, res, ess, calls, bad, bad_idx)
-
-
-def trace_lineage(ancestors, final_index):
-    """Indices ``b_t`` (T,) of the lineage ending in ``final_index``: ``b_{t-1} = A_t[b_t]``."""
-
-    def back(b, anc_t):
-        return anc_t[b], b
-
-    _, path = jax.lax.scan(back, jnp.asarray(final_index, jnp.int32), ancestors, reverse=True)
-    return path
+    return SweepOutput(xf, stf.log_weights, hist, hlw, phi, out.info.ancestors, out.info.resampled,
+                       out.info.ess, calls, bad, bad_idx)
 
 
 def _path(out: SweepOutput, index):
-    b = trace_lineage(out.ancestors, index)
+    b = smc_engine.trace_lineage(out.ancestors, index)
     t = jnp.arange(b.shape[0])
     states = jax.tree_util.tree_map(lambda a: a[t, b], out.history)
     score = jnp.sum(jnp.where(jnp.isfinite(out.potentials[t, b]), out.potentials[t, b], -1e30))

@@ -1,4 +1,11 @@
-r"""Resampling schemes, effective sample size and log-weight normalisation.
+r"""Resampling: schemes, strategies, effective sample size and log-weight normalisation.
+
+A *strategy* (:class:`Strategy`) tells the SMC engine how to pick ancestors at each step:
+:func:`adaptive` (resample when the ESS falls below a threshold), :func:`always`, :func:`never`,
+:func:`conditional` (a reference path pinned to one slot, with optional ancestor sampling: conditional
+SMC) and :func:`frozen` (skip whole steps once every particle has finished). A step that does not
+resample does no resampling work: the decision is a ``lax.cond``, not a selection between two
+computed results.
 
 Every scheme has the same signature ``scheme(key, log_weights, num_samples) -> ancestors`` (int32
 indices into the particle axis), takes *unnormalised* log-weights, and satisfies the unbiasedness
@@ -20,7 +27,7 @@ is used.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +42,13 @@ __all__ = [
     "residual",
     "SCHEMES",
     "get_scheme",
+    "categorical",
+    "Strategy",
+    "adaptive",
+    "always",
+    "never",
+    "conditional",
+    "frozen",
 ]
 
 
@@ -175,3 +189,142 @@ def get_scheme(resampling) -> Callable:
             f"(key, log_weights, num_samples) -> indices, got {resampling!r}"
         )
     return SCHEMES[resampling]
+
+
+# ------------------------------------------------------------------------------------- i.i.d. draws
+def cdf(log_weights):
+    """The CDF of :math:`\\mathrm{Cat}(W)` with its last entry set to +inf (robust to rounding), for
+    repeated :func:`categorical_from_cdf` draws from the same weights."""
+    c = jnp.cumsum(jax.nn.softmax(log_weights))
+    return c.at[-1].set(jnp.inf)
+
+
+def categorical_from_cdf(key, cdf_values, num_samples: int):
+    """``num_samples`` i.i.d. (unsorted) draws from the categorical law whose :func:`cdf` is given."""
+    u = jax.random.uniform(key, (num_samples,), dtype=cdf_values.dtype)
+    idx = jnp.searchsorted(cdf_values, u, side="right")
+    return jnp.clip(idx, 0, cdf_values.shape[0] - 1).astype(jnp.int32)
+
+
+def categorical(key, log_weights, num_samples: int):
+    """``num_samples`` i.i.d. (unsorted) draws from :math:`\\mathrm{Cat}(W)`, by inverse CDF: O(N + M log N)."""
+    return categorical_from_cdf(key, cdf(log_weights), num_samples)
+
+
+# ------------------------------------------------------------------------------------- strategies
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+class Strategy(NamedTuple):
+    """How the SMC engine picks ancestors (a small pure piece; build one with :func:`adaptive`,
+    :func:`always`, :func:`never`, :func:`conditional` or :func:`frozen`).
+
+    Fields:
+        select: ``(key, t, particles, log_weights, fk) -> (ancestors, resampled, particles, log_weights)``:
+            the ancestors (N,), whether this was a resampling (bool), and the ancestors' particles and the
+            log-weights they carry into step t.
+        pin: optional ``(t, particles) -> particles``: sets pinned slots after each move (and at t = 0).
+        halt: optional ``particles -> bool``: when true, the engine skips the whole step.
+        freeze: optional ``particles -> particles`` applied to the particles of a skipped step.
+    """
+
+    select: Callable
+    pin: Callable | None = None
+    halt: Callable | None = None
+    freeze: Callable | None = None
+
+
+def _static_float(x):
+    try:
+        return float(x)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def adaptive(scheme: str | Callable = "systematic", threshold: Any = 0.5) -> Strategy:
+    """Resample with ``scheme`` when :math:`\\mathrm{ESS} < \\kappa N` (``threshold`` = :math:`\\kappa`, may be
+    traced). A static ``threshold`` >= 1 is :func:`always`, <= 0 is :func:`never`."""
+    static = _static_float(threshold)
+    if static is not None and static >= 1.0:
+        return always(scheme)
+    if static is not None and static <= 0.0:
+        return never()
+    scheme_fn = get_scheme(scheme)
+
+    def select(key, t, particles, log_weights, fk):
+        n = log_weights.shape[0]
+        do = (threshold >= 1.0) | (ess(log_weights) < threshold * n)
+
+        def resample(_):
+            idx = scheme_fn(key, log_weights, n)
+            return idx, _take(particles, idx), jnp.zeros_like(log_weights)
+
+        def keep(_):
+            return jnp.arange(n, dtype=jnp.int32), particles, log_weights
+
+        idx, x, lw = jax.lax.cond(do, resample, keep, None)
+        return idx, do, x, lw
+
+    return Strategy(select)
+
+
+def always(scheme: str | Callable = "systematic") -> Strategy:
+    """Resample with ``scheme`` at every step (the bootstrap filter of Gordon, Salmond & Smith)."""
+    scheme_fn = get_scheme(scheme)
+
+    def select(key, t, particles, log_weights, fk):
+        idx = scheme_fn(key, log_weights, log_weights.shape[0])
+        return idx, jnp.array(True), _take(particles, idx), jnp.zeros_like(log_weights)
+
+    return Strategy(select)
+
+
+def never() -> Strategy:
+    """Never resample (sequential importance sampling); no resampling work at all."""
+
+    def select(key, t, particles, log_weights, fk):
+        return jnp.arange(log_weights.shape[0], dtype=jnp.int32), jnp.array(False), particles, log_weights
+
+    return Strategy(select)
+
+
+def conditional(reference, *, slot: int = 0, ancestor_sampling: bool = False, pin: bool = True) -> Strategy:
+    """Conditional SMC: ``reference`` (a pytree with leading axis T) is pinned to ``slot`` at every step.
+
+    The other N - 1 slots draw i.i.d. ancestors from :math:`\\mathrm{Cat}(W_{t-1})` over all N particles
+    (multinomial: conditional resampling keeps the exact invariance of particle Gibbs). The pinned slot's
+    ancestor is itself or, with ``ancestor_sampling`` (Lindsten, Jordan & Schön 2014), a draw from
+    :math:`\\mathbb P(A_t = j) \\propto W_{t-1}^j m_t(\\xi_{t-1}^j, x^\\star_t)` (needs ``fk.log_transition``).
+    ``pin=False`` when the Feynman–Kac model's own ``init``/``move`` place the reference in ``slot`` (because
+    its potential must see it, as in the inference-time-scaling sweep).
+    """
+
+    def select(key, t, particles, log_weights, fk):
+        n = log_weights.shape[0]
+        k_free, k_as = jax.random.split(key)
+        free = multinomial(k_free, log_weights, n - 1)
+        if ancestor_sampling:
+            ref_t = jax.tree_util.tree_map(lambda r: jnp.broadcast_to(r[t], (n,) + r.shape[1:]), reference)
+            own = jax.random.categorical(k_as, log_weights + fk.log_transition(t, particles, ref_t))
+        else:
+            own = slot
+        own = jnp.asarray(own, jnp.int32)[None]
+        idx = jnp.concatenate([free[:slot], own, free[slot:]])
+        return idx, jnp.array(True), _take(particles, idx), jnp.zeros_like(log_weights)
+
+    def pin_fn(t, particles):
+        return jax.tree_util.tree_map(lambda a, r: a.at[slot].set(r[t]), particles, reference)
+
+    if not isinstance(slot, int) or slot < 0:
+        from bayeskit.errors import ConfigurationError
+
+        raise ConfigurationError(f"`slot` must be a non-negative int (N - 1 for the last slot), got {slot!r}")
+    return Strategy(select, pin_fn if pin else None)
+
+
+def frozen(inner: Strategy, is_done: Callable, freeze: Callable | None = None) -> Strategy:
+    """``inner``, except that once ``is_done(particles)`` (N,) is true for every particle the engine skips
+    whole steps: no move, no resampling, weights and evidence unchanged (finished sequences).
+    ``freeze(particles)`` marks the particles of a skipped step (e.g. zero per-step statistics)."""
+    return inner._replace(halt=lambda particles: jnp.all(is_done(particles)), freeze=freeze)

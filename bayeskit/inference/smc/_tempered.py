@@ -638,7 +638,7 @@ def tempered(key, model: Callable, *args, num_particles: int = 2000, target_ess:
 
     Example:
         >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
-        >>> from bayeskit.inference.smc.tempered import tempered
+        >>> from bayeskit.inference.smc._tempered import tempered
         >>> def model(y):
         ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
         ...     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)

@@ -19,8 +19,8 @@ import numpy as np
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, DegenerateWeightsError, ModelError
 from bayeskit.inference.smc import engine
-from bayeskit.inference.smc.feynman_kac import Proposal, bootstrap, guided
-from bayeskit.inference.smc.resampling import get_scheme
+from bayeskit.inference.smc._feynman_kac import Proposal, bootstrap, guided
+from bayeskit.inference.smc.resampling import adaptive, get_scheme
 
 __all__ = ["ParticleFilterResult", "particle_filter", "weighted_moments"]
 
@@ -107,8 +107,8 @@ def weighted_moments(particles, log_weights):
 def _run_filter(key, ssm, params, ys, ess_threshold, *, num_particles, resampling, history, proposal,
                 sharding):
     fk = bootstrap(ssm, params, ys) if proposal is None else guided(ssm, params, ys, proposal)
-    state, out = engine.run(key, fk, num_particles, resampling=resampling, ess_threshold=ess_threshold,
-                            history=history, summary_fn=weighted_moments, sharding=sharding)
+    state, out = engine.run(key, fk, num_particles, strategy=adaptive(resampling, ess_threshold),
+                            accumulators=(engine.summary(weighted_moments),), history=history, sharding=sharding)
     return state, out
 
 
@@ -244,7 +244,7 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
                     f"`sharding` ({n_dev})")
     state, out = _run_filter(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
                              resampling=resampling, history=history, proposal=proposal, sharding=sharding)
-    mean, var = out.summaries
+    ((mean, var),) = out.records
     result = ParticleFilterResult(
         log_evidence=state.log_evidence,
         log_evidence_increments=out.info.log_evidence_increment,

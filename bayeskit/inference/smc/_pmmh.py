@@ -27,7 +27,8 @@ import numpy as np
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc import engine
-from bayeskit.inference.smc.feynman_kac import bootstrap
+from bayeskit.inference.smc._feynman_kac import bootstrap
+from bayeskit.inference.smc.resampling import adaptive
 
 __all__ = ["pmmh", "PMMHResult"]
 
@@ -70,7 +71,7 @@ def _run(key, z0, scale, ys, *, ssm, dens, num_particles, num_iterations, resamp
     def loglik(k, z):
         params = dens.constrain(z, deterministic=False)
         fk = bootstrap(ssm, params, ys)
-        state, _ = engine.run(k, fk, num_particles, resampling=resampling, ess_threshold=0.5)
+        state, _ = engine.run(k, fk, num_particles, strategy=adaptive(resampling, 0.5))
         ll = state.log_evidence
         return jnp.where(jnp.isnan(ll), -jnp.inf, ll)
 
@@ -132,7 +133,7 @@ def pmmh(key, ssm, ys, *, prior: Callable | None = None, num_particles: int = 25
         z = dens.unconstrain(init_params)
         z0 = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (num_chains,) + jnp.shape(a)), z)
     params0 = dens.constrain(jax.tree_util.tree_map(lambda a: a[0], z0), deterministic=False)
-    from bayeskit.inference.smc.filtering import check_model_params
+    from bayeskit.inference.smc._filtering import check_model_params
 
     check_model_params(ssm, params0, "prior draws / init_params")
     ssm.validate(params0, ys)

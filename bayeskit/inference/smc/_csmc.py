@@ -27,29 +27,22 @@ import numpy as np
 
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ModelError
+from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._chunks import run_chunked
-from bayeskit.inference.smc.feynman_kac import FeynmanKac, bootstrap
-from bayeskit.inference.smc.filtering import check_model
-from bayeskit.inference.smc.paris import _take, categorical
-from bayeskit.inference.smc.smoothing import backward_sample
+from bayeskit.inference.smc._backward import backward_sample, check_backward_model
+from bayeskit.inference.smc._feynman_kac import FeynmanKac, bootstrap
+from bayeskit.inference.smc._filtering import check_model
+from bayeskit.inference.smc.resampling import conditional
 
 __all__ = [
     "CSMCInfo",
     "csmc",
-    "conditional_resample",
     "step_log_density",
     "path_log_density",
     "NumPyroUpdate",
     "ParticleGibbsResult",
     "particle_gibbs",
 ]
-
-
-def conditional_resample(key, log_weights, num_samples: int, reference_index: int = 0):
-    """Multinomial conditional resampling: i.i.d. ancestors from :math:`\\mathrm{Cat}(W)` for every slot but
-    ``reference_index``, which keeps itself as ancestor."""
-    idx = categorical(key, log_weights, num_samples)
-    return idx.at[reference_index].set(reference_index)
 
 
 class CSMCInfo(NamedTuple):
@@ -65,60 +58,24 @@ class CSMCInfo(NamedTuple):
 
 def csmc(key, fk: FeynmanKac, reference, num_particles: int, *, backward_sampling: bool = True,
          ancestor_sampling: bool = False):
-    """One conditional SMC sweep on ``fk`` with the reference path ``reference`` (T, ...) in slot 0.
+    """One conditional SMC sweep on ``fk`` with the reference path ``reference`` (T, ...) in slot 0: the
+    engine with the :func:`~bayeskit.inference.smc.resampling.conditional` strategy, then a new path by
+    backward sampling or by tracing the lineage of :math:`b_{T-1} \\sim \\mathrm{Cat}(W_{T-1})`.
 
     Returns ``(new_path, CSMCInfo)``. Pure and jittable; ``fk.log_transition`` is needed for backward or
     ancestor sampling.
     """
-    from bayeskit.inference.smc.resampling import ess as ess_fn
-
-    N, T = num_particles, fk.num_steps
-    k0, kloop, kpath = jax.random.split(key, 3)
-    x0 = fk.init(k0, N)
-    x0 = jax.tree_util.tree_map(lambda a, r: a.at[0].set(r[0]), x0, reference)
-    lw0 = fk.log_potential(0, None, x0)
-    logz0 = jax.nn.logsumexp(lw0) - jnp.log(N)
-
-    def body(carry, inp):
-        x_prev, lw_prev, logz = carry
-        t, k = inp
-        k_res, k_as, k_move = jax.random.split(k, 3)
-        anc = conditional_resample(k_res, lw_prev, N)
-        if ancestor_sampling:
-            ref_t = jax.tree_util.tree_map(lambda r: jnp.broadcast_to(r[t], (N,) + r.shape[1:]), reference)
-            a0 = jax.random.categorical(k_as, lw_prev + fk.log_transition(t, x_prev, ref_t)).astype(jnp.int32)
-            anc = anc.at[0].set(a0)
-        xp = _take(x_prev, anc)
-        x = fk.move(k_move, t, xp)
-        x = jax.tree_util.tree_map(lambda a, r: a.at[0].set(r[t]), x, reference)
-        lw = fk.log_potential(t, xp, x)
-        logz = logz + jax.nn.logsumexp(lw) - jnp.log(N)
-        return (x, lw, logz), (x, lw, anc)
-
-    if T > 1:
-        keys = jax.random.split(kloop, T - 1)
-        (_, lwT, logz), (xs, lws, ancs) = jax.lax.scan(body, (x0, lw0, logz0), (jnp.arange(1, T), keys))
-        cat = lambda a, b: jnp.concatenate([a[None], b], axis=0)  # noqa: E731
-        xs = jax.tree_util.tree_map(cat, x0, xs)
-        lws = cat(lw0, lws)
-    else:
-        lwT, logz = lw0, logz0
-        xs = jax.tree_util.tree_map(lambda a: a[None], x0)
-        lws = lw0[None]
-        ancs = jnp.zeros((0, N), jnp.int32)
+    k_run, k_path = jax.random.split(key)
+    strategy = conditional(reference, slot=0, ancestor_sampling=ancestor_sampling)
+    state, out = engine.run(k_run, fk, num_particles, strategy=strategy, history=True)
     if backward_sampling:
-        paths, idx = backward_sample(kpath, fk, xs, lws, 1)
+        paths, idx = backward_sample(k_path, fk, out.particles, out.log_weights, 1)
         path, idx = jax.tree_util.tree_map(lambda a: a[0], paths), idx[0]
     else:
-        b_last = jax.random.categorical(kpath, lwT).astype(jnp.int32)
-
-        def back(b, anc_t):
-            return anc_t[b], b
-
-        b_first, bs = jax.lax.scan(back, b_last, ancs, reverse=True)
-        idx = jnp.concatenate([b_first[None], bs], axis=0)
-        path = jax.tree_util.tree_map(lambda a: a[jnp.arange(T), idx], xs)
-    info = CSMCInfo(jax.vmap(ess_fn)(lws), logz, jnp.all(idx == 0), idx)
+        b_last = jax.random.categorical(k_path, state.log_weights).astype(jnp.int32)
+        idx = engine.trace_lineage(out.info.ancestors, b_last)
+        path = jax.tree_util.tree_map(lambda a: a[jnp.arange(a.shape[0]), idx], out.particles)
+    info = CSMCInfo(out.info.ess, state.log_evidence, jnp.all(idx == 0), idx)
     return path, info
 
 
@@ -225,12 +182,12 @@ class ParticleGibbsResult:
         """ArviZ DataTree, one chain after burn-in: ``posterior`` (``x`` over time, the parameters' leaves),
         ``sample_stats`` (update rate of each path, acceptance of the parameter kernel)."""
         from bayeskit.diagnostics import to_datatree
-        from bayeskit.inference.smc.paris import _leaves_dict
+        from bayeskit.inference.smc._paris import leaves_dict
 
         b = self.burn_in
         post = {"x": np.asarray(self.paths)[b:][None]}
         if self.params is not None:
-            post.update({k: v[b:][None] for k, v in _leaves_dict("", self.params).items()})
+            post.update({k: v[b:][None] for k, v in leaves_dict("", self.params).items()})
             post = {k.lstrip("_") if k != "x" else k: v for k, v in post.items()}
         T = int(np.shape(self.paths)[1])
         stats = {"reference_kept": np.asarray(self.reference_kept)[b:][None],
@@ -277,8 +234,6 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
         >>> pg.paths.shape
         (50, 30, 1)
     """
-    from bayeskit.inference.smc.paris import check_backward_model
-
     _checks.check_key(key)
     num_particles = _checks.check_positive_int(num_particles, "num_particles", 2)
     num_iterations = _checks.check_positive_int(num_iterations, "num_iterations")
@@ -293,7 +248,7 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
     state_shape = tuple(ssm.state_shape(params))
     k_init, k_nuts, k_run = jax.random.split(key, 3)
     if initial_path is None:
-        from bayeskit.inference.smc.paris import initial_reference
+        from bayeskit.inference.smc._ppg import initial_reference
 
         initial_path = initial_reference(k_init, ssm, params, ys, num_particles)
     else:

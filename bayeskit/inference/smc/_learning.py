@@ -35,11 +35,13 @@ import numpy as np
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ConvergenceError, ModelError
 from bayeskit.inference.smc._chunks import run_chunked
-from bayeskit.inference.smc.csmc import step_log_density
-from bayeskit.inference.smc.feynman_kac import Proposal, bootstrap, guided
-from bayeskit.inference.smc.filtering import check_model_params
-from bayeskit.inference.smc.paris import (DEFAULT_NUM_TRIALS, _bound_fn, _run_paris, _weighted_sum,
-                                          check_backward_model, conditional_paris, initial_reference)
+from bayeskit.inference.smc._csmc import step_log_density
+from bayeskit.inference.smc._feynman_kac import Proposal, bootstrap, guided
+from bayeskit.inference.smc._filtering import check_model_params
+from bayeskit.inference.smc._backward import DEFAULT_NUM_TRIALS, check_backward_model, log_bound_fn
+from bayeskit.inference.smc._paris import leaves_dict, run_paris
+from bayeskit.inference.smc._ppg import conditional_paris, initial_reference
+from bayeskit.inference.smc.resampling import adaptive
 
 __all__ = ["FitResult", "fit", "score"]
 
@@ -109,10 +111,9 @@ class FitResult:
         """ArviZ DataTree: ``learning`` (the parameter history and gradient estimates over ``iteration``,
         the log-likelihood estimates), attributes (method, estimator, N)."""
         from bayeskit.diagnostics import to_datatree
-        from bayeskit.inference.smc.paris import _leaves_dict
 
-        hist = {k.lstrip("_"): v for k, v in _leaves_dict("", self.history).items()}
-        est = _leaves_dict("gradient", self.estimates)
+        hist = {k.lstrip("_"): v for k, v in leaves_dict("", self.history).items()}
+        est = leaves_dict("gradient", self.estimates)
         variables = {**hist, **est, "log_evidence": np.asarray(self.log_evidence)}
         dims = {k: ["iteration"] for k in variables}
         return to_datatree({"learning": variables}, dims=dims, coords={"iteration": np.arange(self.num_iterations)},
@@ -252,15 +253,13 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
         theta = model_params(z)
         fk = feynman_kac(z, theta)
         h = functional_for(z)
-        bound = _bound_fn(ssm, theta, None)
+        bound = log_bound_fn(ssm, theta, None)
         if estimator == "paris":
-            st, _ = _run_paris(k, fk, num_particles, h, num_backward=num_backward, resampling="systematic",
-                               ess_threshold=0.5, log_bound_fn=bound, num_trials=num_trials, max_trials=None,
-                               chunk_size=None, online=False)
-            est = _weighted_sum(st.smc.log_weights, st.stats)
-            logz = st.smc.log_evidence
+            out = run_paris(k, fk, num_particles, h, strategy=adaptive("systematic", 0.5), num_backward=num_backward,
+                            log_bound=bound, num_trials=num_trials)
+            est, logz = out.estimate, out.state.log_evidence
         else:
-            out = conditional_paris(k, fk, path, num_particles, h, num_backward=num_backward, log_bound_fn=bound,
+            out = conditional_paris(k, fk, path, num_particles, h, num_backward=num_backward, log_bound=bound,
                                     num_trials=num_trials)
             est, path, logz = out.estimate, out.path, jnp.asarray(jnp.nan)
         grad = jax.tree_util.tree_map(lambda g: -g / T, est)

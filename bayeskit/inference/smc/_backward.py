@@ -1,0 +1,251 @@
+r"""The backward kernel of a particle filter, shared by FFBS, conditional SMC, PaRIS and PPG.
+
+.. math::
+    \Lambda_t(i, j) = \frac{\omega_{t-1}^j\, m_t(\xi_{t-1}^j, \xi_t^i)}
+                           {\sum_l \omega_{t-1}^l\, m_t(\xi_{t-1}^l, \xi_t^i)} .
+
+Here: the N x N log-transition matrix (:func:`log_transition_matrix`, evaluated in row blocks), exact
+draws from :math:`\Lambda_t` (:func:`sample_backward`: the hybrid rejection sampler of Dau & Chopin
+2022 with an exact O(N) fallback), backward sampling of whole paths through a stored particle system
+(:func:`backward_sample`), and the bound of the transition density that the rejection sampler needs
+(:func:`transition_log_bound`, :func:`log_bound_fn`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayeskit.errors import ConfigurationError, ModelError
+from bayeskit.inference.smc.engine import take
+from bayeskit.inference.smc._feynman_kac import FeynmanKac
+from bayeskit.inference.smc.resampling import categorical_from_cdf, cdf
+
+__all__ = ["log_transition_matrix", "sample_backward", "backward_sample", "transition_log_bound", "log_bound_fn",
+           "check_backward_model", "DEFAULT_NUM_TRIALS"]
+
+DEFAULT_NUM_TRIALS = 10
+
+
+def log_transition_matrix(fk: FeynmanKac, t, x_prev, x):
+    """``L[i, j] = log m_t(x_prev[j], x[i])``, shape ``(len(x), len(x_prev))``, one row per particle of ``x``
+    (the transition's log-density evaluated on a whole cloud per row, vectorised over rows)."""
+    n_prev = jax.tree_util.tree_leaves(x_prev)[0].shape[0]
+
+    def row(xi):
+        xb = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_prev,) + a.shape), xi)
+        return fk.log_transition(t, x_prev, xb)
+
+    return jax.vmap(row)(x)
+
+
+_SYMMETRIC_UNIMODAL = ("Normal", "MultivariateNormal", "LowRankMultivariateNormal", "StudentT", "Laplace",
+                       "Cauchy", "MultivariateStudentT", "Logistic")
+
+
+def _mode(d):
+    """A global maximiser of the density of ``d`` (batched), for the rejection sampler's bound."""
+    try:
+        return d.mode
+    except NotImplementedError:
+        pass
+    name = type(d).__name__
+    if name in ("Independent", "ExpandedDistribution"):
+        base = _mode(d.base_dist)
+        return jnp.broadcast_to(base, tuple(d.batch_shape) + tuple(d.event_shape))
+    if name in _SYMMETRIC_UNIMODAL:
+        return jnp.broadcast_to(d.loc, tuple(d.batch_shape) + tuple(d.event_shape))
+    raise ModelError(
+        f"cannot bound the transition density of a {name} distribution for PaRIS's rejection sampler: "
+        "pass `log_transition_bound=fn(params, x_prev, t)` (an upper bound of log m_t(x_prev[j], x) over j "
+        "and x), or `num_trials=0` for exact O(N^2) backward draws")
+
+
+def transition_log_bound(ssm, params, x_prev, t):
+    """:math:`\\log \\bar\\varepsilon_t = \\max_j \\sup_x \\log m_t(x_{t-1}^j, x)`, an upper bound of the
+    transition density over the current cloud, from the mode of each transition distribution
+    (Normal, MultivariateNormal, StudentT, Laplace, ... and any distribution with ``.mode``)."""
+    if ssm.vectorized:
+        d = ssm.transition(params, x_prev, t)
+        return jnp.max(d.log_prob(_mode(d)))
+
+    def one(xp):
+        d = ssm.transition(params, xp, t)
+        return d.log_prob(_mode(d))
+
+    return jnp.max(jax.vmap(one)(x_prev))
+
+
+def _schedule(total: int, n_prev: int, num_trials: int, max_trials: int | None):
+    """Static rejection schedule: ``[(buffer_size, rounds), ...]``. Level 0 runs ``num_trials`` rounds on all
+    draws; level l > 0 runs ``num_trials * 8**l`` rounds on (at most) ``total / 8**l`` still-unaccepted
+    draws, so each level costs about the same, until ``max_trials`` trials per draw are spent."""
+    if num_trials <= 0:
+        return []
+    max_trials = n_prev if max_trials is None else max_trials
+    levels, used, size, rounds = [], 0, total, num_trials
+    while used < max_trials and size >= 1:
+        r = min(rounds, max_trials - used)
+        levels.append((size, r))
+        used += r
+        size, rounds = size // 8, rounds * 8
+    if not levels:
+        levels = [(total, min(num_trials, max_trials))]
+    return levels
+
+
+def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_draws: int, *,
+                    log_bound=None, num_trials: int = DEFAULT_NUM_TRIALS, max_trials: int | None = None,
+                    chunk_size: int | None = None):
+    r"""Exact draws :math:`J^{i,k} \sim \Lambda_t(i, \cdot) \propto \omega_{t-1}^j m_t(\xi_{t-1}^j, \xi_t^i)`.
+
+    Hybrid sampler (Dau & Chopin 2022) with static shapes: rejection sampling with proposals from
+    :math:`\mathrm{Cat}(W_{t-1})` and acceptance probability :math:`m_t(\xi_{t-1}^J, \xi_t^i)/\bar\varepsilon_t`
+    (``log_bound`` = :math:`\log\bar\varepsilon_t`): first ``num_trials`` vectorised rounds over all
+    :math:`MK` draws, then rounds on compacted buffers of the still-unaccepted draws (size
+    :math:`MK/8^l`, :math:`8^l` ``num_trials`` rounds at level :math:`l`) until ``max_trials`` trials per draw
+    (default N) are spent; the draws still unaccepted (or that did not fit a buffer) are drawn exactly
+    from :math:`\Lambda_t(i, \cdot)`, ``chunk_size`` rows at a time. Whatever the budget, every draw has
+    exactly the law :math:`\Lambda_t(i,\cdot)` (the switch to the exact draw never looks at the rejected
+    proposals), provided ``log_bound`` bounds :math:`\log m_t(\xi_{t-1}^j, \xi_t^i)` for all :math:`i, j`.
+
+    Returns:
+        ``(J, num_fallback)``: indices ``(M, num_draws)`` (``M`` = len(x)) and the number of draws that
+        needed the exact O(N) fallback.
+    """
+    n_prev = log_weights_prev.shape[0]
+    m = jax.tree_util.tree_leaves(x)[0].shape[0]
+    total = m * num_draws
+    target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws)
+    key_rej, key_exact = jax.random.split(key)
+    J = jnp.zeros((total,), jnp.int32)
+    accepted = jnp.zeros((total,), bool)
+
+    levels = _schedule(total, n_prev, num_trials, max_trials)
+    if levels and log_bound is None:
+        raise ConfigurationError("sample_backward needs `log_bound` when `num_trials` > 0")
+    cdf_prev = cdf(log_weights_prev) if levels else None
+    for level, (size, rounds) in enumerate(levels):
+        if level == 0:
+            slots = jnp.arange(total, dtype=jnp.int32)
+            valid = jnp.ones((total,), bool)
+        else:
+            remaining = ~accepted
+            (slots,) = jnp.nonzero(remaining, size=size, fill_value=total)  # padding: out of bounds
+            slots = slots.astype(jnp.int32)
+            valid = jnp.arange(size) < jnp.sum(remaining.astype(jnp.int32))
+        safe = jnp.minimum(slots, total - 1)
+        x_target = take(x, target[safe])
+        key_level = jax.random.fold_in(key_rej, level)
+
+        # leave a level as soon as the unaccepted draws fit the next (8x smaller) buffer: its rounds
+        # cost 1/8 as much. The switch looks only at how many draws were accepted, never at a
+        # proposal's value, so every draw keeps its exact law.
+        fits = levels[level + 1][0] if level + 1 < len(levels) else 0
+
+        def cond(carry, rounds=rounds, fits=fits):
+            r, _, acc = carry
+            return (r < rounds) & (jnp.sum((~acc).astype(jnp.int32)) > fits)
+
+        def body(carry, size=size, x_target=x_target, key_level=key_level):
+            r, Jl, acc = carry
+            k1, k2 = jax.random.split(jax.random.fold_in(key_level, r))
+            prop = categorical_from_cdf(k1, cdf_prev, size)  # CDF computed once per step, not per round
+            lm = fk.log_transition(t, take(x_prev, prop), x_target)
+            ok = jnp.log(jax.random.uniform(k2, (size,), dtype=lm.dtype)) < lm - log_bound
+            new = ok & ~acc
+            return r + 1, jnp.where(new, prop, Jl), acc | ok
+
+        _, Jl, accl = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid))
+        J = J.at[slots].set(Jl, mode="drop")
+        accepted = accepted.at[slots].set(accl, mode="drop")
+
+    remaining = ~accepted
+    count = jnp.sum(remaining.astype(jnp.int32))
+    c = int(chunk_size) if chunk_size is not None else min(64, max(1, 2**18 // max(n_prev, 1)))
+    c = max(1, min(c, total))
+    num_chunks_max = -(-total // c)
+    (pos,) = jnp.nonzero(remaining, size=num_chunks_max * c, fill_value=total)  # padding: out of bounds
+
+    def exact_draws(J, start, width):
+        """Exact draws for the unaccepted draws ``pos[start : start + width]``."""
+        sl = jax.lax.dynamic_slice(pos, (start,), (width,))
+        L = log_weights_prev[None, :] + log_transition_matrix(fk, t, x_prev, take(x, target[jnp.minimum(sl, total - 1)]))
+        draws = jax.random.categorical(jax.random.fold_in(key_exact, start), L, axis=-1).astype(jnp.int32)
+        return J.at[sl].set(draws, mode="drop")
+
+    # full chunks of c rows, then the last count mod c draws one row at a time (a lone straggler
+    # used to cost a whole c x N chunk)
+    num_full = count // c
+    _, J = jax.lax.while_loop(lambda carry: carry[0] < num_full,
+                              lambda carry: (carry[0] + 1, exact_draws(carry[1], carry[0] * c, c)),
+                              (jnp.int32(0), J))
+    if c > 1:
+        _, J = jax.lax.while_loop(lambda carry: carry[0] < count,
+                                  lambda carry: (carry[0] + 1, exact_draws(carry[1], carry[0], 1)),
+                                  (num_full * c, J))
+    return J.reshape(m, num_draws), count
+
+
+def check_backward_model(ssm, params, log_transition_bound, num_trials):
+    """The transition must have a log-density (backward kernels), and, for the rejection sampler, a bound."""
+    x0 = ssm.initial(params).sample(jax.random.key(0))
+    xb = x0[None] if ssm.vectorized else x0
+    try:
+        d = ssm.transition(params, xb, 1)
+        lp = d.log_prob(d.sample(jax.random.key(1)))
+        if not np.all(np.isfinite(np.asarray(lp))):
+            raise ValueError("non-finite log-density at a draw of the transition")
+    except NotImplementedError as exc:
+        raise ModelError(
+            "backward sampling / PaRIS needs the transition density m_t(x_prev, x): the model's transition "
+            f"distribution {type(d).__name__} has no log_prob") from exc
+    except Exception as exc:
+        raise ModelError(f"backward sampling / PaRIS needs the transition log-density: {exc}") from exc
+    if num_trials > 0 and log_transition_bound is None:
+        _mode(d)
+
+
+def log_bound_fn(ssm, params, log_transition_bound: Callable | None = None):
+    """``(t, x_prev) -> log bound`` of the transition density over the cloud ``x_prev``: the user's
+    ``log_transition_bound(params, x_prev, t)`` if given, else :func:`transition_log_bound`."""
+    if log_transition_bound is not None:
+        return lambda t, x_prev: jnp.asarray(log_transition_bound(params, x_prev, t))
+    return lambda t, x_prev: transition_log_bound(ssm, params, x_prev, t)
+
+
+def backward_sample(key, fk: FeynmanKac, particles, log_weights, num_paths: int):
+    r"""Backward sampling through a stored particle system.
+
+    Args:
+        key: ``jax.random`` key.
+        fk: the Feynman–Kac model (its ``log_transition`` gives :math:`\log m_t`).
+        particles: (T, N, ...) clouds; log_weights: (T, N) their log-weights.
+        num_paths: M.
+
+    Returns:
+        ``(paths, indices)``: paths (M, T, ...) and the particle index of each path at each time (M, T).
+    """
+    T = log_weights.shape[0]
+    k_last, k_loop = jax.random.split(key)
+    b_last = jax.random.categorical(k_last, log_weights[-1], shape=(num_paths,))
+
+    def step(b_next, inp):
+        t, k = inp  # draw b_t given b_{t+1}
+        x_t = jax.tree_util.tree_map(lambda a: a[t], particles)
+        x_next = jax.tree_util.tree_map(lambda a: a[t + 1][b_next], particles)
+        lg = log_weights[t][None, :] + log_transition_matrix(fk, t + 1, x_t, x_next)
+        b = jax.random.categorical(k, lg, axis=-1)
+        return b, b
+
+    if T > 1:
+        keys = jax.random.split(k_loop, T - 1)
+        _, bs = jax.lax.scan(step, b_last, (jnp.arange(T - 1), keys), reverse=True)
+        idx = jnp.concatenate([bs, b_last[None]], axis=0).T  # (M, T)
+    else:
+        idx = b_last[:, None]
+    paths = jax.tree_util.tree_map(lambda a: a[jnp.arange(T)[None, :], idx], particles)
+    return paths, idx
