@@ -19,8 +19,10 @@ az = pytest.importorskip("arviz")
 
 AR = bk.StateSpaceModel(lambda p: dist.Normal(0.0, 1.0),
                         lambda p, x, t: dist.Normal(p["rho"] * x, p["sigma_x"]),
-                        lambda p, x, t: dist.Normal(x, p["sigma_y"]), vectorized=True,
-                        prior=lambda: {"rho": numpyro.sample("rho", dist.Uniform(-1.0, 1.0))})
+                        lambda p, x, t: dist.Normal(x, p["sigma_y"]), vectorized=True)
+AR_PRIOR = bk.StateSpaceModel(lambda p: dist.Normal(0.0, 1.0), lambda p, x, t: dist.Normal(p["rho"] * x, 1.0),
+                              lambda p, x, t: dist.Normal(x, 0.5), vectorized=True,
+                              prior=lambda: {"rho": numpyro.sample("rho", dist.Uniform(-1.0, 1.0))})
 AR_PARAMS = {"rho": jnp.array(0.8), "sigma_x": jnp.array(1.0), "sigma_y": jnp.array(0.5)}
 T = 8
 
@@ -90,7 +92,7 @@ def _make(name):
         return bk.smc.ppg(key, AR, AR_PARAMS, _ar_data()[1], num_particles=5, num_iterations=6, functional=h_sum,
                           keep_paths=True)
     if name == "pmmh":
-        return bk.smc.pmmh(key, AR, _ar_data()[1], num_particles=16, num_iterations=12, num_chains=2)
+        return bk.smc.pmmh(key, AR_PRIOR, _ar_data()[1], num_particles=16, num_iterations=12, num_chains=2)
     if name == "fit":
         return bk.smc.fit(key, AR, {"rho": 0.3}, _ar_data()[1], fixed_params={"sigma_x": 1.0, "sigma_y": 0.5},
                           num_iterations=6, num_particles=8)
@@ -118,7 +120,7 @@ def _make(name):
                              lambda x, h: jnp.minimum(x, h), discount=0.99, method="map")
     if name == "gpdp.fit_parametric":
         td = load_gpdp("training_data")
-        return bk.gpdp.fit_parametric(key, np.r_[td["x"][1:], td["y"][-1]], "ricker", num_warmup=20, num_samples=20)
+        return bk.gpdp.fit_parametric(key, np.r_[td["x"][1:], td["y"][-1]], "ricker", num_warmup=50, num_samples=100)
     if name == "sde.fit_vi":
         sde = fou.make_sde(hurst=0.3, num_ou=5, gamma_max=20.0, t1=2.0)
         return bk.sde.fit_vi(key, sde, np.array([0.0]), np.array([2.0]),
@@ -180,7 +182,7 @@ def test_every_result_type_is_covered():
     assert len(classes) == 18, classes
     covered = {"ParticleFilterResult", "FFBSResult", "ParticleGibbsResult", "PaRISResult", "PPGResult", "PMMHResult",
                "FitResult", "TemperedSMCResult", "ScalingResult", "FKCResult", "GPDPResult", "ParametricFit",
-               "VIResult", "NIWMetaResult", "NIWPrediction", "LightSB", "LinearLightSB", "MultiMarginalResult"}
+               "VIResult", "NIWMetaResult", "MetaPrediction", "LightSB", "LinearLightSB", "MultiMarginalResult"}
     assert classes <= covered, classes - covered
 
 

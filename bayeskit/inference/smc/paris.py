@@ -408,9 +408,10 @@ class PaRISResult:
     num_trials: int
 
     def to_arviz(self):
-        """ArviZ DataTree: ``smoothing`` (the estimate's leaves, and their online values over ``time``),
-        ``sample_stats`` (time: ess, resampled, num_fallback), attributes (log-evidence, N, K)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (``x_final``: the last filtering marginal as N
+        equally weighted draws), ``smoothing`` (the estimate's leaves, and their online values over ``time``),
+        ``sample_stats`` (the run as one draw: ess, resampled, num_fallback over time, log_evidence)."""
+        from bayeskit.diagnostics import equal_weight_draws, one_chain, one_run, to_datatree
 
         T = int(np.shape(self.ess)[0])
         smoothing = _leaves_dict("estimate", self.estimate)
@@ -419,13 +420,14 @@ class PaRISResult:
             online = _leaves_dict("online_estimate", self.online_estimates)
             smoothing.update(online)
             dims.update({k: ["time"] for k in online})
-        groups = {"smoothing": smoothing,
-                  "sample_stats": {"ess": self.ess, "resampled": self.resampled, "num_fallback": self.num_fallback}}
+        groups = {"posterior": one_chain({"x_final": equal_weight_draws(self.particles, self.log_weights)}),
+                  "smoothing": smoothing,
+                  "sample_stats": one_run({"ess": self.ess, "resampled": self.resampled,
+                                           "num_fallback": self.num_fallback, "log_evidence": self.log_evidence})}
         dims.update({"ess": ["time"], "resampled": ["time"], "num_fallback": ["time"]})
-        return to_datatree(groups, dims=dims, coords={"time": np.arange(T)}, sample_groups=(),
+        return to_datatree(groups, dims=dims, coords={"time": np.arange(T)},
                            attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles,
-                                  "num_backward": self.num_backward, "num_trials": self.num_trials,
-                                  "inference_library": "bayeskit"})
+                                  "num_backward": self.num_backward, "num_trials": self.num_trials})
 
 
 def _leaves_dict(prefix, tree):
@@ -698,20 +700,20 @@ class PPGResult:
     burn_in: int
 
     def to_arviz(self):
-        """ArviZ DataTree: ``posterior`` (one chain: per-iteration estimates, and paths if kept, as draws),
-        ``smoothing`` (the roll-out estimate), ``sample_stats`` (num_fallback)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (one chain: per-iteration estimates, and the paths
+        ``x`` over time if kept, as draws), ``smoothing`` (the roll-out estimate), ``sample_stats``
+        (num_fallback per iteration and time)."""
+        from bayeskit.diagnostics import one_chain, to_datatree
 
-        post = {k: v[None] for k, v in _leaves_dict("estimate", self.estimates).items()}
+        post = one_chain(_leaves_dict("estimate", self.estimates))
         if self.paths is not None:
-            post["path"] = np.asarray(self.paths)[None]
+            post["x"] = np.asarray(self.paths)[None]
         T = int(np.shape(self.final_path)[0])
-        dims = {"path": ["time"]}
-        return to_datatree({"posterior": post, "sample_stats": {"num_fallback": np.asarray(self.num_fallback)[None]},
+        return to_datatree({"posterior": post, "sample_stats": one_chain({"num_fallback": self.num_fallback}),
                             "smoothing": _leaves_dict("estimate", self.estimate)},
-                           dims=dims, coords={"time": np.arange(T)},
+                           dims={"x": ["time"]}, coords={"time": np.arange(T)},
                            attrs={"num_particles": self.num_particles, "num_backward": self.num_backward,
-                                  "burn_in": self.burn_in, "inference_library": "bayeskit"})
+                                  "burn_in": self.burn_in})
 
 
 @partial(jax.jit, static_argnames=("ssm", "num_particles", "functional", "num_backward", "num_trials", "max_trials",
