@@ -167,7 +167,7 @@ def smc_diagnostics(result: Any, *, axes=None, title: str | None = None):
         a1.set_ylabel("log-evidence increment")
     else:
         a1.set_visible(False)
-    (a1 if a1.get_visible() else a0).set_xlabel(step.replace("_", " "))
+    (a1 if a1.get_visible() else a0).set_xlabel("time step" if step == "time" else step.replace("_", " "))
     if title:
         fig.suptitle(title)
     return fig

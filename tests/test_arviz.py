@@ -147,10 +147,14 @@ def _make(name):
     raise KeyError(name)
 
 
+# the five results whose build alone takes 5-13 s (compilation, contended 2-core machine) run with -m slow
+_SLOW = pytest.mark.slow
 RESULTS = ["particle_filter", "particle_filter_no_history", "ffbs", "particle_gibbs", "paris", "ppg", "pmmh", "fit",
            "tempered", "scaling.particle_filtering", "scaling.best_of_n", "scaling.beam_search",
-           "scaling.parallel_tempering", "scaling.particle_gibbs", "fkc_sample", "gpdp.solve", "gpdp.fit_parametric",
-           "sde.fit_vi", "NIWMeta.fit", "NIWMeta.predict", "LightSB", "LinearLightSB", "multimarginal"]
+           "scaling.parallel_tempering", "scaling.particle_gibbs", "fkc_sample", pytest.param("gpdp.solve", marks=_SLOW),
+           pytest.param("gpdp.fit_parametric", marks=_SLOW), pytest.param("sde.fit_vi", marks=_SLOW),
+           pytest.param("NIWMeta.fit", marks=_SLOW), pytest.param("NIWMeta.predict", marks=_SLOW), "LightSB",
+           "LinearLightSB", "multimarginal"]
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +223,66 @@ def test_to_arviz_summary_plot_and_netcdf_round_trip(name, results, tmp_path):
     tree.to_netcdf(path)
     assert path.is_file()
     _compare(tree, az.from_netcdf(path))
+
+
+def test_equal_weight_draws_counts_are_floor_or_ceil_of_n_w():
+    rng = np.random.default_rng(0)
+    n, steps = 50, 4
+    lw = rng.normal(scale=2.0, size=(steps, n))
+    lw[0, :10] = -np.inf  # zero-weight particles never appear
+    x = np.broadcast_to(np.arange(n)[None, :, None], (steps, n, 2)) + 100 * np.arange(steps)[:, None, None]
+    draws = bk.diagnostics.equal_weight_draws(x, lw)
+    assert draws.shape == (n, steps, 2)
+    w = np.exp(lw - lw.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    for t in range(steps):
+        idx = draws[:, t, 0] - 100 * t
+        np.testing.assert_array_equal(draws[:, t, 0], draws[:, t, 1])
+        counts = np.bincount(idx, minlength=n)
+        assert counts.sum() == n
+        assert np.all((counts >= np.floor(n * w[t] - 1e-9)) & (counts <= np.ceil(n * w[t] + 1e-9))), t
+    assert np.all(np.bincount(draws[:, 0, 0], minlength=n)[:10] == 0)
+    single = bk.diagnostics.equal_weight_draws(x[1], lw[1])
+    np.testing.assert_array_equal(single, draws[:, 1])
+
+
+def test_filter_tree_holds_the_result_values(results):
+    res = results("particle_filter")
+    tree = res.to_arviz()
+    stats = tree["sample_stats"]
+    assert stats["ess"].dims == ("chain", "draw", "time")
+    np.testing.assert_allclose(stats["ess"].values[0, 0], res.ess)
+    np.testing.assert_array_equal(stats["resampled"].values[0, 0], np.asarray(res.resampled).astype(np.int8))
+    assert stats["log_evidence"].item() == pytest.approx(float(res.log_evidence))
+    # the per-observation log-likelihood increments add up to the log-evidence
+    assert float(tree["log_likelihood"]["y"].sum()) == pytest.approx(float(res.log_evidence), rel=1e-10)
+    x = tree["posterior"]["x"]
+    assert x.dims == ("chain", "draw", "time", "state_dim_0") and x.shape == (1, 16, T, 2)
+    np.testing.assert_array_equal(tree["posterior"]["x_final"].values[0], x.values[0, :, -1])
+
+
+def test_plots_label_axes_and_reject_bad_input(results):
+    import matplotlib.pyplot as plt
+
+    from bayeskit.errors import ConfigurationError, DataError
+
+    pf, pf_moments, ff = results("particle_filter"), results("particle_filter_no_history"), results("ffbs")
+    truth = np.zeros((T, 2))
+    fig = bk.plots.states([pf, pf_moments, ff], labels=["filter", "filter (moments)", "FFBS"], truth=truth, state=1)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "time step" and ax.get_ylabel() == "x[1]"
+    assert len(ax.collections) == 3  # one band per result
+    fig = bk.plots.smc_diagnostics(pf)
+    assert [a.get_ylabel() for a in fig.axes] == ["ESS / N", "log-evidence increment"]
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), np.asarray(pf.ess) / 16)
+    plt.close("all")
+    with pytest.raises(ConfigurationError, match="state"):
+        bk.plots.states(pf, state=2)
+    with pytest.raises(ConfigurationError, match="prob"):
+        bk.plots.states(pf, prob=1.5)
+    with pytest.raises(ConfigurationError, match="labels"):
+        bk.plots.states([pf, ff], labels=["one"])
+    with pytest.raises(DataError, match="ess"):
+        bk.plots.smc_diagnostics(results("LightSB"))
+    with pytest.raises(DataError, match="result"):
+        bk.plots.states(42)
