@@ -24,6 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bayeskit.errors import DataError
+
 __all__ = ["to_datatree", "one_chain", "one_run", "equal_weight_draws", "ess", "summary"]
 
 # groups whose arrays have leading (chain, draw) axes
@@ -57,6 +59,11 @@ def equal_weight_draws(particles, log_weights) -> np.ndarray:
     single = lw.ndim == 1
     if single:
         x, lw = x[None], lw[None]
+    if lw.ndim != 2 or x.shape[:2] != lw.shape:
+        raise DataError(f"`log_weights` {np.shape(log_weights)} must match the leading axes of `particles` "
+                        f"{np.shape(particles)}: (N,) or (T, N)")
+    if not np.all(np.isfinite(lw.max(axis=-1))):
+        raise DataError("`log_weights` must have a finite maximum at every step (some weight positive, no NaN)")
     n = lw.shape[-1]
     w = np.exp(lw - lw.max(axis=-1, keepdims=True))
     cw = np.cumsum(w / w.sum(axis=-1, keepdims=True), axis=-1)
@@ -80,7 +87,7 @@ def _dataset(variables: Mapping[str, Any], dims: Mapping[str, list[str]], coords
         var_dims = list(dims.get(name, []))
         extra = arr.ndim - len(var_dims)
         if extra < 0:
-            raise ValueError(f"variable {name!r} has shape {arr.shape}, fewer axes than dims {var_dims}")
+            raise DataError(f"variable {name!r} has shape {arr.shape}, fewer axes than dims {var_dims}")
         var_dims += [f"{name}_dim_{i}" for i in range(extra)]
         data_vars[name] = (var_dims, arr)
     used = {d for _, (vd, _) in data_vars.items() for d in vd}
@@ -120,7 +127,7 @@ def to_datatree(groups: Mapping[str, Mapping[str, Any]], *, dims: Mapping[str, l
         An :class:`xarray.DataTree` with one child per non-empty group.
 
     Raises:
-        ValueError: no ``posterior`` group (every result must have one), or a variable with fewer axes
+        DataError: no ``posterior`` group (every result must have one), or a variable with fewer axes
             than its declared dims.
 
     Example:
@@ -136,7 +143,7 @@ def to_datatree(groups: Mapping[str, Mapping[str, Any]], *, dims: Mapping[str, l
     dims = dict(dims or {})
     coords = dict(coords or {})
     if not groups.get("posterior"):
-        raise ValueError("a result's DataTree needs a non-empty 'posterior' group (docs: ArviZ output)")
+        raise DataError("a result's DataTree needs a non-empty 'posterior' group (docs: ArviZ output)")
     tree = xr.DataTree()
     for g, variables in groups.items():
         if not variables:

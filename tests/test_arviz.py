@@ -147,11 +147,13 @@ def _make(name):
     raise KeyError(name)
 
 
-# the five results whose build alone takes 5-13 s (compilation, contended 2-core machine) run with -m slow
+# the results whose build alone takes 5-13 s (compilation, contended 2-core machine) run with -m slow
+# (scaling.particle_gibbs takes the same to_arviz branch as scaling.parallel_tempering, which stays fast)
 _SLOW = pytest.mark.slow
 RESULTS = ["particle_filter", "particle_filter_no_history", "ffbs", "particle_gibbs", "paris", "ppg", "pmmh", "fit",
            "tempered", "scaling.particle_filtering", "scaling.best_of_n", "scaling.beam_search",
-           "scaling.parallel_tempering", "scaling.particle_gibbs", "fkc_sample", pytest.param("gpdp.solve", marks=_SLOW),
+           "scaling.parallel_tempering", pytest.param("scaling.particle_gibbs", marks=_SLOW), "fkc_sample",
+           pytest.param("gpdp.solve", marks=_SLOW),
            pytest.param("gpdp.fit_parametric", marks=_SLOW), pytest.param("sde.fit_vi", marks=_SLOW),
            pytest.param("NIWMeta.fit", marks=_SLOW), pytest.param("NIWMeta.predict", marks=_SLOW), "LightSB",
            "LinearLightSB", "multimarginal"]
@@ -244,6 +246,14 @@ def test_equal_weight_draws_counts_are_floor_or_ceil_of_n_w():
     assert np.all(np.bincount(draws[:, 0, 0], minlength=n)[:10] == 0)
     single = bk.diagnostics.equal_weight_draws(x[1], lw[1])
     np.testing.assert_array_equal(single, draws[:, 1])
+    from bayeskit.errors import DataError
+
+    with pytest.raises(DataError, match="finite"):
+        bk.diagnostics.equal_weight_draws(x[0], np.full(n, -np.inf))
+    with pytest.raises(DataError, match="match"):
+        bk.diagnostics.equal_weight_draws(x[0], lw[0, :10])
+    with pytest.raises(DataError, match="posterior"):
+        bk.diagnostics.to_datatree({"sample_stats": {"ess": np.ones((1, 1, 3))}})
 
 
 def test_filter_tree_holds_the_result_values(results):
