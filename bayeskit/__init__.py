@@ -8,6 +8,7 @@ Sub-packages are imported lazily so ``import bayeskit`` stays fast:
 * ``bk.bridges`` – Light SB and multi-marginal Schrödinger bridges
 * ``bk.meta`` – Normal-Inverse-Wishart hierarchical few-shot meta-learning
 * ``bk.sde`` – variational inference for SDEs driven by (Markov-approximate) fractional noise
+* ``bk.plots`` – states over time with bands, SMC diagnostics (ArviZ for the rest)
 * ``bk.models`` – ready-made models; ``bk.datasets`` – shipped data; ``bk.model`` – the DSL
 """
 
@@ -31,6 +32,7 @@ _LAZY = {
     "models": "bayeskit.models",
     "datasets": "bayeskit.datasets",
     "diagnostics": "bayeskit.diagnostics",
+    "plots": "bayeskit.plots",
     "distributed": "bayeskit.distributed",
 }
 

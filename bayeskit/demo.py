@@ -3,8 +3,10 @@
 1. A 2-D linear-Gaussian state-space model: particle-filter log-likelihood (several independent runs,
    mean and spread) beside the exact Kalman log-likelihood, and filtering means against Kalman's.
 2. The stochastic-volatility model: filtered log-volatility with 90% bands.
-Writes a PNG of the filtered states with bands and each result's ArviZ DataTree (netCDF per group) to
-the output folder, and prints a table.
+Writes a PNG of the filtered states with bands (``bk.plots.states``) and the SV filter's ESS and
+resampling steps (``bk.plots.smc_diagnostics``), and each result's ArviZ DataTree as one netCDF file
+(``result.to_arviz().to_netcdf(path)``; read back with ``arviz.from_netcdf(path)``) to the output folder,
+and prints a table.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ def run_demo(outdir: str = "bayeskit-output/demo", num_particles: int = 2000, nu
     from tqdm.auto import tqdm
 
     import bayeskit as bk
-    from bayeskit.diagnostics import save_datatree
     from bayeskit.models import linear_gaussian as lg
     from bayeskit.models import stochastic_volatility as sv
 
@@ -56,39 +57,34 @@ def run_demo(outdir: str = "bayeskit-output/demo", num_particles: int = 2000, nu
     rows.append(("", f"PF log-lik, {num_runs} runs mean ± sd", f"{logzs.mean():.3f} ± {logzs.std(ddof=1):.3f}"))
     rows.append(("", "max |PF mean - Kalman mean|", f"{err:.3f}"))
     rows.append(("", "time per filter (compile / run)", f"{first:.2f} s / {per_run * 1e3:.1f} ms"))
-    save_datatree(pf.to_arviz(), out / "linear_gaussian_arviz")
+    pf_tree = pf.to_arviz()
+    pf_tree.to_netcdf(out / "linear_gaussian.nc")
     stages.update(1)
 
     # --- stochastic volatility
     sp = sv.example_params()
     vol, rets = sv.ssm.simulate(k_sv_sim, sp, 300)
     pfs = bk.smc.particle_filter(k_sv, sv.ssm, sp, rets, num_particles, history=True)
-    hist = np.asarray(pfs.particles_history)
-    w = np.asarray(jax.nn.softmax(pfs.log_weights_history, axis=-1))
-    lo, hi = _weighted_quantiles(hist, w, 0.05), _weighted_quantiles(hist, w, 0.95)
+    sv_tree = pfs.to_arviz()
+    draws = sv_tree["posterior"]["x"].values[0]  # (N, T): the filtering marginals as equally weighted draws
+    lo, hi = np.quantile(draws, 0.05, axis=0), np.quantile(draws, 0.95, axis=0)
     cover = np.mean((np.asarray(vol) >= lo) & (np.asarray(vol) <= hi))
     rows.append(("stochastic volatility (T=300)", "PF log-lik", f"{float(pfs.log_evidence):.3f}"))
     rows.append(("", "true x_t inside 90% filter band", f"{100 * cover:.0f}%"))
     rows.append(("", "mean ESS / N", f"{float(np.mean(pfs.ess)) / num_particles:.2f}"))
-    save_datatree(pfs.to_arviz(), out / "stochastic_volatility_arviz")
+    sv_tree.to_netcdf(out / "stochastic_volatility.nc")
     stages.update(1)
 
     # --- figure
-    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), constrained_layout=True)
-    t = np.arange(ys.shape[0])
-    m, s = np.asarray(pf.filter_mean[:, 0]), np.sqrt(np.asarray(pf.filter_var[:, 0]))
-    axes[0].fill_between(t, m - 1.645 * s, m + 1.645 * s, alpha=0.3, label="PF 90% band")
-    axes[0].plot(t, m, label="PF mean")
-    axes[0].plot(t, np.asarray(kf.means[:, 0]), "k--", lw=1, label="Kalman mean (exact)")
-    axes[0].plot(t, np.asarray(xs[:, 0]), ".", ms=3, color="grey", label="true state")
-    axes[0].set_title("Linear-Gaussian model, first state coordinate")
+    fig, axes = plt.subplots(4, 1, figsize=(9, 11), constrained_layout=True)
+    bk.plots.states(pf_tree, labels=["particle filter"], truth=xs, ax=axes[0],
+                    title="Linear-Gaussian model, first state coordinate")
+    axes[0].plot(np.arange(ys.shape[0]), np.asarray(kf.means[:, 0]), "k--", lw=1, label="Kalman mean (exact)")
     axes[0].legend(loc="upper right", fontsize=8)
-    tt = np.arange(rets.shape[0])
-    axes[1].fill_between(tt, lo, hi, alpha=0.3, label="PF 90% band")
-    axes[1].plot(tt, np.asarray(pfs.filter_mean), label="PF mean")
-    axes[1].plot(tt, np.asarray(vol), ".", ms=3, color="grey", label="true log-volatility")
-    axes[1].set_title("Stochastic volatility: filtered log-volatility")
-    axes[1].legend(loc="upper right", fontsize=8)
+    bk.plots.states(sv_tree, labels=["particle filter"], truth=vol, ax=axes[1],
+                    title="Stochastic volatility: filtered log-volatility")
+    bk.plots.smc_diagnostics(sv_tree, axes=axes[2:])
+    axes[2].set_title("Stochastic volatility filter: ESS and resampling steps")
     fig.savefig(out / "filtered_states.png", dpi=120)
     plt.close(fig)
     stages.update(1)
@@ -101,13 +97,7 @@ def run_demo(outdir: str = "bayeskit-output/demo", num_particles: int = 2000, nu
     for a, b, c in rows:
         print(f"{a:<34}{b:<{width + 2}}{c}")
     print("-" * (34 + width + 24))
-    print(f"wrote {out / 'filtered_states.png'} and ArviZ groups under {out}/*_arviz/")
+    print(f"wrote {out / 'filtered_states.png'} and the ArviZ DataTrees {out}/linear_gaussian.nc, "
+          f"{out}/stochastic_volatility.nc (arviz.from_netcdf reads them)")
     return {"kalman": float(kf.log_likelihood), "pf_mean": float(logzs.mean()), "sv_cover": float(cover)}
 
-
-def _weighted_quantiles(x, w, q):
-    order = np.argsort(x, axis=1)
-    xs = np.take_along_axis(x, order, 1)
-    cw = np.cumsum(np.take_along_axis(w, order, 1), axis=1)
-    idx = np.argmax(cw >= q, axis=1)
-    return xs[np.arange(x.shape[0]), idx]

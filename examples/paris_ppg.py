@@ -142,7 +142,7 @@ def main(argv=None):
 
     # ---------------------------------------------------------------- 3. stochastic volatility
     sv_true = sv.example_params()
-    _, ys_sv = sv.ssm.simulate(jax.random.key(4), sv_true, 200 if quick else 500)
+    xs_sv, ys_sv = sv.ssm.simulate(jax.random.key(4), sv_true, 200 if quick else 500)
     sv_iters = 200 if quick else 800
     sv_fit = bk.smc.fit(jax.random.key(5), sv.ssm, {"mu": 0.0, "phi": 0.5, "sigma": 1.0}, ys_sv,
                         num_iterations=sv_iters, num_particles=32,
@@ -187,6 +187,18 @@ def main(argv=None):
     path = os.path.join(args.outdir, "paris_ppg.png")
     fig.savefig(path, dpi=120)
     print(f"\nfigure written to {path}")
+
+    # the learned SV model: filtering and FFBS smoothing bands against the true log-volatility, and the
+    # filter's ESS and resampling steps (bk.plots draws from the results' ArviZ trees)
+    pf_sv = bk.smc.particle_filter(jax.random.key(6), sv.ssm, sv_fit.params, ys_sv, 500, history=True)
+    ffbs_sv = bk.smc.ffbs(jax.random.key(7), sv.ssm, sv_fit.params, ys_sv, 500, num_paths=200)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True, constrained_layout=True)
+    bk.plots.states([pf_sv, ffbs_sv], labels=["particle filter", "FFBS smoother"], truth=xs_sv, ax=axes[0],
+                    title="stochastic volatility at the learned parameters: log-volatility x_t")
+    bk.plots.smc_diagnostics(pf_sv, axes=axes[1:])
+    path = os.path.join(args.outdir, "sv_states.png")
+    fig.savefig(path, dpi=120)
+    print(f"figure written to {path}")
     return rows
 
 

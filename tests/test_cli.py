@@ -12,7 +12,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Kalman log-lik (exact)" in text and "stochastic volatility" in text
     assert (out / "filtered_states.png").stat().st_size > 10_000
-    assert (out / "linear_gaussian_arviz" / "sample_stats.nc").exists()
+    import arviz as az
+
+    tree = az.from_netcdf(out / "linear_gaussian.nc")
+    assert {"posterior", "sample_stats", "log_likelihood"} <= set(tree.children)
+    assert az.from_netcdf(out / "stochastic_volatility.nc")["posterior"]["x"].sizes["draw"] == 256
 
 
 def test_every_reproduce_name_has_an_example_script():

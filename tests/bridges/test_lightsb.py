@@ -190,7 +190,7 @@ def test_shapes_keys_jit_vmap_arviz():
                                  chunk_size=20)
     np.testing.assert_array_equal(sb.params.r, sb2.params.r)
     dt = sb.to_arviz()
-    assert set(dt.children) == {"parameters", "optimization"}
+    assert set(dt.children) == {"posterior", "optimization"}
     assert dt["optimization"]["loss"].shape == (50,)
 
 

@@ -116,7 +116,7 @@ def test_exact_parameters_give_exact_plan():
     with pytest.raises(ConfigurationError, match="backward"):
         model.sample_backward(jax.random.key(0), y)
     dt = model.to_arviz()
-    assert "parameters" in dt.children and dt.attrs["method"] == "LinearLightSB" and dt.attrs["reference"] == "linear"
+    assert "posterior" in dt.children and dt.attrs["method"] == "LinearLightSB" and dt.attrs["reference"] == "linear"
 
 
 def test_bridge_paths_are_exact_reference_bridges():

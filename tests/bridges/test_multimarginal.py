@@ -143,7 +143,8 @@ def test_multimarginal_shapes_keys_arviz_and_vanilla():
     assert res.marginal(0.25).shape == (60, 2)
     assert np.isfinite(res.emd(snaps[1], 0.5))
     dt = res.to_arviz()
-    assert set(dt.children) == {"trajectories", "reference"}
+    assert set(dt.children) == {"posterior", "reference"}
+    assert dt["posterior"]["x"].dims == ("chain", "draw", "time", "dim")
     assert dt["reference"]["theta"].shape == (2,)
     van = bk.bridges.vanilla_sb(jax.random.key(0), snaps, [0.0, 0.5, 1.0], reference=bk.bridges.OU(sigma=0.3),
                                 num_ipf_iterations=2, time_step=0.1, max_gp_points=100)

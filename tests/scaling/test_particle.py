@@ -199,7 +199,7 @@ def test_to_arviz(small):
     assert dt.attrs["budget"] == 8
     dt = small["pt"].to_arviz()
     assert dt["posterior"]["answer"].shape == (1, 2)
-    assert dt["history"]["log_weights"].dims == ("iteration", "chain", "step", "particle")
+    assert dt["history"]["log_weights"].dims == ("iteration", "replica", "step", "particle")
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_fit_ppg_converges_to_kalman_mle(problem):
     assert abs(est - mle) < 0.5 * se, (est, mle, se)
     assert res.history["rho"].shape == (300,) and res.final_path.shape == (100,)
     tree = res.to_arviz()
-    assert tree["learning"]["rho"].shape == (300,)
+    assert tree["optimization"]["rho"].shape == (300,) and tree["posterior"]["rho"].shape == (1, 1)
 
 
 @pytest.mark.slow

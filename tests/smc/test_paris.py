@@ -64,7 +64,7 @@ def test_paris_matches_rts(problem):
     kf = lg.kalman_filter(lg_params(PARAMS), ys[:, None])
     assert abs(float(res.online_estimates["x"][0] - kf.means[0, 0])) < 0.2
     tree = res.to_arviz()
-    assert "smoothing" in tree.children and tree["sample_stats"]["ess"].shape == (T,)
+    assert "smoothing" in tree.children and tree["sample_stats"]["ess"].shape == (1, 1, T)
 
 
 def test_paris_score_matches_kalman_grad(problem):

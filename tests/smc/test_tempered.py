@@ -214,8 +214,9 @@ def test_driver_gaussian_outputs_and_to_arviz(gaussian_runs):
     post = tree["posterior"]
     assert post["mu"].shape == (1, 1000, 4) and "mu_sum" in post.data_vars
     stats_ = tree["sample_stats"]
-    assert stats_["tempering"].dims == ("tempering_step",)
-    assert stats_["ess"].shape == (res.num_steps,)
+    assert stats_["tempering"].dims == ("chain", "draw", "tempering_step")
+    assert stats_["ess"].shape == (1, 1, res.num_steps)
+    assert tree["log_likelihood"]["total"].shape == (1, 1000)
     assert tree.attrs["log_evidence"] == pytest.approx(float(res.log_evidence))
 
 

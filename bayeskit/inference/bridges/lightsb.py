@@ -477,15 +477,16 @@ class LightSB:
             return cls(params=params, epsilon=float(z["epsilon"]), loss_history=np.asarray(z["loss_history"]))
 
     def to_arviz(self):
-        """ArviZ DataTree: group ``parameters`` (fitted LightSB parameters) and ``optimization`` (loss per step)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the fitted parameters as one draw: a point
+        estimate) and ``optimization`` (loss per ``iteration``)."""
+        from bayeskit.diagnostics import one_run, to_datatree
 
         params = {"log_alpha": self.params.log_alpha, "r": self.params.r, "log_s": self.params.log_s}
         if self.params.rotation is not None:
             params["rotation"] = self.params.rotation
         dims = {"log_alpha": ["component"], "r": ["component", "dim"], "log_s": ["component", "dim"],
-                "rotation": ["component", "dim", "dim_col"], "loss": ["step"]}
-        return to_datatree({"parameters": params, "optimization": {"loss": self.loss_history}}, dims=dims,
+                "rotation": ["component", "dim", "dim_col"], "loss": ["iteration"]}
+        return to_datatree({"posterior": one_run(params), "optimization": {"loss": self.loss_history}}, dims=dims,
                            attrs={"epsilon": self.epsilon, "covariance": self.covariance,
                                   "fit_seconds": self.fit_seconds, "method": "LightSB"})
 

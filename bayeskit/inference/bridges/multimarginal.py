@@ -234,12 +234,13 @@ class MultiMarginalResult:
         return _emd(self.marginal(t), snapshot)
 
     def to_arviz(self):
-        """DataTree: ``trajectories`` (time x trajectory x dim), ``reference`` (parameters per refinement)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the trajectories ``x`` as draws of one chain,
+        dims time x dim), ``reference`` (the reference's parameters per refinement)."""
+        from bayeskit.diagnostics import one_chain, to_datatree
 
         ref = {k: np.stack([h[k] for h in self.reference_history]) for k in self.reference_history[0]}
-        dims = {"x": ["time", "trajectory", "dim"], **{k: ["refinement"] for k in ref}}
-        groups = {"trajectories": {"x": self.trajectories}, "reference": ref}
+        dims = {"x": ["time", "dim"], **{k: ["refinement"] for k in ref}}
+        groups = {"posterior": one_chain({"x": np.moveaxis(np.asarray(self.trajectories), 1, 0)}), "reference": ref}
         return to_datatree(groups, dims=dims, coords={"time": self.grid},
                            attrs={"method": "SBIRR", "reference_family": self.reference.name,
                                   "sigma": self.reference.sigma, "snapshot_times": list(map(float, self.times))})

@@ -175,14 +175,19 @@ class FKCResult:
         return self.samples[np.asarray(idx)]
 
     def to_arviz(self):
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (``x``: the weighted samples as N equally
+        weighted draws), ``particles`` (the weighted samples), ``sample_stats`` (the run as one draw: ess,
+        resampled, diffusion_time over ``step``, ``log_evidence`` = ``log_normalizer``)."""
+        from bayeskit.diagnostics import equal_weight_draws, one_chain, one_run, to_datatree
 
-        return to_datatree({"particles": {"x": self.samples, "log_weight": self.log_weights},
-                            "sample_stats": {"ess": self.ess, "resampled": self.resampled, "time": self.times}},
-                           dims={"x": ["particle", "dim"], "log_weight": ["particle"], "ess": ["step"],
-                                 "resampled": ["step"], "time": ["step"]},
-                           attrs={"log_normalizer": float(self.log_normalizer), "weighted": int(self.weighted)},
-                           sample_groups=())
+        return to_datatree({"posterior": one_chain({"x": equal_weight_draws(self.samples, self.log_weights)}),
+                            "particles": {"x": self.samples, "log_weight": self.log_weights},
+                            "sample_stats": one_run({"ess": self.ess, "resampled": self.resampled,
+                                                     "diffusion_time": self.times,
+                                                     "log_evidence": self.log_normalizer})},
+                           dims={"x": ["dim"], "particles/x": ["particle", "dim"], "log_weight": ["particle"],
+                                 "ess": ["step"], "resampled": ["step"], "diffusion_time": ["step"]},
+                           attrs={"log_normalizer": float(self.log_normalizer), "weighted": int(self.weighted)})
 
 
 def fkc_feynman_kac(score_fns: Sequence[Callable], betas, sde: VESDE, num_steps: int, *, t_min=1e-3,

@@ -309,40 +309,38 @@ class ScalingResult:
         return np.bincount(np.asarray(self.answers), weights=self.weights, minlength=num_answers)[:num_answers]
 
     def to_arviz(self):
-        """ArviZ DataTree: ``particles`` (final pool), ``history`` (per step / iteration),
-        ``posterior`` (reference answers per iteration for particle Gibbs / tempering), attrs
-        (method, answer, budget, generator calls)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (``answer`` draws: the reference's answer per
+        iteration for particle Gibbs / parallel tempering, else the final pool resampled to equal weights),
+        ``sample_stats`` (per-step ess, resampled, generator_calls: the run as one draw, or one draw per
+        iteration), ``particles`` (final pool), ``history`` (per-particle arrays per step), attrs (method,
+        answer, budget, generator calls)."""
+        from bayeskit.diagnostics import equal_weight_draws, one_chain, one_run, to_datatree
 
-        groups = {"particles": {"answer": self.answers, "log_weight": self.log_weights,
-                                "outcome_reward": self.outcome_rewards}}
-        hist = {k: np.asarray(v) for k, v in self.history.items()}
-        groups["history"] = hist
         lead = {2: ["step", "particle"], 3: ["iteration", "step", "particle"],
-                4: ["iteration", "chain", "step", "particle"]}
-        lead1 = {1: ["step"], 2: ["iteration", "step"], 3: ["iteration", "chain", "step"]}
-        dims = {"answer": ["particle"], "log_weight": ["particle"], "outcome_reward": ["particle"]}
+                4: ["iteration", "replica", "step", "particle"]}
+        lead1 = {1: ["step"], 2: ["iteration", "step"], 3: ["iteration", "replica", "step"]}
         per_particle = {"log_weights", "ancestors", "process_rewards", "done"}
-        for k, v in hist.items():
+        hist = {k: np.asarray(v) for k, v in self.history.items() if k in per_particle}
+        stats = {k: np.asarray(v) for k, v in self.history.items() if k not in per_particle}
+        dims = {"particles/answer": ["particle"], "log_weight": ["particle"], "outcome_reward": ["particle"]}
+        for k, v in {**hist, **stats}.items():
             dims[k] = (lead if k in per_particle else lead1).get(v.ndim, [])[: v.ndim]
-        sample_groups = ()
-        if "reference_answers" in self.extras:
-            ref = np.asarray(self.extras["reference_answers"])
-            groups["posterior"] = {"answer": ref.reshape(1, -1)}
-            sample_groups = ("posterior",)
-        attrs = {"method": self.method, "answer": int(self.answer), "budget": int(self.budget),
-                 "generator_calls": int(self.generator_calls), "reward_calls": int(self.reward_calls)}
-        if sample_groups:
-            # posterior answers use (chain, draw); its dims must not clash with the particle dims
-            dims_post = dict(dims)
-            dims_post.pop("answer")
-            tree = to_datatree({"posterior": groups.pop("posterior")}, sample_groups=sample_groups)
-            rest = to_datatree(groups, dims=dims, sample_groups=())
-            for name, child in rest.children.items():
-                tree[name] = child
-            tree.attrs.update(attrs)
-            return tree
-        return to_datatree(groups, dims=dims, attrs=attrs, sample_groups=())
+        if "reference_answers" in self.extras:  # a Markov chain over iterations: draws are iterations
+            posterior = one_chain({"answer": self.extras["reference_answers"]})
+            stats = one_chain(stats)
+            for k in stats:
+                dims[k] = dims[k][1:]
+        else:
+            posterior = one_chain({"answer": equal_weight_draws(self.answers, self.log_weights)})
+            stats = one_run(stats)
+        groups = {"posterior": posterior, "sample_stats": stats,
+                  "particles": {"answer": self.answers, "log_weight": self.log_weights,
+                                "outcome_reward": self.outcome_rewards},
+                  "history": hist}
+        return to_datatree(groups, dims=dims,
+                           attrs={"method": self.method, "answer": int(self.answer), "budget": int(self.budget),
+                                  "generator_calls": int(self.generator_calls),
+                                  "reward_calls": int(self.reward_calls)})
 
 
 # ------------------------------------------------------------------------------- drivers

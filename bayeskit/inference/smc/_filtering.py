@@ -63,24 +63,33 @@ class ParticleFilterResult:
     ess_threshold: float
 
     def to_arviz(self):
-        """ArviZ DataTree: groups ``filtering`` (time, state dims), ``particles`` (particle[, time]),
-        ``sample_stats`` (time), ``observed_data`` (time, obs dims); the log-evidence as an attribute."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the filtering marginals as N equally weighted
+        draws: ``x_final`` at the last step, and ``x`` over ``time`` with ``history=True``), ``sample_stats``
+        (the run as one draw: ess, resampled, log_evidence_increment over time, log_evidence),
+        ``log_likelihood`` (``y``: log p(y_t | y_{0:t-1}) estimates), ``filtering`` (moments over time),
+        ``particles`` (the weighted cloud) and ``observed_data``."""
+        from bayeskit.diagnostics import equal_weight_draws, one_chain, one_run, to_datatree
 
         T = int(np.shape(self.ess)[0])
         state_dims = [f"state_dim_{i}" for i in range(np.ndim(self.filter_mean) - 1)]
         obs_dims = [f"obs_dim_{i}" for i in range(np.ndim(self.ys) - 1)]
+        posterior = {"x_final": equal_weight_draws(self.particles, self.log_weights)}
+        if self.particles_history is not None:
+            posterior["x"] = equal_weight_draws(self.particles_history, self.log_weights_history)
         groups = {
+            "posterior": one_chain(posterior),
+            "sample_stats": one_run({"ess": self.ess, "log_evidence_increment": self.log_evidence_increments,
+                                     "resampled": self.resampled, "log_evidence": self.log_evidence}),
+            "log_likelihood": one_run({"y": self.log_evidence_increments}),
             "filtering": {"filter_mean": self.filter_mean, "filter_var": self.filter_var},
             "particles": {"particles": self.particles, "log_weights": self.log_weights},
-            "sample_stats": {"ess": self.ess, "log_evidence_increment": self.log_evidence_increments,
-                             "resampled": self.resampled, "log_evidence": self.log_evidence},
             "observed_data": {"y": self.ys},
         }
-        dims = {"filter_mean": ["time", *state_dims], "filter_var": ["time", *state_dims],
+        dims = {"x": ["time", *state_dims], "x_final": state_dims,
+                "filter_mean": ["time", *state_dims], "filter_var": ["time", *state_dims],
                 "particles": ["particle", *state_dims], "log_weights": ["particle"],
-                "ess": ["time"], "log_evidence_increment": ["time"], "resampled": ["time"],
-                "log_evidence": [], "y": ["time", *obs_dims],
+                "ess": ["time"], "log_evidence_increment": ["time"], "resampled": ["time"], "y": ["time"],
+                "observed_data/y": ["time", *obs_dims],
                 "particles_history": ["time", "particle", *state_dims],
                 "log_weights_history": ["time", "particle"], "ancestors": ["time", "particle"]}
         if self.particles_history is not None:
@@ -88,10 +97,9 @@ class ParticleFilterResult:
                                        log_weights_history=self.log_weights_history,
                                        ancestors=self.ancestors)
         coords = {"time": np.arange(T), "particle": np.arange(self.num_particles)}
-        return to_datatree(groups, dims=dims, coords=coords, sample_groups=(),
+        return to_datatree(groups, dims=dims, coords=coords,
                            attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles,
-                                  "resampling": str(self.resampling), "ess_threshold": self.ess_threshold,
-                                  "inference_library": "bayeskit"})
+                                  "resampling": str(self.resampling), "ess_threshold": self.ess_threshold})
 
 
 def weighted_moments(particles, log_weights):

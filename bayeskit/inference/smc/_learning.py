@@ -108,18 +108,20 @@ class FitResult:
     num_iterations: int
 
     def to_arviz(self):
-        """ArviZ DataTree: ``learning`` (the parameter history and gradient estimates over ``iteration``,
-        the log-likelihood estimates), attributes (method, estimator, N)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the final parameters as one draw: a point
+        estimate), ``optimization`` (the parameter history, gradient estimates and log-likelihood estimates
+        over ``iteration``), attributes (method, estimator, N)."""
+        from bayeskit.diagnostics import one_run, to_datatree
 
+        final = {k.lstrip("_"): v for k, v in leaves_dict("", self.params).items()}
         hist = {k.lstrip("_"): v for k, v in leaves_dict("", self.history).items()}
         est = leaves_dict("gradient", self.estimates)
         variables = {**hist, **est, "log_evidence": np.asarray(self.log_evidence)}
-        dims = {k: ["iteration"] for k in variables}
-        return to_datatree({"learning": variables}, dims=dims, coords={"iteration": np.arange(self.num_iterations)},
-                           sample_groups=(), attrs={"method": self.method, "estimator": self.estimator,
-                                                    "num_particles": self.num_particles,
-                                                    "inference_library": "bayeskit"})
+        dims = {f"optimization/{k}": ["iteration"] for k in variables}
+        return to_datatree({"posterior": one_run(final), "optimization": variables}, dims=dims,
+                           coords={"iteration": np.arange(self.num_iterations)},
+                           attrs={"method": self.method, "estimator": self.estimator,
+                                  "num_particles": self.num_particles})
 
 
 def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg", optimizer=None,

@@ -208,9 +208,10 @@ class PaRISResult:
     num_trials: int
 
     def to_arviz(self):
-        """ArviZ DataTree: ``smoothing`` (the estimate's leaves, and their online values over ``time``),
-        ``sample_stats`` (time: ess, resampled, num_fallback), attributes (log-evidence, N, K)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (``x_final``: the last filtering marginal as N
+        equally weighted draws), ``smoothing`` (the estimate's leaves, and their online values over ``time``),
+        ``sample_stats`` (the run as one draw: ess, resampled, num_fallback over time, log_evidence)."""
+        from bayeskit.diagnostics import equal_weight_draws, one_chain, one_run, to_datatree
 
         T = int(np.shape(self.ess)[0])
         smoothing = leaves_dict("estimate", self.estimate)
@@ -219,13 +220,14 @@ class PaRISResult:
             online = leaves_dict("online_estimate", self.online_estimates)
             smoothing.update(online)
             dims.update({k: ["time"] for k in online})
-        groups = {"smoothing": smoothing,
-                  "sample_stats": {"ess": self.ess, "resampled": self.resampled, "num_fallback": self.num_fallback}}
+        groups = {"posterior": one_chain({"x_final": equal_weight_draws(self.particles, self.log_weights)}),
+                  "smoothing": smoothing,
+                  "sample_stats": one_run({"ess": self.ess, "resampled": self.resampled,
+                                           "num_fallback": self.num_fallback, "log_evidence": self.log_evidence})}
         dims.update({"ess": ["time"], "resampled": ["time"], "num_fallback": ["time"]})
-        return to_datatree(groups, dims=dims, coords={"time": np.arange(T)}, sample_groups=(),
+        return to_datatree(groups, dims=dims, coords={"time": np.arange(T)},
                            attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles,
-                                  "num_backward": self.num_backward, "num_trials": self.num_trials,
-                                  "inference_library": "bayeskit"})
+                                  "num_backward": self.num_backward, "num_trials": self.num_trials})
 
 
 def leaves_dict(prefix, tree):

@@ -49,6 +49,8 @@ class PMMHResult:
     acceptance_rate: Any
 
     def to_arviz(self):
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (chains x iterations), ``sample_stats``
+        (``log_evidence``: the particle filter's estimate at each state; ``accepted``)."""
         from bayeskit.diagnostics import to_datatree
 
         return to_datatree({"posterior": self.samples,

@@ -98,20 +98,20 @@ class PPGResult:
     burn_in: int
 
     def to_arviz(self):
-        """ArviZ DataTree: ``posterior`` (one chain: per-iteration estimates, and paths if kept, as draws),
-        ``smoothing`` (the roll-out estimate), ``sample_stats`` (num_fallback)."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (one chain: per-iteration estimates, and the paths
+        ``x`` over time if kept, as draws), ``smoothing`` (the roll-out estimate), ``sample_stats``
+        (num_fallback per iteration and time)."""
+        from bayeskit.diagnostics import one_chain, to_datatree
 
-        post = {k: v[None] for k, v in leaves_dict("estimate", self.estimates).items()}
+        post = one_chain(leaves_dict("estimate", self.estimates))
         if self.paths is not None:
-            post["path"] = np.asarray(self.paths)[None]
+            post["x"] = np.asarray(self.paths)[None]
         T = int(np.shape(self.final_path)[0])
-        dims = {"path": ["time"]}
-        return to_datatree({"posterior": post, "sample_stats": {"num_fallback": np.asarray(self.num_fallback)[None]},
+        return to_datatree({"posterior": post, "sample_stats": one_chain({"num_fallback": self.num_fallback}),
                             "smoothing": leaves_dict("estimate", self.estimate)},
-                           dims=dims, coords={"time": np.arange(T)},
+                           dims={"x": ["time"]}, coords={"time": np.arange(T)},
                            attrs={"num_particles": self.num_particles, "num_backward": self.num_backward,
-                                  "burn_in": self.burn_in, "inference_library": "bayeskit"})
+                                  "burn_in": self.burn_in})
 
 
 @partial(jax.jit, static_argnames=("ssm", "num_particles", "functional", "num_backward", "num_trials", "max_trials",

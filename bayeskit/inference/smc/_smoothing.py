@@ -57,17 +57,17 @@ class FFBSResult:
     num_paths: int
 
     def to_arviz(self):
-        """ArviZ DataTree: ``posterior`` with the M paths as draws of one chain (site ``x``, dims time)."""
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the M paths ``x`` as draws of one chain, dims
+        time), ``sample_stats`` (the forward filter as one draw: ess over time, log_evidence)."""
         import numpy as np
 
-        from bayeskit.diagnostics import to_datatree
+        from bayeskit.diagnostics import one_chain, one_run, to_datatree
 
         T = int(np.shape(self.paths)[1])
-        return to_datatree({"posterior": {"x": np.asarray(self.paths)[None]},
-                            "sample_stats": {}, "filtering": {"ess": self.ess}},
+        return to_datatree({"posterior": one_chain({"x": self.paths}),
+                            "sample_stats": one_run({"ess": self.ess, "log_evidence": self.log_evidence})},
                            dims={"x": ["time"], "ess": ["time"]}, coords={"time": np.arange(T)},
-                           attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles,
-                                  "inference_library": "bayeskit"})
+                           attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles})
 
 
 @partial(jax.jit, static_argnames=("ssm", "num_particles", "num_paths", "resampling", "functional"))

@@ -512,32 +512,23 @@ class TemperedSMCResult:
     resampling: str
 
     def to_arviz(self):
-        """ArviZ DataTree: ``posterior`` (chain 1, draw = particle; weights are equal after the final
-        resampling), ``sample_stats`` indexed by ``tempering_step`` (tempering, ess, acceptance_rate,
-        log_evidence_increment, move_scale), ``log_likelihood_particles`` (draw); the log-evidence and
-        settings as attributes."""
-        from bayeskit.diagnostics import to_datatree
+        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (chain 1, draw = particle; weights are equal after
+        the final resampling), ``log_likelihood`` (``total``: each draw's log-likelihood summed over the
+        observed sites), ``sample_stats`` (the run as one draw: tempering, ess, acceptance_rate,
+        log_evidence_increment, move_scale over ``tempering_step``, log_evidence); settings as attributes."""
+        from bayeskit.diagnostics import one_chain, one_run, to_datatree
 
-        posterior = {k: np.asarray(v)[None] for k, v in self.samples.items()}
-        steps = np.arange(self.num_steps)
-        groups = {
-            "posterior": posterior,
-            "sample_stats": {"tempering": self.tempering, "ess": self.ess,
-                             "acceptance_rate": self.acceptance_rate,
-                             "log_evidence_increment": self.log_evidence_increments,
-                             "move_scale": self.move_scale},
-            "particle_stats": {"log_likelihood": self.log_likelihood},
-        }
-        dims = {name: ["tempering_step"] for name in groups["sample_stats"]}
-        dims["log_likelihood"] = ["particle"]
-        return to_datatree(groups, dims=dims,
-                           coords={"tempering_step": steps, "particle": np.arange(self.num_particles)},
-                           sample_groups=("posterior",),
+        stats = {"tempering": self.tempering, "ess": self.ess, "acceptance_rate": self.acceptance_rate,
+                 "log_evidence_increment": self.log_evidence_increments, "move_scale": self.move_scale}
+        dims = {name: ["tempering_step"] for name in stats}
+        groups = {"posterior": one_chain(self.samples),
+                  "log_likelihood": one_chain({"total": self.log_likelihood}),
+                  "sample_stats": one_run({**stats, "log_evidence": self.log_evidence})}
+        return to_datatree(groups, dims=dims, coords={"tempering_step": np.arange(self.num_steps)},
                            attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles,
                                   "num_tempering_steps": self.num_steps,
                                   "target_ess": self.target_ess, "kernel": self.kernel,
-                                  "num_mcmc_steps": self.num_mcmc_steps, "resampling": self.resampling,
-                                  "inference_library": "bayeskit"})
+                                  "num_mcmc_steps": self.num_mcmc_steps, "resampling": self.resampling})
 
 
 # --------------------------------------------------------------------------------------------------
