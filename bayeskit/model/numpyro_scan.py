@@ -1,0 +1,373 @@
+r"""NumPyro time-series models written with ``scan``, converted into a :class:`~bayeskit.StateSpaceModel`.
+
+A NumPyro user writes a state-space model as an ordinary NumPyro function: global parameters
+:math:`\theta` first, an initial state :math:`c_{-1}`, then ``numpyro.contrib.control_flow.scan`` over a
+body ``f(carry, x_s) -> (carry, out)`` that samples the next latent state and the observation(s):
+
+.. math::
+    \theta \sim p(\theta), \quad c_{-1} \sim p(c_{-1} \mid \theta), \quad
+    c_s \sim p(c_s \mid c_{s-1}, \theta, x_s), \quad y_s \sim p(y_s \mid c_s, \theta, x_s),
+    \quad s = 0, \dots, S-1.
+
+:func:`from_numpyro` reads this structure with NumPyro's effect handlers (``trace``, ``seed``,
+``substitute``, ``condition``, ``block`` and a small messenger that intercepts the ``scan`` message),
+never by reading source, and builds the state-space model with :math:`T = S + 1` steps whose state at
+step 0 is the initial carry and at step :math:`t \ge 1` the carry after scan step :math:`s = t - 1`:
+
+* the latent sites sampled before ``scan`` that are not the initial carry are the parameters
+  (``params`` is the dict of their values) and ``prior`` samples them;
+* the sites of the initial carry give ``initial``; observed sites before ``scan`` (if any) observe it;
+* the body's latent sites (the carry) give ``transition``, its observed sites the ``observation``.
+
+A carry with several leaves (a tuple or dict of sites) is flattened into one state vector; several
+observed sites are flattened into one observation vector. Each step's density is the sum of the
+NumPyro sites' own ``log_prob`` (scales and masks included), so the joint density of the converted
+model equals the NumPyro model's, and the conversion checks this once when it is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+
+from bayeskit.errors import ModelError
+from bayeskit.model._scan_handlers import (CatchScan, Converter, Recorder, ScanFound, ScanStructure, StepLaw,
+                                           native_law, pack, site_log_prob)
+from bayeskit.model.ssm import StateSpaceModel
+
+__all__ = ["NumPyroStateSpaceModel", "ScanStructure", "from_numpyro"]
+
+
+# ----------------------------------------------------------------------------- reading the structure
+def _keystr(path) -> str:
+    return jax.tree_util.keystr(path) or "(the whole carry)"
+
+
+def _match(leaf, trace, names):
+    """The site among ``names`` whose value is ``leaf`` itself (the model passed the sampled value on)."""
+    hits = [n for n in names if trace[n]["value"] is leaf]
+    return hits[0] if hits else None
+
+
+def read_structure(model, args, kwargs):
+    """Trace the model once and read off its sites, its one ``scan`` and the carry's sites.
+
+    Returns ``(ScanStructure, carry treedef, initial-site values, trace, packed observations)``.
+    """
+    rec = Recorder()
+    try:
+        with handlers.trace() as tr, rec:
+            handlers.seed(model, jax.random.key(0))(*args, **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the model raised while being traced with the given arguments: {exc}") from exc
+    if not rec.scans:
+        raise ModelError("the model calls no `numpyro.contrib.control_flow.scan`: from_numpyro converts a model "
+                         "whose time steps are one scan over a body that samples the next state and the observation")
+    if len(rec.scans) > 1:
+        groups = "; ".join(f"scan {i + 1} samples {s['sites']}" for i, s in enumerate(rec.scans))
+        raise ModelError(f"the model calls `scan` {len(rec.scans)} times ({groups}); from_numpyro converts a model "
+                         f"with exactly one scan over time: site(s) {rec.scans[1]['sites']} belong to a second scan, "
+                         "move them into the first scan's body")
+    if rec.after:
+        raise ModelError(f"site(s) {rec.after} are sampled after the scan; from_numpyro needs every site either "
+                         "before the scan (parameters, initial state) or inside its body (one time step)")
+    f, init, xs, length, reverse = rec.scans[0]["args"]
+    body_sites = rec.scans[0]["sites"]
+    body_latent = [n for n in body_sites if not tr[n]["is_observed"]]
+    body_obs = [n for n in body_sites if tr[n]["is_observed"]]
+    pre_latent = [n for n in rec.before if not tr[n]["is_observed"]]
+    pre_obs = [n for n in rec.before if tr[n]["is_observed"]]
+    if reverse:
+        raise ModelError(f"the scan runs with reverse=True, so its latent site(s) {body_latent} at each step depend "
+                         "on the future steps (t + 1, ...); a state-space model moves forward in time: write the "
+                         "scan forward (reverse=False)")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(xs)[0]:
+        site = _match(leaf, tr, pre_latent)
+        if site is not None:
+            raise ModelError(f"latent site {site!r} (all time steps at once) enters the scan through `xs` "
+                             f"{_keystr(path)}: each step of the body would depend on it, future steps included; "
+                             "sample it inside the body, one step at a time")
+    num_scan_steps = int(length) if length is not None else int(jnp.shape(jax.tree_util.tree_leaves(xs)[0])[0])
+
+    # one step of the body, to see which sites it returns in the carry
+    x_0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[0], xs)
+    with handlers.trace() as tr1:
+        carry_out, _ = handlers.seed(f, jax.random.key(1))(init, x_0)
+    carry_leaves = jax.tree_util.tree_flatten_with_path(carry_out)[0]
+    if not carry_leaves:
+        raise ModelError(f"the scan body returns no carry (it returned {carry_out!r} as the carry), so its latent "
+                         f"site(s) {body_latent} cannot be passed from one step to the next: return the new state "
+                         "as the carry, e.g. `return x, None`")
+    state_sites = []
+    for path, leaf in carry_leaves:
+        site = _match(leaf, tr1, [n for n in body_sites if n in tr1])
+        if site is None or site in body_obs:
+            what = f"the observed site {site!r}" if site else "not the value of a latent sample site of the body"
+            raise ModelError(f"carry leaf {_keystr(path)} returned by the scan body is {what}: the carry must hold "
+                             f"the sampled latent state itself (one of {body_latent}), e.g. "
+                             "`x = numpyro.sample('x', ...); return x, None`")
+        if site in state_sites:
+            raise ModelError(f"latent site {site!r} appears twice in the carry returned by the scan body")
+        state_sites.append(site)
+    for n in body_latent:
+        if n not in state_sites:
+            raise ModelError(f"site {n!r} in the scan body is not conditioned on data (no `obs=` value; the model was "
+                             "called without its observations?) and is not part of the carry: condition it on data "
+                             "(`obs=`, or numpyro.handlers.condition) if it is an observation, or return it in the "
+                             "carry if it is a latent state")
+    if not body_obs:
+        raise ModelError(f"the scan body observes nothing: none of its sites {body_sites} is conditioned on data")
+    init_sites = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(init)[0]:
+        site = _match(leaf, tr, pre_latent)
+        if site is None or site in init_sites:
+            raise ModelError(f"leaf {_keystr(path)} of the initial carry passed to scan is not the value of a latent "
+                             f"site sampled before the scan (one of {pre_latent}): sample the initial state, e.g. "
+                             "`x0 = numpyro.sample('x0', ...)`, and pass it to scan unchanged")
+        init_sites.append(site)
+    leaf_shapes = tuple(tuple(jnp.shape(leaf)) for _, leaf in carry_leaves)
+    sizes = [math.prod(s) for s in leaf_shapes]
+    state_shape = leaf_shapes[0] if len(leaf_shapes) == 1 else (sum(sizes),)
+    obs_shapes = tuple(tuple(jnp.shape(tr1[n]["value"])) for n in body_obs)
+    init_obs_shapes = tuple(tuple(jnp.shape(tr[n]["value"])) for n in pre_obs)
+    p1, p0 = sum(math.prod(s) for s in obs_shapes), sum(math.prod(s) for s in init_obs_shapes)
+    if len(obs_shapes) == 1 and (not pre_obs or init_obs_shapes == obs_shapes):
+        obs_shape = obs_shapes[0]
+    else:
+        obs_shape = (max(p0, p1),)
+    st = ScanStructure(global_sites=tuple(n for n in pre_latent if n not in init_sites),
+                       initial_sites=tuple(init_sites), state_sites=tuple(state_sites), observed_sites=tuple(body_obs),
+                       initial_observed_sites=tuple(pre_obs), leaf_shapes=leaf_shapes, state_shape=state_shape,
+                       obs_shape=obs_shape, obs_shapes=obs_shapes, initial_obs_shapes=init_obs_shapes,
+                       num_scan_steps=num_scan_steps)
+    row0 = pack([tr[n]["value"] for n in pre_obs], obs_shape)
+    stacked = [jnp.reshape(tr[n]["value"], (num_scan_steps, -1)) for n in body_obs]
+    rows = jax.vmap(lambda *vals: pack(vals, obs_shape))(*stacked)
+    rows = jnp.concatenate([row0[None].astype(rows.dtype), rows], axis=0)
+    treedef = jax.tree_util.tree_structure(carry_out)
+    template_init = {n: tr[n]["value"] for n in init_sites}
+    return st, treedef, template_init, tr, rows
+
+
+# ----------------------------------------------------------------------------- checks
+def depends_on(fn, args, argnum: int) -> list[bool]:
+    """For each output of ``fn(*args)`` (a tuple of arrays), whether it may depend on ``args[argnum]``.
+
+    Conservative dependency analysis of the jaxpr (an output is independent only if no chain of
+    operations links it to the argument); calls into jitted sub-functions are followed.
+    """
+    from jax.extend.core import Literal
+
+    closed = jax.make_jaxpr(fn)(*args)
+    counts = [len(jax.tree_util.tree_leaves(a)) for a in args]
+    start = sum(counts[:argnum])
+    marked = set(closed.jaxpr.invars[start:start + counts[argnum]])
+
+    def propagate(jaxpr, marked):
+        for eqn in jaxpr.eqns:
+            hit = [not isinstance(v, Literal) and v in marked for v in eqn.invars]
+            if not any(hit):
+                continue
+            sub = next((p.jaxpr if hasattr(p, "jaxpr") else p for p in eqn.params.values()
+                        if hasattr(p, "eqns") or hasattr(getattr(p, "jaxpr", None), "eqns")), None)
+            if sub is not None and len(sub.invars) == len(eqn.invars) and len(sub.outvars) == len(eqn.outvars):
+                inner = {v for v, h in zip(sub.invars, hit) if h}
+                propagate(sub, inner)
+                marked.update(o for o, io in zip(eqn.outvars, sub.outvars) if not isinstance(io, Literal) and io in inner)
+            else:
+                marked.update(eqn.outvars)
+
+    propagate(closed.jaxpr, marked)
+    return [not isinstance(v, Literal) and v in marked for v in closed.jaxpr.outvars]
+
+
+def _traced_point(conv, trace):
+    st = conv.st
+    params = {n: trace[n]["value"] for n in st.global_sites}
+    leaves = [jnp.reshape(trace[n]["value"], (st.num_scan_steps,) + s) for n, s in zip(st.state_sites, st.leaf_shapes)]
+    x1 = pack([v[0] for v in leaves], st.state_shape)
+    x0 = pack([trace[n]["value"] for n in st.initial_sites], st.state_shape)
+    return params, x0, x1, leaves
+
+
+def check_dependencies(conv, trace):
+    """Observations may depend on the current state only, and the body may see the initial state only
+    through the carry; raise a :class:`ModelError` naming the site otherwise."""
+    st = conv.st
+    params, x0, x1, _ = _traced_point(conv, trace)
+    y1 = conv.data_rows[1]
+
+    def obs_lps(carry_prev):
+        tr = conv.body(params, carry_prev, 1, latent=conv.body_latent(x1), obs=conv.body_obs(y1))
+        return tuple(site_log_prob(tr[n]) for n in st.observed_sites)
+
+    for name, dep in zip(st.observed_sites, depends_on(obs_lps, (conv.carry(x0),), 0)):
+        if dep:
+            raise ModelError(f"observed site {name!r} depends on the previous step's carry; in a state-space model "
+                             "an observation depends on the current state only: sample the new state first and "
+                             "use it (not the incoming carry) in the observation")
+
+    def body_lps(init_values):
+        tr, (f, _, xs, _, _) = conv.prefix(params, init_values)
+        x_s = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[0], xs)
+        fn = handlers.condition(handlers.substitute(f, data=conv.body_latent(x1)), data=conv.body_obs(y1))
+        with handlers.trace() as tr1:
+            handlers.seed(fn, jax.random.key(0))(conv.carry(x0), x_s)
+        return (tuple(site_log_prob(tr1[n]) for n in st.state_sites + st.observed_sites)
+                + tuple(site_log_prob(tr[n]) for n in st.global_sites))
+
+    deps = depends_on(body_lps, (conv.init_latent(x0),), 0)
+    names = st.state_sites + st.observed_sites + st.global_sites
+    for name, dep in zip(names, deps):
+        if dep:
+            where = "parameter" if name in st.global_sites else "scan body's"
+            raise ModelError(f"the {where} site {name!r} reads the initial state {list(st.initial_sites)} directly; "
+                             "the initial state may reach later steps only through the scan's carry")
+
+
+def check_density(ssm, trace):
+    """The converted model's step densities at the traced point must equal the NumPyro sites' own (scan
+    steps 0, 1 and the last), else the model uses a construct the conversion does not see (e.g. a
+    ``scale`` handler around ``scan``)."""
+    st, conv = ssm.structure, ssm.converter
+    params, x0, _, leaves = _traced_point(conv, trace)
+    S = st.num_scan_steps
+    tol = 1e-8 if jnp.result_type(float) == jnp.float64 else 1e-4
+
+    def per_step(names):
+        out = jnp.zeros(S)
+        for n in names:
+            site = trace[n]
+            lp = site["fn"].log_prob(site["value"])
+            if site.get("scale") is not None:
+                lp = site["scale"] * lp
+            out = out + jnp.reshape(jnp.broadcast_to(lp, (S,) + jnp.shape(lp)[1:]), (S, -1)).sum(axis=1)
+        return out
+
+    ref_m, ref_g = per_step(st.state_sites), per_step(st.observed_sites)
+    ref0 = (sum(site_log_prob(trace[n]) for n in st.initial_sites)
+            + sum((site_log_prob(trace[n]) for n in st.initial_observed_sites), jnp.zeros(())))
+    got0 = ssm.log_initial(params, x0[None])[0] + ssm.log_observation(params, x0[None], ssm.ys[0], 0)[0]
+    checks = [("the initial state", got0, ref0)]
+    for s in sorted({0, min(1, S - 1), S - 1}):
+        xp = x0 if s == 0 else pack([v[s - 1] for v in leaves], st.state_shape)
+        x = pack([v[s] for v in leaves], st.state_shape)
+        got_m = ssm.log_transition(params, xp[None], x[None], s + 1)[0]
+        got_g = ssm.log_observation(params, x[None], ssm.ys[s + 1], s + 1)[0]
+        checks += [(f"the latent site(s) {list(st.state_sites)} at scan step {s}", got_m, ref_m[s]),
+                   (f"the observed site(s) {list(st.observed_sites)} at scan step {s}", got_g, ref_g[s])]
+    for what, got, ref in checks:
+        if not abs(float(got) - float(ref)) <= tol * (1.0 + abs(float(ref))):
+            raise ModelError(f"the converted model does not reproduce the NumPyro model's log-density of {what} "
+                             f"({float(got):.6g} vs {float(ref):.6g}): does the model wrap `scan` in a handler "
+                             "(scale, mask, ...)? Put such handlers inside the scan body")
+
+@dataclass(frozen=True)
+class NumPyroStateSpaceModel(StateSpaceModel):
+    """A :class:`~bayeskit.StateSpaceModel` converted from a NumPyro ``scan`` model by :func:`from_numpyro`.
+
+    Every driver that takes a ``StateSpaceModel`` takes it, with ``params`` a dict of the global sites'
+    values and ``ys`` the model's own observations, :attr:`ys` (shape ``(S + 1, *obs_shape)``: row 0
+    observes the initial state, zeros when nothing does).
+
+    Attributes:
+        ys: the observed values of the NumPyro model, packed one row per converted step.
+        structure: the :class:`ScanStructure` read off the model.
+    """
+
+    ys: Any = field(default=None, compare=False, repr=False)
+    structure: ScanStructure | None = field(default=None, compare=False)
+    converter: Any = field(default=None, compare=False, repr=False)
+
+    def sample_params(self, key) -> dict:
+        """One draw of the global sites from the prior (a valid starting ``params``)."""
+        return handlers.seed(self.prior, key)()
+
+    def path_from_sites(self, sites: dict):
+        """NumPyro site values (e.g. NUTS's ``get_samples()``) -> state paths ``(..., S + 1, *state_shape)``.
+
+        ``sites`` holds each initial site (``(..., *leaf_shape)``) and each state site
+        (``(..., S, *leaf_shape)``); extra keys are ignored.
+        """
+        st = self.structure
+        out = []
+        for init_name, name, shape in zip(st.initial_sites, st.state_sites, st.leaf_shapes):
+            x0 = jnp.asarray(sites[init_name])
+            batch = x0.shape[:x0.ndim - len(shape)]
+            xs = jnp.asarray(sites[name]).reshape(batch + (st.num_scan_steps, -1))
+            out.append(jnp.concatenate([x0.reshape(batch + (1, -1)), xs], axis=-2))
+        path = out[0] if len(out) == 1 else jnp.concatenate(out, axis=-1)
+        return path.reshape(path.shape[:-1] + st.state_shape)
+
+    def sites_from_path(self, paths) -> dict:
+        """State paths ``(..., S + 1, *state_shape)`` -> a dict of NumPyro site values (inverse of
+        :meth:`path_from_sites`)."""
+        st = self.structure
+        paths = jnp.asarray(paths)
+        batch = paths.shape[:paths.ndim - 1 - len(st.state_shape)]
+        flat = paths.reshape(batch + (st.num_scan_steps + 1, -1))
+        out, i = {}, 0
+        for init_name, name, shape in zip(st.initial_sites, st.state_sites, st.leaf_shapes):
+            n = math.prod(shape)
+            leaf = flat[..., i:i + n]
+            out[init_name] = leaf[..., 0, :].reshape(batch + shape)
+            out[name] = leaf[..., 1:, :].reshape(batch + (st.num_scan_steps,) + shape)
+            i += n
+        return out
+
+
+def from_numpyro(model: Callable, *args, **kwargs) -> NumPyroStateSpaceModel:
+    """Convert a NumPyro time-series model written with ``scan`` into a state-space model.
+
+    See :meth:`bayeskit.StateSpaceModel.from_numpyro` (this function's public entry point).
+    """
+    st, treedef, template_init, trace, rows = read_structure(model, args, kwargs)
+    conv = Converter(model, args, kwargs, st, treedef, template_init, rows)
+    check_dependencies(conv, trace)
+    single_state = len(st.state_sites) == 1 and trace[st.state_sites[0]].get("scale") is None
+    single_init = len(st.initial_sites) == 1 and trace[st.initial_sites[0]].get("scale") is None
+
+    def initial(params):
+        if single_init:
+            tr, _ = conv.prefix(params)
+            return native_law(tr[st.initial_sites[0]])
+        return StepLaw(st.state_shape, lambda x: conv.log_initial(params, x),
+                        lambda k: conv.sample_initial(k, params))
+
+    def transition(params, x_prev, t):
+        if single_state:
+            # the site's law given the previous carry: substitute a placeholder value to read it
+            tr = conv.body(params, conv.carry(x_prev), t, latent=conv.body_latent(x_prev),
+                           obs=conv.body_obs(rows[t]))
+            return native_law(tr[st.state_sites[0]])
+        return StepLaw(st.state_shape, lambda x: conv.log_transition(params, x_prev, x, t),
+                        lambda k: conv.sample_transition(k, params, x_prev, t))
+
+    def observation(params, x, t):
+        return StepLaw(st.obs_shape, lambda y: conv.log_observation(params, x, y, t),
+                        lambda k: conv.sample_observation(k, params, x, t))
+
+    global_sites = set(st.global_sites)
+
+    def prior():
+        hidden = lambda msg: msg.get("name") not in global_sites  # noqa: E731
+        with handlers.block(hide_fn=hidden), handlers.trace() as tr:
+            try:
+                with CatchScan():
+                    handlers.substitute(model, data=template_init)(*args, **kwargs)
+            except ScanFound:
+                pass
+        return {name: tr[name]["value"] for name in st.global_sites}
+
+    ssm = NumPyroStateSpaceModel(initial, transition, observation, vectorized=False, prior=prior, ys=rows,
+                                 structure=st, converter=conv)
+    check_density(ssm, trace)
+    return ssm
