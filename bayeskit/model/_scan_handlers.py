@@ -25,9 +25,12 @@ __all__ = ["ScanFound", "CatchScan", "Recorder", "Unobserve", "site_log_prob", "
 
 # ----------------------------------------------------------------------------- messengers
 class ScanFound(Exception):
-    def __init__(self, args):
+    """Raised by :class:`CatchScan`: ``args`` = ``(f, init, xs, length, reverse)``; ``substitute_stack``:
+    the ``condition`` / ``substitute`` handlers the model put around the scan."""
+
+    def __init__(self, args, substitute_stack=()):
         super().__init__("scan intercepted")
-        self.args = args
+        self.args, self.substitute_stack = args, list(substitute_stack)
 
 
 class CatchScan(Messenger):
@@ -35,7 +38,7 @@ class CatchScan(Messenger):
 
     def process_message(self, msg):
         if msg["type"] == "control_flow":
-            raise ScanFound(msg["args"])
+            raise ScanFound(msg["args"], msg["kwargs"].get("substitute_stack", ()))
 
 
 class Recorder(Messenger):
@@ -91,6 +94,7 @@ class ScanStructure:
         initial_observed_sites: observed sites before ``scan`` (they observe the initial state at step 0).
         leaf_shapes: shape of each carry leaf; state_shape / obs_shape: of one converted state / observation.
         num_scan_steps: S, the length of the ``scan`` (the converted model has ``S + 1`` steps).
+        scaled_sites: sites under a ``scale`` handler.
     """
 
     global_sites: tuple
@@ -104,6 +108,7 @@ class ScanStructure:
     obs_shapes: tuple
     initial_obs_shapes: tuple
     num_scan_steps: int
+    scaled_sites: tuple = ()
 
 
 def pack(leaves, shape):
@@ -148,7 +153,8 @@ class Converter:
             fn = handlers.condition(fn, data=obs0)
         if key is not None:
             fn = handlers.seed(fn, key)
-        with handlers.trace() as tr:
+        # block(): these internal runs stay invisible to handlers around the caller (NUTS, trace, ...)
+        with handlers.block(), handlers.trace() as tr:
             try:
                 with CatchScan():
                     fn(*self.args, **self.kwargs)
@@ -168,7 +174,7 @@ class Converter:
         if obs is not None:
             fn = handlers.condition(fn, data=obs)
         fn = handlers.seed(fn, jax.random.key(0) if key is None else key)
-        with handlers.trace() as tr:
+        with handlers.block(), handlers.trace() as tr:
             fn(carry_prev, x_s)
         return tr
 
