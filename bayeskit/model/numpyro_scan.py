@@ -361,10 +361,12 @@ def from_numpyro(model: Callable, *args, **kwargs) -> NumPyroStateSpaceModel:
         return StepLaw(st.obs_shape, lambda y: conv.log_observation(params, x, y, t),
                         lambda k: conv.sample_observation(k, params, x, t))
 
-    global_sites = set(st.global_sites)
+    # hide the initial state and its observations only: anything else (the global sites, and the factors an
+    # outer handler adds for them, e.g. NUTS's log-Jacobian of each unconstraining transform) must get through
+    hidden_sites = set(st.initial_sites) | set(st.initial_observed_sites)
 
     def prior():
-        hidden = lambda msg: msg.get("name") not in global_sites  # noqa: E731
+        hidden = lambda msg: msg.get("name") in hidden_sites  # noqa: E731
         with handlers.block(hide_fn=hidden), handlers.trace() as tr:
             try:
                 with CatchScan():

@@ -65,6 +65,23 @@ def test_structure_read_off_the_model():
     assert st.initial_observed_sites == ("r0",) and st.global_sites == ("sigma", "nu")
 
 
+def test_prior_in_unconstrained_space_keeps_the_log_jacobian():
+    # NUTS on the prior sees the log-Jacobian factor of each unconstraining transform (regression: the
+    # prior once hid every site but the globals, the Jacobian factors included)
+    from numpyro.infer.util import potential_energy
+
+    model, args = MODELS["local_level"]
+    ssm = bk.StateSpaceModel.from_numpyro(model, *args)
+
+    def reference():
+        numpyro.sample("sigma", dist.HalfNormal(1.0))
+        numpyro.sample("tau", dist.HalfNormal(1.0))
+
+    for z in ({"sigma": jnp.asarray(-3.0), "tau": jnp.asarray(0.4)}, {"sigma": jnp.asarray(2.5), "tau": jnp.asarray(-1.0)}):
+        np.testing.assert_allclose(potential_energy(ssm.prior, (), {}, z), potential_energy(reference, (), {}, z),
+                                   rtol=1e-12)
+
+
 def test_stochastic_volatility_scan_form_equals_numpyro_example():
     # the scan form of NumPyro's example has the same joint density as the example's GaussianRandomWalk form
     model, (returns,) = MODELS["stochastic_volatility"]

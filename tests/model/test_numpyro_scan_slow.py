@@ -58,18 +58,19 @@ def test_every_driver_runs_on_a_converted_tuple_carry_model():
 
 
 # ------------------------------------------------------------------------------- same posterior as NUTS
-def counts_model(counts):
-    """A small nonlinear model: AR(1) log-intensity with a sine term, Poisson counts; globals phi, sigma."""
+def counts_model(counts=None, num_steps=40):
+    """A small nonlinear model: AR(1) log-intensity with a sine term, Poisson counts; globals phi, sigma.
+    Written in NumPyro's ``y=None`` idiom (observations indexed from a closure) so Predictive can simulate."""
     phi = numpyro.sample("phi", dist.Uniform(-1.0, 1.0))
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     x0 = numpyro.sample("x0", dist.Normal(0.0, 1.0))
 
-    def step(x_prev, c_t):
+    def step(x_prev, t):
         x = numpyro.sample("x", dist.Normal(phi * x_prev + 0.3 * jnp.sin(x_prev), sigma))
-        numpyro.sample("c", dist.Poisson(jnp.exp(1.0 + 0.7 * x)), obs=c_t)
+        numpyro.sample("c", dist.Poisson(jnp.exp(1.0 + 0.7 * x)), obs=None if counts is None else counts[t])
         return x, None
 
-    scan(step, x0, counts)
+    scan(step, x0, jnp.arange(num_steps))
 
 
 def _batch_means(draws, num_batches=20):
@@ -85,7 +86,8 @@ def test_particle_gibbs_with_nuts_update_matches_nuts_on_the_numpyro_model():
     T = 40
     truth = {"phi": jnp.asarray(0.7), "sigma": jnp.asarray(0.5)}
     sim = numpyro.infer.Predictive(counts_model, params=truth, num_samples=1)
-    counts = sim(jax.random.key(1), jnp.zeros(T))["c"][0]
+    counts = sim(jax.random.key(1), None, T)["c"][0]
+    assert counts.sum() > T  # informative data
     ssm = bk.StateSpaceModel.from_numpyro(counts_model, counts)
 
     num_samples, num_warmup = 4000, 1000
