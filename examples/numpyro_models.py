@@ -12,7 +12,8 @@
 # 3. a nonlinear model with a 2-D state (a `plate` over the state dimensions, two observed sites per step,
 #    observations indexed from a closure, the `y=None` idiom NumPyro models use to simulate).
 #
-# Run: `python examples/numpyro_models.py` (about a minute) or with `--quick`; `--num-iterations` for more.
+# Run: `python examples/numpyro_models.py` (about 1.5 min of CPU, mostly compilation) or with `--quick`;
+# `--num-iterations` for longer chains.
 
 # %%
 from __future__ import annotations
@@ -114,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--num-iterations", type=int, default=None, help="particle Gibbs sweeps per model")
     parser.add_argument("--outdir", default="results/numpyro_models", help="where the table goes")
     args = parser.parse_args(argv)
-    num_iterations = args.num_iterations or (100 if args.quick else 400)
+    num_iterations = args.num_iterations or (60 if args.quick else 200)
     os.makedirs(args.outdir, exist_ok=True)
     key = jax.random.key(0)
     k_data, k1, k2, k3 = jax.random.split(key, 4)

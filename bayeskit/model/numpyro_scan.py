@@ -293,14 +293,19 @@ class NumPyroStateSpaceModel(StateSpaceModel):
     converter: Any = field(default=None, compare=False, repr=False)
 
     def sample_params(self, key) -> dict:
-        """One draw of the global sites from the prior (a valid starting ``params``)."""
+        """One draw of the global sites from the prior (a valid starting ``params``).
+
+        Args:
+            key: ``jax.random`` key.
+        """
         return handlers.seed(self.prior, key)()
 
     def path_from_sites(self, sites: dict):
         """NumPyro site values (e.g. NUTS's ``get_samples()``) -> state paths ``(..., S + 1, *state_shape)``.
 
-        ``sites`` holds each initial site (``(..., *leaf_shape)``) and each state site
-        (``(..., S, *leaf_shape)``); extra keys are ignored.
+        Args:
+            sites: a dict holding each initial site (``(..., *leaf_shape)``) and each state site
+                (``(..., S, *leaf_shape)``); extra keys are ignored.
         """
         st = self.structure
         out = []
@@ -313,8 +318,11 @@ class NumPyroStateSpaceModel(StateSpaceModel):
         return path.reshape(path.shape[:-1] + st.state_shape)
 
     def sites_from_path(self, paths) -> dict:
-        """State paths ``(..., S + 1, *state_shape)`` -> a dict of NumPyro site values (inverse of
-        :meth:`path_from_sites`)."""
+        """State paths -> a dict of NumPyro site values (the inverse of :meth:`path_from_sites`).
+
+        Args:
+            paths: state paths ``(..., S + 1, *state_shape)``, e.g. ``particle_gibbs(...).paths``.
+        """
         st = self.structure
         paths = jnp.asarray(paths)
         batch = paths.shape[:paths.ndim - 1 - len(st.state_shape)]
@@ -333,6 +341,11 @@ def from_numpyro(model: Callable, *args, **kwargs) -> NumPyroStateSpaceModel:
     """Convert a NumPyro time-series model written with ``scan`` into a state-space model.
 
     See :meth:`bayeskit.StateSpaceModel.from_numpyro` (this function's public entry point).
+
+    Args:
+        model: the NumPyro model function.
+        *args: positional arguments of ``model``, its data included.
+        **kwargs: keyword arguments of ``model``.
     """
     st, treedef, template_init, point, rows = read_structure(model, args, kwargs)
     conv = Converter(model, args, kwargs, st, treedef, template_init, rows)
