@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from numpyro import handlers
 
 from bayeskit.errors import ModelError
@@ -209,11 +208,15 @@ def read_structure(model, args, kwargs):
 
 
 # ----------------------------------------------------------------------------- checks
+_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint")
+
+
 def depends_on(fn, args, argnum: int) -> list[bool]:
     """For each output of ``fn(*args)`` (a tuple of arrays), whether it may depend on ``args[argnum]``.
 
     Conservative dependency analysis of the jaxpr (an output is independent only if no chain of
-    operations links it to the argument); calls into jitted sub-functions are followed.
+    operations links it to the argument); calls into jitted sub-functions are followed, any other
+    higher-order primitive (loops, conditionals) makes all its outputs depend on all its inputs.
     """
     from jax.extend.core import Literal
 
@@ -227,8 +230,10 @@ def depends_on(fn, args, argnum: int) -> list[bool]:
             hit = [not isinstance(v, Literal) and v in marked for v in eqn.invars]
             if not any(hit):
                 continue
-            sub = next((p.jaxpr if hasattr(p, "jaxpr") else p for p in eqn.params.values()
-                        if hasattr(p, "eqns") or hasattr(getattr(p, "jaxpr", None), "eqns")), None)
+            sub = None
+            if eqn.primitive.name in _CALLS:  # one call of a sub-jaxpr (not a loop: a carry feeds back)
+                sub = next((p.jaxpr if hasattr(p, "jaxpr") else p for p in eqn.params.values()
+                            if hasattr(p, "eqns") or hasattr(getattr(p, "jaxpr", None), "eqns")), None)
             if sub is not None and len(sub.invars) == len(eqn.invars) and len(sub.outvars) == len(eqn.outvars):
                 inner = {v for v, h in zip(sub.invars, hit) if h}
                 propagate(sub, inner)
