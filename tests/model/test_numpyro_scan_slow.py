@@ -119,3 +119,19 @@ def test_particle_gibbs_with_nuts_update_matches_nuts_on_the_numpyro_model():
             lines.append(f"{name}: NUTS {m1:.3f} +- {se1:.3f} ESS/s {ess1 / t_nuts:.1f} | "
                          f"PG {m2:.3f} +- {se2:.3f} ESS/s {ess2 / t_pg:.1f}")
     print(f"\nNUTS {t_nuts:.1f} s, particle Gibbs {t_pg:.1f} s (compile included)\n" + "\n".join(lines))
+
+
+def test_numpyro_models_example_runs(tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "numpyro_models.py"
+    spec = importlib.util.spec_from_file_location("numpyro_models_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    table = mod.main(["--quick", "--num-iterations", "20", "--outdir", str(tmp_path)])
+    rows = [r for r in table.splitlines()[2:] if r.startswith("|")]
+    assert len(rows) == 6
+    means = [float(r.split("|")[3]) for r in rows]
+    assert np.all(np.isfinite(means))
+    assert (tmp_path / "numpyro_models.md").exists()
