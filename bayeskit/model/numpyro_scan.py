@@ -21,8 +21,11 @@ step 0 is the initial carry and at step :math:`t \ge 1` the carry after scan ste
 
 A carry with several leaves (a tuple or dict of sites) is flattened into one state vector; several
 observed sites are flattened into one observation vector. Each step's density is the sum of the
-NumPyro sites' own ``log_prob`` (scales and masks included), so the joint density of the converted
-model equals the NumPyro model's, and the conversion checks this once when it is built.
+NumPyro sites' own ``log_prob`` (scales and masks inside the body included), so the joint density of
+the converted model equals the NumPyro model's. When it is built the conversion checks, from the jaxpr of
+the sites' log-densities, that observations depend on the current state only and that the initial state
+reaches later steps only through the carry, and it compares each site's ``scale`` and distribution type in
+the whole model with those in the body alone (a handler around ``scan`` would be lost).
 """
 
 from __future__ import annotations
