@@ -116,17 +116,6 @@ def test_particle_filter_evidence_matches_kalman():
     assert abs(ratio_wrong.mean() - 1.0) > 4 * ratio_wrong.std(ddof=1) / np.sqrt(reps)
 
 
-def test_simulate_draws_from_the_numpyro_model():
-    # x0 ~ N(0, 1), y0 ~ N(x0, 0.5), x1 = phi x0 + N(0, 1), y1 ~ N(x1, 0.5): Var y0 = 1.25, Var y1 = phi^2 + 1.25
-    model, args = MODELS["observed_start_conditioned"]
-    ssm = bk.StateSpaceModel.from_numpyro(model, *args)
-    n = 4000
-    xs, ys = jax.vmap(lambda k: ssm.simulate(k, {"phi": jnp.asarray(0.5)}, 3))(jax.random.split(jax.random.key(4), n))
-    assert xs.shape == (n, 3) and ys.shape == (n, 3)
-    for got, var in ((np.var(ys[:, 0]), 1.25), (np.var(ys[:, 1]), 1.5), (np.var(xs[:, 1]), 1.25)):
-        assert abs(got - var) < 4 * var * np.sqrt(2.0 / n), (got, var)
-
-
 # ------------------------------------------------------------------------------------------ bad models
 def _two_scans(y):
     s = numpyro.sample("s", dist.HalfNormal(1.0))

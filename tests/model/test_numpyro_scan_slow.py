@@ -57,6 +57,28 @@ def test_every_driver_runs_on_a_converted_tuple_carry_model():
     assert set(fit.params) == {"s_level", "s_trend"}
 
 
+def test_simulate_draws_from_the_numpyro_model():
+    # x0 ~ N(0, 1), y0 ~ N(x0, 0.5), x1 = phi x0 + N(0, 1), y1 ~ N(x1, 0.5): Var y0 = 1.25, Var y1 = phi^2 + 1.25
+    def model(y):
+        phi = numpyro.sample("phi", dist.Uniform(-1.0, 1.0))
+        x0 = numpyro.sample("x0", dist.Normal(0.0, 1.0))
+        numpyro.sample("y0", dist.Normal(x0, 0.5), obs=y[0])
+
+        def step(x_prev, y_t):
+            x = numpyro.sample("x", dist.Normal(phi * x_prev, 1.0))
+            numpyro.sample("y", dist.Normal(x, 0.5), obs=y_t)
+            return x, None
+
+        scan(step, x0, y[1:])
+
+    ssm = bk.StateSpaceModel.from_numpyro(model, jnp.zeros(5))
+    n = 4000
+    xs, ys = jax.vmap(lambda k: ssm.simulate(k, {"phi": jnp.asarray(0.5)}, 3))(jax.random.split(jax.random.key(4), n))
+    assert xs.shape == (n, 3) and ys.shape == (n, 3)
+    for got, var in ((np.var(ys[:, 0]), 1.25), (np.var(ys[:, 1]), 1.5), (np.var(xs[:, 1]), 1.25)):
+        assert abs(got - var) < 4 * var * np.sqrt(2.0 / n), (got, var)
+
+
 # ------------------------------------------------------------------------------- same posterior as NUTS
 def counts_model(counts=None, num_steps=40):
     """A small nonlinear model: AR(1) log-intensity with a sine term, Poisson counts; globals phi, sigma.
