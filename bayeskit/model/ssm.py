@@ -57,6 +57,52 @@ class StateSpaceModel:
     vectorized: bool = False
     prior: Callable[[], Any] | None = None
 
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_numpyro(cls, model: Callable, *args, **kwargs):
+        """Convert a NumPyro time-series model written with ``numpyro.contrib.control_flow.scan``.
+
+        The model samples its global parameters, then an initial state, then runs one ``scan`` whose
+        body samples the next latent state (returned as the carry: one site, or a tuple / dict of
+        sites) and the observed site(s). Its structure is read with NumPyro's effect handlers; the
+        model itself is not changed, so the same function still runs under NumPyro's NUTS.
+
+        Args:
+            model: the NumPyro model function.
+            *args: positional arguments of ``model`` (its data included).
+            **kwargs: keyword arguments of ``model``.
+
+        Returns:
+            A :class:`~bayeskit.model.numpyro_scan.NumPyroStateSpaceModel` with ``S + 1`` steps (step 0
+            is the initial state, step ``t`` the state after scan step ``t - 1``): ``params`` are a
+            dict of the global sites, ``.ys`` the model's observations packed per step, ``.prior``
+            samples the global sites, and ``path_from_sites`` / ``sites_from_path`` convert between
+            state paths and NumPyro site values.
+
+        Raises:
+            ModelError: the model is not of that form (no scan or more than one, a latent body site
+                that is not in the carry or depends on future steps, an observation that depends on
+                the previous carry, a body that returns no carry, ...); the message names the site.
+
+        Example:
+            >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist, bayeskit as bk
+            >>> from numpyro.contrib.control_flow import scan
+            >>> def local_level(y):
+            ...     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+            ...     x0 = numpyro.sample("x0", dist.Normal(0.0, 1.0))
+            ...     def step(x_prev, y_t):
+            ...         x = numpyro.sample("x", dist.Normal(x_prev, sigma))
+            ...         numpyro.sample("y", dist.Normal(x, 0.5), obs=y_t)
+            ...         return x, None
+            ...     scan(step, x0, y)
+            >>> ssm = bk.StateSpaceModel.from_numpyro(local_level, jnp.zeros(20))
+            >>> ssm.ys.shape, ssm.structure.global_sites
+            ((21,), ('sigma',))
+        """
+        from bayeskit.model.numpyro_scan import from_numpyro
+
+        return from_numpyro(model, *args, **kwargs)
+
     # ------------------------------------------------------------------ shapes
     def state_shape(self, params) -> tuple[int, ...]:
         d = self.initial(params)
