@@ -34,17 +34,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.scipy.special import gammaln
 
 from bayeskit.errors import ConfigurationError
 from bayeskit.inference.meta.conjugate import LocalPosterior, NIWPosterior, expected_kl_local
 
 __all__ = ["MetaPrediction", "linearized_predictive", "sample_linearized", "sample_local_predictive",
-           "refine_local_vi", "student_t_prior", "linearized_batch"]
+           "refine_local_vi", "student_t_prior", "student_t_logpdf",
+           "linearized_batch", "linearized_samples", "draw_gamma"]
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def linearized_predictive(model, q: NIWPosterior, center, sx, sy, qx):
         qx: query x (Q, ...).
 
     Returns:
-        ``(mean (Q*O,), scale (Q*O,), df ())`` of the marginal Student-t of each query value (flattened).
+        ``(mean (Q,), scale (Q,), df ())`` of the marginal Student-t of each query value.
     """
     c = _condition(model, q, center, sx, sy, qx)
     Kqs = c["Jq"] @ c["S0Js"]  # (n_q, n_s)
@@ -207,18 +210,18 @@ def linearized_predictive(model, q: NIWPosterior, center, sx, sy, qx):
     return mean, jnp.sqrt(var * (c["nu"] + maha) / df), df
 
 
-def sample_linearized(key, model, q: NIWPosterior, center, sx, sy, qx, num_samples: int):
-    """Exact draws of (θ, linearised outputs, y) for one episode under the linearised Student-t model.
+def sample_linearized(key, model, q: NIWPosterior, center, sx, sy, qx, lam):
+    """Exact draws of (θ, linearised outputs, y) for one episode given draws ``lam`` (S,) of the scale λ.
 
-    λ ~ Gamma((ν + n_s)/2, (ν + rᵀK⁻¹r)/2); θ | λ by Matheron's rule (prior draw, then the exact Gaussian
-    update on the support set); outputs ``f(x_q, c) + J_q(θ - c)``; y adds N(0, σ²/λ).
+    λ | D_s ~ Gamma((ν + n_s)/2, rate (ν + rᵀK⁻¹r)/2) (see :func:`linearized_predictive`); θ | λ by Matheron's
+    rule (a prior draw, then the exact Gaussian update on the support set); outputs ``f(x_q, c) + J_q(θ - c)``;
+    y adds N(0, σ²/λ).
     """
     c = _condition(model, q, center, sx, sy, qx)
     _, _, sqrt_s0 = student_t_prior(q)
     n_s, d = c["Js"].shape
-    kl, kz, ke, ky = jax.random.split(key, 4)
-    maha = c["r"] @ c["alpha"]
-    lam = jax.random.gamma(kl, (c["nu"] + n_s) / 2.0, (num_samples,)) * 2.0 / (c["nu"] + maha)
+    num_samples = lam.shape[0]
+    kz, ke, ky = jax.random.split(key, 3)
     z = jax.random.normal(kz, (num_samples, d), center.dtype)
     e = jax.random.normal(ke, (num_samples, n_s), center.dtype)
     scale = 1.0 / jnp.sqrt(lam)[:, None]
@@ -231,7 +234,45 @@ def sample_linearized(key, model, q: NIWPosterior, center, sx, sy, qx, num_sampl
     return theta, outputs, y
 
 
+def student_t_logpdf(y, df, loc, scale):
+    """Log density of the Student-t ``t_df(loc, scale)`` (elementwise, broadcasting)."""
+    z = (y - loc) / scale
+    return (gammaln((df + 1.0) / 2.0) - gammaln(df / 2.0) - 0.5 * jnp.log(df * jnp.pi) - jnp.log(scale)
+            - (df + 1.0) / 2.0 * jnp.log1p(z**2 / df))
 
+
+def linearized_batch(model, q: NIWPosterior, centers, sx, sy, qx, qy):
+    """:func:`linearized_predictive` over a batch of episodes (jit me), with the posterior law of the scale λ.
+
+    One scalar output per query point (``predict_fn(θ, x)`` of shape (Q,)). Returns ``(mean (B, Q),
+    scale (B, Q), df (B,), lpd (B, Q) or None, gamma_rate (B,))``: λ | D_s ~ Gamma(df/2, rate gamma_rate).
+    """
+    def one(c, xs, ys, xq):
+        mean, scale, df = linearized_predictive(model, q, c, xs, ys, xq)
+        cond = _condition(model, q, c, xs, ys, xq)
+        return mean, scale, df, (cond["nu"] + cond["r"] @ cond["alpha"]) / 2.0
+
+    mean, scale, df, rate = jax.vmap(one)(centers, sx, sy, qx)
+    lpd = None if qy is None else student_t_logpdf(qy, df[:, None], mean, scale)
+    return mean, scale, df, lpd, rate
+
+
+def linearized_samples(key, model, q: NIWPosterior, centers, sx, sy, qx, lam):
+    """:func:`sample_linearized` over a batch (jit me); ``lam`` (B, S). Returns θ (S, B, d), outputs, y (S, B, Q)."""
+    keys = jax.random.split(key, qx.shape[0])
+    theta, outputs, y = jax.vmap(lambda k, c, xs, ys, xq, lm: sample_linearized(k, model, q, c, xs, ys, xq, lm))(
+        keys, centers, sx, sy, qx, lam)
+    return tuple(jnp.swapaxes(a, 0, 1) for a in (theta, outputs, y))
+
+
+@partial(jax.jit, static_argnums=3)
+def draw_gamma(key, shape, rate, num_samples: int):
+    """``num_samples`` draws of Gamma(shape, rate) per entry of ``shape`` (B,) -> (B, S); compiled once per size."""
+    g = jax.random.gamma(key, shape[:, None], (shape.shape[0], num_samples))
+    return g / rate[:, None]
+
+
+# ----------------------------------------------------------------------------- Monte Carlo predictive
 def refine_local_vi(key, model, q, local, x, y, num_steps, learning_rate, num_mc):
     """Reparameterised VI for the local posteriors (diagonal Gaussian q), started at the closed form."""
     if local.precision.ndim == local.mean.ndim:  # batched diagonal precisions (B, d)
@@ -292,30 +333,3 @@ def sample_local_predictive(model, k_draw, k_pred, local, qx, qy, num_samples):
             theta, qx, qy)
         lpd = jax.scipy.special.logsumexp(ll, axis=0) - math.log(num_samples)
     return theta, outputs, y_samples, lpd
-
-
-
-
-
-def linearized_batch(key, model, q: NIWPosterior, centers, sx, sy, qx, qy, num_samples: int):
-    """:func:`linearized_predictive` and :func:`sample_linearized` over a batch of episodes (jit me).
-
-    One scalar output per query point (``predict_fn(θ, x)`` of shape (Q,)). Returns ``(theta (S, B, d),
-    outputs (S, B, Q), y (S, B, Q), lpd (B, Q) or None, mean (B, Q), scale (B, Q), df (B,))``.
-    """
-    out_shape = jax.eval_shape(model.predict_fn, centers[0], qx[0]).shape  # (Q, ...)
-    B = qx.shape[0]
-
-    def one(k, c, xs, ys, xq):
-        mean, scale, df = linearized_predictive(model, q, c, xs, ys, xq)
-        theta, outputs, y = sample_linearized(k, model, q, c, xs, ys, xq, num_samples)
-        return mean, scale, df, theta, outputs, y
-
-    mean, scale, df, theta, outputs, y = jax.vmap(one)(jax.random.split(key, B), centers, sx, sy, qx)
-    mean, scale = (jnp.reshape(a, (B,) + out_shape) for a in (mean, scale))
-    outputs, y = (jnp.reshape(jnp.swapaxes(a, 0, 1), (num_samples, B) + out_shape) for a in (outputs, y))
-    lpd = None
-    if qy is not None:
-        dfb = jnp.reshape(df, (B,) + (1,) * len(out_shape))
-        lpd = jax.scipy.stats.t.logpdf(jnp.reshape(qy, mean.shape), dfb, mean, scale)
-    return jnp.swapaxes(theta, 0, 1), outputs, y, lpd, mean, scale, df

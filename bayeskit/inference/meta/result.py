@@ -15,7 +15,7 @@ from bayeskit.inference.meta.conjugate import (
     LocalPosterior, NIWParams, NIWPosterior, episode_loss, local_posterior, niw_kl,
 )
 from bayeskit.inference.meta.predictive import (
-    MetaPrediction, refine_local_vi,
+    MetaPrediction, draw_gamma, refine_local_vi,
 )
 from bayeskit.inference.meta.training import TrainState
 from bayeskit.inference.meta.validation import as_pair, batch_episodes
@@ -123,8 +123,9 @@ class NIWMetaResult:
         local = self.local_posterior(k_quad, (sx, sy))
         q = self.posterior
         if method == "linearized":
-            out = self.config.compiled("linearized")(k_draw, q, local.mean, sx, sy, qx, qy, num_samples)
-            theta, outputs, y_samples, lpd, mean, scale, df = out
+            mean, scale, df, lpd, rate = self.config.compiled("linearized")(q, local.mean, sx, sy, qx, qy)
+            lam = draw_gamma(k_pred, df / 2.0, rate, num_samples)
+            theta, outputs, y_samples = self.config.compiled("linearized_samples")(k_draw, q, local.mean, sx, sy, qx, lam)
             return MetaPrediction(theta, outputs, y_samples, lpd, local, qy, mean, scale, df)
         if method == "vi":
             local = refine_local_vi(k_vi, model, q, local, sx, sy, num_vi_steps, vi_learning_rate, num_vi_samples)
