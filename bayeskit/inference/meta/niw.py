@@ -21,7 +21,7 @@ from bayeskit._checks import check_choice, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
 from bayeskit.inference.meta.conjugate import NIWParams, NIWPosterior, NIWPrior, constrain, unconstrain
 from bayeskit.inference.meta.episode import EpisodeModel
-from bayeskit.inference.meta.predictive import linearized_batch, linearized_samples, sample_local_predictive
+from bayeskit.inference.meta.predictive import linearized_batch, sample_local_predictive
 from bayeskit.inference.meta.result import NIWMetaResult
 from bayeskit.inference.meta.training import TrainState, build_step
 from bayeskit.inference.meta.validation import as_pair, batch_episodes, check_pd
@@ -190,7 +190,7 @@ class NIWMeta:
 
         Args:
             name: ``"quads"`` (batched quadratic approximations), ``"predict"`` (Monte Carlo predictive)
-                ``"linearized"`` (the linearised Student-t predictive) or ``"linearized_samples"`` (its draws).
+                or ``"linearized"`` (the linearised Student-t predictive and its draws).
         """
         cache = self.__dict__.setdefault("_jit_cache", {})
         if name not in cache:
@@ -202,9 +202,7 @@ class NIWMeta:
                 cache[name] = jax.jit(lambda kd, kp, loc, qx, qy, n: sample_local_predictive(model, kd, kp, loc, qx, qy, n),
                                       static_argnums=5)
             elif name == "linearized":
-                cache[name] = jax.jit(lambda q, c, sx, sy, qx, qy: linearized_batch(model, q, c, sx, sy, qx, qy))
-            elif name == "linearized_samples":
-                cache[name] = jax.jit(lambda k, q, c, sx, sy, qx, lam: linearized_samples(k, model, q, c, sx, sy, qx, lam))
+                cache[name] = jax.jit(lambda k, q, c, sx, sy, qx, qy, g: linearized_batch(k, model, q, c, sx, sy, qx, qy, g))
             else:
                 raise ConfigurationError(f"unknown compiled helper {name!r}")
         return cache[name]

@@ -47,7 +47,7 @@ from bayeskit.inference.meta.conjugate import LocalPosterior, NIWPosterior, expe
 
 __all__ = ["MetaPrediction", "linearized_predictive", "sample_linearized", "sample_local_predictive",
            "refine_local_vi", "student_t_prior", "student_t_logpdf",
-           "linearized_batch", "linearized_samples", "draw_gamma"]
+           "linearized_batch", "draw_gamma"]
 
 
 @dataclass(frozen=True)
@@ -241,35 +241,32 @@ def student_t_logpdf(y, df, loc, scale):
             - (df + 1.0) / 2.0 * jnp.log1p(z**2 / df))
 
 
-def linearized_batch(model, q: NIWPosterior, centers, sx, sy, qx, qy):
-    """:func:`linearized_predictive` over a batch of episodes (jit me), with the posterior law of the scale λ.
+def linearized_batch(key, model, q: NIWPosterior, centers, sx, sy, qx, qy, gamma_draws):
+    """:func:`linearized_predictive` and :func:`sample_linearized` over a batch of episodes (jit me).
 
-    One scalar output per query point (``predict_fn(θ, x)`` of shape (Q,)). Returns ``(mean (B, Q),
-    scale (B, Q), df (B,), lpd (B, Q) or None, gamma_rate (B,))``: λ | D_s ~ Gamma(df/2, rate gamma_rate).
+    One scalar output per query point (``predict_fn(θ, x)`` of shape (Q,)). ``gamma_draws`` (B, S) are
+    standard Gamma((ν + n_s)/2) draws (see :func:`draw_gamma`); ``λ = gamma_draws / rate`` with
+    ``rate = (ν + rᵀK⁻¹r)/2``. Returns ``(theta (S, B, d), outputs (S, B, Q), y (S, B, Q), lpd (B, Q) or None,
+    mean (B, Q), scale (B, Q), df (B,))``.
     """
-    def one(c, xs, ys, xq):
+    def one(k, c, xs, ys, xq, g):
         mean, scale, df = linearized_predictive(model, q, c, xs, ys, xq)
         cond = _condition(model, q, c, xs, ys, xq)
-        return mean, scale, df, (cond["nu"] + cond["r"] @ cond["alpha"]) / 2.0
+        lam = g * 2.0 / (cond["nu"] + cond["r"] @ cond["alpha"])
+        theta, outputs, y = sample_linearized(k, model, q, c, xs, ys, xq, lam)
+        return mean, scale, df, theta, outputs, y
 
-    mean, scale, df, rate = jax.vmap(one)(centers, sx, sy, qx)
-    lpd = None if qy is None else student_t_logpdf(qy, df[:, None], mean, scale)
-    return mean, scale, df, lpd, rate
-
-
-def linearized_samples(key, model, q: NIWPosterior, centers, sx, sy, qx, lam):
-    """:func:`sample_linearized` over a batch (jit me); ``lam`` (B, S). Returns θ (S, B, d), outputs, y (S, B, Q)."""
     keys = jax.random.split(key, qx.shape[0])
-    theta, outputs, y = jax.vmap(lambda k, c, xs, ys, xq, lm: sample_linearized(k, model, q, c, xs, ys, xq, lm))(
-        keys, centers, sx, sy, qx, lam)
-    return tuple(jnp.swapaxes(a, 0, 1) for a in (theta, outputs, y))
+    mean, scale, df, theta, outputs, y = jax.vmap(one)(keys, centers, sx, sy, qx, gamma_draws)
+    lpd = None if qy is None else student_t_logpdf(qy, df[:, None], mean, scale)
+    theta, outputs, y = (jnp.swapaxes(a, 0, 1) for a in (theta, outputs, y))
+    return theta, outputs, y, lpd, mean, scale, df
 
 
-@partial(jax.jit, static_argnums=3)
-def draw_gamma(key, shape, rate, num_samples: int):
-    """``num_samples`` draws of Gamma(shape, rate) per entry of ``shape`` (B,) -> (B, S); compiled once per size."""
-    g = jax.random.gamma(key, shape[:, None], (shape.shape[0], num_samples))
-    return g / rate[:, None]
+@partial(jax.jit, static_argnums=(2, 3))
+def draw_gamma(key, shape, batch: int, num_samples: int):
+    """(batch, num_samples) draws of the standard Gamma(shape) (a scalar); compiled once per size."""
+    return jax.random.gamma(key, shape, (batch, num_samples))
 
 
 # ----------------------------------------------------------------------------- Monte Carlo predictive

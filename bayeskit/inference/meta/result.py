@@ -123,9 +123,12 @@ class NIWMetaResult:
         local = self.local_posterior(k_quad, (sx, sy))
         q = self.posterior
         if method == "linearized":
-            mean, scale, df, lpd, rate = self.config.compiled("linearized")(q, local.mean, sx, sy, qx, qy)
-            lam = draw_gamma(k_pred, df / 2.0, rate, num_samples)
-            theta, outputs, y_samples = self.config.compiled("linearized_samples")(k_draw, q, local.mean, sx, sy, qx, lam)
+            d = q.mean.shape[0]
+            nu = q.dof if q.is_diagonal else q.dof - d + 1.0
+            n_s = int(np.prod(sy.shape[1:]))
+            gammas = draw_gamma(k_pred, jnp.asarray((nu + n_s) / 2.0, q.mean.dtype), sx.shape[0], num_samples)
+            out = self.config.compiled("linearized")(k_draw, q, local.mean, sx, sy, qx, qy, gammas)
+            theta, outputs, y_samples, lpd, mean, scale, df = out
             return MetaPrediction(theta, outputs, y_samples, lpd, local, qy, mean, scale, df)
         if method == "vi":
             local = refine_local_vi(k_vi, model, q, local, sx, sy, num_vi_steps, vi_learning_rate, num_vi_samples)
