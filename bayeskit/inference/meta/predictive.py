@@ -150,6 +150,9 @@ def student_t_prior(q: NIWPosterior):
 
     ``ν = n0`` (diagonal) or ``n0 - d + 1`` (full); ``S0 = (1 + 1/l0) Γ0^{-1} / ν``. ``apply_S0(M)`` returns
     ``S0 @ M`` for M (d, k); ``sqrt_S0(z)`` maps z (d,) ~ N(0, I) to a draw of N(0, S0).
+
+    Args:
+        q: the learned :class:`NIWPosterior`.
     """
     d = q.mean.shape[0]
     nu = q.dof if q.is_diagonal else q.dof - d + 1.0
@@ -216,6 +219,19 @@ def sample_linearized(key, model, q: NIWPosterior, center, sx, sy, qx, lam):
     λ | D_s ~ Gamma((ν + n_s)/2, rate (ν + rᵀK⁻¹r)/2) (see :func:`linearized_predictive`); θ | λ by Matheron's
     rule (a prior draw, then the exact Gaussian update on the support set); outputs ``f(x_q, c) + J_q(θ - c)``;
     y adds N(0, σ²/λ).
+
+    Args:
+        key: a ``jax.random`` key.
+        model: the episode model (Gaussian likelihood, see :func:`linearized_predictive`).
+        q: the learned :class:`NIWPosterior`.
+        center: (d,) the expansion point.
+        sx: support x (K, ...).
+        sy: support y (K,).
+        qx: query x (Q, ...).
+        lam: (S,) draws of λ from its posterior.
+
+    Returns:
+        ``(theta (S, d), outputs (S, Q), y (S, Q))``.
     """
     c = _condition(model, q, center, sx, sy, qx)
     _, _, sqrt_s0 = student_t_prior(q)
@@ -235,7 +251,14 @@ def sample_linearized(key, model, q: NIWPosterior, center, sx, sy, qx, lam):
 
 
 def student_t_logpdf(y, df, loc, scale):
-    """Log density of the Student-t ``t_df(loc, scale)`` (elementwise, broadcasting)."""
+    """Log density of the Student-t ``t_df(loc, scale)`` (elementwise, broadcasting).
+
+    Args:
+        y: the values.
+        df: degrees of freedom.
+        loc: location.
+        scale: scale.
+    """
     z = (y - loc) / scale
     return (gammaln((df + 1.0) / 2.0) - gammaln(df / 2.0) - 0.5 * jnp.log(df * jnp.pi) - jnp.log(scale)
             - (df + 1.0) / 2.0 * jnp.log1p(z**2 / df))
@@ -248,6 +271,17 @@ def linearized_batch(key, model, q: NIWPosterior, centers, sx, sy, qx, qy, gamma
     standard Gamma((ν + n_s)/2) draws (see :func:`draw_gamma`); ``λ = gamma_draws / rate`` with
     ``rate = (ν + rᵀK⁻¹r)/2``. Returns ``(theta (S, B, d), outputs (S, B, Q), y (S, B, Q), lpd (B, Q) or None,
     mean (B, Q), scale (B, Q), df (B,))``.
+
+    Args:
+        key: a ``jax.random`` key.
+        model: the episode model.
+        q: the learned :class:`NIWPosterior`.
+        centers: (B, d) expansion points.
+        sx: support x (B, K, ...).
+        sy: support y (B, K).
+        qx: query x (B, Q, ...).
+        qy: query y (B, Q) or ``None``.
+        gamma_draws: (B, S) standard Gamma((ν + n_s)/2) draws.
     """
     def one(k, c, xs, ys, xq, g):
         mean, scale, df = linearized_predictive(model, q, c, xs, ys, xq)
@@ -265,7 +299,14 @@ def linearized_batch(key, model, q: NIWPosterior, centers, sx, sy, qx, qy, gamma
 
 @partial(jax.jit, static_argnums=(2, 3))
 def draw_gamma(key, shape, batch: int, num_samples: int):
-    """(batch, num_samples) draws of the standard Gamma(shape) (a scalar); compiled once per size."""
+    """(batch, num_samples) draws of the standard Gamma(shape) (a scalar); compiled once per size.
+
+    Args:
+        key: a ``jax.random`` key.
+        shape: the Gamma shape parameter.
+        batch: rows.
+        num_samples: columns.
+    """
     return jax.random.gamma(key, shape, (batch, num_samples))
 
 
