@@ -250,10 +250,11 @@ def main(argv=None):
     os.makedirs(a.outdir, exist_ok=True)
     # JAX's persistent compilation cache: the second MAML (another learning rate, same program through
     # optax.inject_hyperparams) and the repeated adaptation calls reuse compiled programs, and a re-run skips
-    # compilation
-    jax.config.update("jax_compilation_cache_dir", os.path.join(a.outdir, "jax-cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # compilation (unless a cache is configured already, as in the test suite)
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(a.outdir, "jax-cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     import matplotlib
 
     matplotlib.use("Agg")
