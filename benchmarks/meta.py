@@ -75,7 +75,7 @@ def main(argv=None):
     niw = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=2e-3, sgld_temperature=0.01,
                     num_burnin=2, num_sgld_samples=3, max_grad_norm=1000.0, optimizer=optax.adam(1e-2),
                     batch_size=batch)
-    step, _ = niw._build(None)
+    step, _ = niw.build(None)
     inner = 10  # training steps per timed call
     keys = jax.random.split(jax.random.key(2), inner)
     niw_run = scan_steps(step, inner)

@@ -21,12 +21,17 @@ import json
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+# XLA's backend optimisation level 1 compiles these small programs in about half the default's time at
+# the same run time (see tests/conftest.py); most of a --quick run is compilation. Read when JAX first
+# computes, so it applies under `bayeskit reproduce niw` too; set XLA_FLAGS yourself to override.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")
 
-import bayeskit as bk
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import bayeskit as bk  # noqa: E402
 
 M = bk.meta
 B = bk.meta.baselines
@@ -64,19 +69,39 @@ def mse_loss(model):
 # %% metrics
 
 
+LEVELS = np.linspace(0.1, 0.9, 9)
+
+
+def regression_metrics(mean, log_density, interval, y):
+    """MSE, NLL, 90% coverage and calibration error = mean |coverage - level| of central intervals.
+
+    ``log_density`` (episodes, query) is the predictive log density of y; ``interval(level) -> (lo, hi)``.
+    """
+    mean, y = np.asarray(mean, dtype=float), np.asarray(y, dtype=float)
+    per_task = ((mean - y) ** 2).reshape(y.shape[0], -1).mean(-1)
+    cover = []
+    for lv in LEVELS:
+        lo, hi = interval(lv)
+        cover.append(((y >= lo) & (y <= hi)).mean())
+    cover = np.array(cover)
+    return dict(mse=per_task.mean(), mse_se=per_task.std() / np.sqrt(len(per_task)),
+                nll=-np.mean(np.asarray(log_density)), cover90=cover[-1],
+                calib=np.abs(cover - LEVELS).mean()), (LEVELS, cover)
+
+
 def gaussian_metrics(mean, std, y):
-    """MSE, Gaussian NLL and calibration error = mean |coverage - level| of central intervals."""
+    """:func:`regression_metrics` of a Gaussian predictive N(mean, std²)."""
     from scipy.stats import norm
 
-    mean, std, y = (np.asarray(a, dtype=float) for a in (mean, std, y))
-    err = (mean - y) ** 2
-    per_task = err.reshape(err.shape[0], -1).mean(-1)
-    nll = -norm.logpdf(y, mean, std).mean()
-    levels = np.linspace(0.1, 0.9, 9)
-    z = np.abs(y - mean) / std
-    cover = np.array([(z <= norm.ppf(0.5 + lv / 2)).mean() for lv in levels])
-    return dict(mse=per_task.mean(), mse_se=per_task.std() / np.sqrt(len(per_task)), nll=nll,
-                calib=np.abs(cover - levels).mean()), (levels, cover)
+    mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+    half = lambda lv: norm.ppf(0.5 + lv / 2) * std  # noqa: E731
+    return regression_metrics(mean, norm.logpdf(np.asarray(y, float), mean, std),
+                              lambda lv: (mean - half(lv), mean + half(lv)), y)
+
+
+def niw_metrics(pred, y):
+    """:func:`regression_metrics` of a NIW-Meta prediction (exact Student-t density and intervals)."""
+    return regression_metrics(pred.mean, pred.log_predictive_density, pred.interval, y)
 
 
 def class_metrics(probs, y, num_bins=10):
@@ -116,7 +141,8 @@ def sine_experiment(key, shots, args, outdir):
     for lr in (1e-3, 1e-2):  # MAML at the usual outer rate and at NIW-Meta's
         t0 = time.perf_counter()
         mamls[lr] = B.maml(k_maml, model, train_sampler, num_support=shots, inner_steps=5, inner_learning_rate=0.01,
-                           optimizer=optax.adam(lr), batch_size=batch, num_steps=num_steps, loss_fn=loss,
+                           optimizer=optax.inject_hyperparams(optax.adam)(learning_rate=lr), batch_size=batch,
+                           num_steps=num_steps, loss_fn=loss,
                            max_grad_norm=50.0)
         t_maml = time.perf_counter() - t0
     maml = mamls[1e-3]
@@ -145,7 +171,7 @@ def sine_experiment(key, shots, args, outdir):
         std = np.full(np.shape(mean), fitted_std(fn))
         rows[name], curves[name] = gaussian_metrics(mean, std, qy)
     pred = niw_fit.predict(k_pred, support, (qx, qy), num_samples=args.samples)
-    rows["NIW-Meta"], curves["NIW-Meta"] = gaussian_metrics(pred.mean, pred.std, qy)
+    rows["NIW-Meta"], curves["NIW-Meta"] = niw_metrics(pred, qy)
     rows["NIW-Meta"]["train_s"], rows["MAML (lr 1e-2)"]["train_s"] = t_niw, t_maml
     plots = dict(support=support, qx=qx, qy=qy, niw=pred, maml=maml.predict(support, qx),
                  pooled=pooled.predict(qx), fit=niw_fit)
@@ -222,6 +248,13 @@ def main(argv=None):
     args = argparse.Namespace(steps=150 if a.quick else 1500, batch=8 if a.quick else 16,
                               test_tasks=40 if a.quick else 300, samples=16 if a.quick else 50, eta=2e-3)
     os.makedirs(a.outdir, exist_ok=True)
+    # JAX's persistent compilation cache: the second MAML (another learning rate, same program through
+    # optax.inject_hyperparams) and the repeated adaptation calls reuse compiled programs, and a re-run skips
+    # compilation (unless a cache is configured already, as in the test suite)
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(a.outdir, "jax-cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,14 +264,16 @@ def main(argv=None):
     results, lines = {}, []
     lines.append(f"NIW-Meta few-shot experiments ({'quick' if a.quick else 'full'}: {args.steps} training steps x "
                  f"{args.batch} episodes per method, {args.test_tasks} test episodes)\n")
-    lines.append("Sine regression (query MSE ± s.e., Gaussian NLL, calibration error = mean |coverage - level|)")
-    lines.append(f"{'K':>3} {'method':<15} {'MSE':>14} {'NLL':>8} {'calib':>7}")
+    lines.append("Sine regression (query MSE ± s.e., predictive NLL, coverage of 90% intervals, "
+                 "calibration error = mean |coverage - level| over levels 0.1..0.9)")
+    lines.append(f"{'K':>3} {'method':<15} {'MSE':>14} {'NLL':>8} {'cov90':>6} {'calib':>7}")
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     for row, shots in enumerate((5, 10)):
         rows, curves, plots = sine_experiment(jax.random.fold_in(key, shots), shots, args, a.outdir)
         results[f"sine_K{shots}"] = rows
         for name, r in rows.items():
-            lines.append(f"{shots:>3} {name:<15} {r['mse']:>7.3f} ± {r['mse_se']:<5.3f} {r['nll']:>8.3f} {r['calib']:>7.3f}")
+            lines.append(f"{shots:>3} {name:<15} {r['mse']:>7.3f} ± {r['mse_se']:<5.3f} {r['nll']:>8.3f} "
+                         f"{r['cover90']:>6.3f} {r['calib']:>7.3f}")
         # figure: one test episode, predictive band
         i = 0
         order = np.argsort(np.asarray(plots["qx"][i, :, 0]))

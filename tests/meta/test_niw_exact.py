@@ -221,7 +221,7 @@ def test_elbo_below_collapsed_bound_and_exact_marginal():
     elbo = float(res.elbo(jax.random.key(0), (x, y)))
     mus, sigmas = res.sample_global(jax.random.key(1), 300)
     vals = np.array([exact_log_marginal(x, y, m, S) for m, S in zip(np.asarray(mus), np.asarray(sigmas))])
-    collapsed = vals.mean() - float(M.niw_kl(res.posterior, res.config._prior()))
+    collapsed = vals.mean() - float(M.niw_kl(res.posterior, res.config.hyperprior()))
     se = vals.std() / np.sqrt(len(vals))
     assert elbo <= collapsed + 4 * se
     ml, _ = type2_ml(x, y, 2)

@@ -1,35 +1,34 @@
 """NIW-Meta: Normal-Inverse-Wishart hierarchical Bayesian few-shot meta-learning (``bk.meta``).
 
 Kim & Hospedales, "A Hierarchical Bayesian Model for Few-Shot Meta Learning", ICLR 2024. See
-``docs/meta.md`` for the math (and which parts are reconstructed) and :mod:`.niw` for the kernels.
+``docs/meta.md`` for the math (and which parts are reconstructed). Modules: :mod:`.conjugate` (NIW
+algebra), :mod:`.local` (quadratic approximations), :mod:`.training` (the optimisation step), :mod:`.niw`
+(the configuration and ``fit``), :mod:`.result` (the fitted model), :mod:`.predictive` (predictions).
 Baselines for comparison (no adaptation, fine-tuning, compact MAML) live in :mod:`.baselines`.
 """
 
 from bayeskit.inference.meta import baselines
 from bayeskit.inference.meta.episode import EpisodeModel
-from bayeskit.inference.meta.niw import (
+from bayeskit.inference.meta.conjugate import (
     LocalPosterior,
-    MetaPrediction,
-    NIWMeta,
-    NIWMetaResult,
     NIWParams,
     NIWPosterior,
     NIWPrior,
     QuadraticApproximation,
-    StepInfo,
-    TrainState,
-    build_step,
     constrain,
     episode_loss,
     expected_kl_local,
     expected_log_det_precision,
     expected_neg_log_likelihood,
-    laplace_approximation,
     local_posterior,
     niw_kl,
-    sgld_approximation,
     unconstrain,
 )
+from bayeskit.inference.meta.local import laplace_approximation, sgld_approximation
+from bayeskit.inference.meta.niw import NIWMeta
+from bayeskit.inference.meta.predictive import MetaPrediction
+from bayeskit.inference.meta.result import NIWMetaResult
+from bayeskit.inference.meta.training import StepInfo, TrainState, build_step
 
 __all__ = [
     "EpisodeModel",
