@@ -100,30 +100,38 @@ def _msc_optimum(ys):
     return lam
 
 
-def _check_msc_gradient(ys, lam, iterations):
+def _check_msc_gradient(ys, lam, iterations, num_chains):
     """With lambda held fixed (zero learning rate), the MSC gradient estimates of the PPG chain whose cSMC
-    proposal is q_lambda average to the exact E_p[grad_z log q_lambda(X)] (unconstrained z), within 4
-    batch-means standard errors."""
+    proposal is q_lambda average to the exact E_p[grad_z log q_lambda(X)] (unconstrained z): the mean over
+    ``num_chains`` independent chains is within 4 standard errors of the chain means.
+
+    (Batch means within one 200-iteration chain underestimate the error here: over 10 seeds, on the code before
+    and after the one-engine change alike, they gave |z| of 4 to 6.9 for ``b`` and ``s`` in 3 seeds of 10, and
+    ArviZ's ESS-based MCSE did no better. The chains mix slowly in those coordinates, so the error comes from
+    independent chains.)"""
     lam = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in lam.items()}
     z = {k: (jnp.log(v) if k in ("s", "s0") else v) for k, v in lam.items()}
     exact = jax.grad(lambda zz: _expected_log_q({k: (jnp.exp(v) if k in ("s", "s0") else v) for k, v in zz.items()},
                                                 ys))(z)
-    res = bk.smc.fit(jax.random.key(4), AR, lam, ys, method="msc", variational=Q, fixed_params=TRUE,
-                     constraints=MSC_CONS, num_iterations=iterations, num_particles=16, optimizer=optax.sgd(0.0),
-                     num_chunks=1)
-    assert np.allclose(res.history["a"], lam["a"])  # lambda did not move
+    means = {k: [] for k in lam}
+    for c in range(num_chains):
+        res = bk.smc.fit(jax.random.key(100 + c), AR, lam, ys, method="msc", variational=Q, fixed_params=TRUE,
+                         constraints=MSC_CONS, num_iterations=iterations, num_particles=16,
+                         optimizer=optax.sgd(0.0), num_chunks=1)
+        assert np.allclose(res.history["a"], lam["a"])  # lambda did not move
+        for k in lam:
+            means[k].append(np.asarray(res.estimates[k])[iterations // 10:].mean())
     for k in lam:
-        e = np.asarray(res.estimates[k])[iterations // 10:]
-        batches = e[: len(e) // 20 * 20].reshape(20, -1).mean(axis=1)
-        se = batches.std(ddof=1) / np.sqrt(len(batches))
-        assert abs(e.mean() - float(exact[k])) < 4 * se, (k, e.mean(), float(exact[k]), se)
+        m = np.asarray(means[k])
+        se = m.std(ddof=1) / np.sqrt(num_chains)
+        assert abs(m.mean() - float(exact[k])) < 4 * se, (k, m.mean(), float(exact[k]), se)
 
 
 def test_msc_gradient_matches_exact_inclusive_kl_gradient(problem):
     """A poor q_lambda as the cSMC proposal still gives a chain targeting p(x | y): the MSC gradient is exact on
     average (the exact value from the RTS moments)."""
     ys, _, _ = problem
-    _check_msc_gradient(ys, {"m0": 0.0, "s0": 1.5, "a": 0.5, "b": 0.3, "s": 0.8}, 200)
+    _check_msc_gradient(ys, {"m0": 0.0, "s0": 1.5, "a": 0.5, "b": 0.3, "s": 0.8}, 200, 8)
 
 
 @pytest.mark.slow
@@ -142,7 +150,7 @@ def test_msc_converges_to_the_exact_inclusive_kl_optimum(problem):
                          num_iterations=iters, num_particles=20,
                          optimizer=optax.adam(optax.exponential_decay(0.05, iters, 0.05)))
         runs.append({k: float(np.mean(res.history[k][-iters // 3:])) for k in star})
-    _check_msc_gradient(ys, star, 400)  # the exact optimum is a zero of the estimated gradient
+    _check_msc_gradient(ys, star, 400, 4)  # the exact optimum is a zero of the estimated gradient
     q = stats.t.ppf(0.9995, R - 1)
     for k in star:
         v = np.array([r[k] for r in runs])
