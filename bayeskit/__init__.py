@@ -34,6 +34,7 @@ _LAZY = {
     "diagnostics": "bayeskit.diagnostics",
     "plots": "bayeskit.plots",
     "distributed": "bayeskit.distributed",
+    "testing": "bayeskit.testing",
 }
 
 

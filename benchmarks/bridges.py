@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bayeskit as bk
-from bayeskit.inference.bridges import gaussian_mixture_benchmark
+from bayeskit.testing import gaussian_mixture_benchmark
 
 
 @jax.jit
@@ -76,7 +76,7 @@ def run(dim, epsilon, n, lightsb_steps, sinkhorn_iterations, num_test=200, seed=
     jax.block_until_ready(sb.params)
     t_lsb = time.perf_counter() - t0
     m, c = sb.conditional_moments(xt)
-    uvp_lsb = bk.bridges.cbw2_uvp(m, c, mean_t, cov_t, var1)
+    uvp_lsb = bk.testing.cbw2_uvp(m, c, mean_t, cov_t, var1)
 
     t0 = time.perf_counter()
     g, err = _sinkhorn(x0, x1, epsilon, sinkhorn_iterations)
@@ -87,7 +87,7 @@ def run(dim, epsilon, n, lightsb_steps, sinkhorn_iterations, num_test=200, seed=
     jax.block_until_ready(g)
     t_sk = time.perf_counter() - t0
     m, c = sinkhorn_conditional_moments(xt, x1, g, epsilon)
-    uvp_sk = bk.bridges.cbw2_uvp(m, c, mean_t, cov_t, var1)
+    uvp_sk = bk.testing.cbw2_uvp(m, c, mean_t, cov_t, var1)
     return dict(dim=dim, epsilon=epsilon, n=n, t_lsb=t_lsb, t_sk=t_sk, t_lsb_cold=t_lsb_cold, t_sk_cold=t_sk_cold,
                 uvp_lsb=uvp_lsb, uvp_sk=uvp_sk,
                 marg_err=float(err))

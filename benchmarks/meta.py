@@ -34,7 +34,7 @@ import bayeskit as bk  # noqa: E402
 from niw_meta import init_mlp, mlp, mse_loss, sample_sine  # noqa: E402
 
 M = bk.meta
-B = bk.meta.baselines
+B = bk.testing.meta_baselines
 
 
 def scan_steps(step, num_steps):

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 import bayeskit as bk
-from bayeskit.inference.bridges import gaussian_mixture_benchmark
+from bayeskit.testing import gaussian_mixture_benchmark
 
 
 def run_instance(dim: int, epsilon: float, *, num_train: int, num_steps: int, num_test: int, seed: int = 0,
@@ -38,12 +38,12 @@ def run_instance(dim: int, epsilon: float, *, num_train: int, num_steps: int, nu
     mean, cov = sb.conditional_moments(xt)
     mean_t, cov_t = bench.conditional_moments(xt)
     var1 = float(np.trace(np.atleast_2d(np.cov(np.asarray(x1), rowvar=False))))
-    score = bk.bridges.cbw2_uvp(mean, cov, mean_t, cov_t, var1)
+    score = bk.testing.cbw2_uvp(mean, cov, mean_t, cov_t, var1)
     # BW2-UVP of the target marginal: push fresh source samples through the fitted plan
     y = sb.sample(jax.random.key(seed + 7), xt)
-    m_hat, c_hat = bk.bridges.gaussian_moments(y)
-    m_true, c_true = bk.bridges.gaussian_moments(bench.sample_target(jax.random.key(seed + 8), 20000))
-    marginal_score = bk.bridges.bw2_uvp(m_hat, c_hat, m_true, c_true)
+    m_hat, c_hat = bk.testing.gaussian_moments(y)
+    m_true, c_true = bk.testing.gaussian_moments(bench.sample_target(jax.random.key(seed + 8), 20000))
+    marginal_score = bk.testing.bw2_uvp(m_hat, c_hat, m_true, c_true)
     return {"dim": dim, "epsilon": epsilon, "cbw2_uvp": score, "bw2_uvp": marginal_score, "seconds": seconds,
             "sb": sb, "bench": bench, "x0": x0, "x1": x1}
 

@@ -34,7 +34,7 @@ import optax  # noqa: E402
 import bayeskit as bk  # noqa: E402
 
 M = bk.meta
-B = bk.meta.baselines
+B = bk.testing.meta_baselines
 
 # %% sine tasks
 

@@ -7,7 +7,7 @@ import pytest
 
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError
-from bayeskit.inference.bridges import gaussian_bridge
+from bayeskit.testing import gaussian_bridge
 from bayeskit.inference.bridges.lightsb import LightSB, LightSBParams, init_params
 from bayeskit.inference.bridges.linear import (
     LinearLightSB,

@@ -7,12 +7,10 @@ reference refinement (SBIRR), ground-truth constructions and metrics.
   bridges with iterative reference refinement" (AISTATS 2025).
 * References :func:`Brownian`, :func:`OU`, :func:`Linear`, :func:`LotkaVolterra`, :func:`Repressilator`,
   :func:`GradientField`, :class:`ParametricDrift`.
-* Metrics :func:`bw2_uvp`, :func:`cbw2_uvp`, :func:`emd`; ground truths :func:`gaussian_mixture_benchmark`,
-  :func:`gaussian_bridge`.
+* Ground truths and metrics (the Gaussian-mixture benchmark, the Gaussian closed form, BW2-UVP, EMD) are in
+  :mod:`bayeskit.testing`.
 """
 
-from bayeskit.inference.bridges.benchmark import GaussianMixtureBenchmark, gaussian_mixture_benchmark
-from bayeskit.inference.bridges.gaussian import GaussianBridge, gaussian_bridge
 from bayeskit.inference.bridges.lightsb import (
     LightSB,
     LightSBParams,
@@ -33,7 +31,6 @@ from bayeskit.inference.bridges.linear import (
     gaussian_bridge_linear,
     linear_transition,
 )
-from bayeskit.inference.bridges.metrics import bw2, bw2_uvp, cbw2_uvp, emd, gaussian_moments
 from bayeskit.inference.bridges.multimarginal import (
     GPDrift,
     MultiMarginalResult,
@@ -55,10 +52,23 @@ from bayeskit.inference.bridges.reference import (
 __all__ = [
     "LightSB", "LightSBParams", "conditional_components", "conditional_log_prob", "conditional_sample", "drift",
     "euler_maruyama", "log_normaliser", "log_potential", "loss",
-    "GaussianBridge", "GaussianMixtureBenchmark", "gaussian_bridge", "gaussian_mixture_benchmark",
     "LinearLightSB", "LinearGaussianBridge", "GaussianTransition", "gaussian_bridge_linear", "linear_transition",
     "bridge_paths",
-    "bw2", "bw2_uvp", "cbw2_uvp", "emd", "gaussian_moments",
     "GPDrift", "MultiMarginalResult", "ipf_interval", "multimarginal", "vanilla_sb",
     "Reference", "ParametricDrift", "Brownian", "OU", "Linear", "LotkaVolterra", "Repressilator", "GradientField",
 ]
+
+_MOVED_TO_TESTING = ("GaussianBridge", "GaussianMixtureBenchmark", "gaussian_bridge", "gaussian_mixture_benchmark",
+                     "bw2", "bw2_uvp", "cbw2_uvp", "emd", "gaussian_moments")
+
+
+def __getattr__(name):
+    if name in _MOVED_TO_TESTING:
+        import warnings
+
+        import bayeskit.testing
+
+        warnings.warn(f"bayeskit.bridges.{name} moved to bayeskit.testing.{name}; the old name will be removed in "
+                      "the next release", FutureWarning, stacklevel=2)
+        return getattr(bayeskit.testing, name)
+    raise AttributeError(f"module 'bayeskit.bridges' has no attribute {name!r}")

@@ -4,10 +4,9 @@ Kim & Hospedales, "A Hierarchical Bayesian Model for Few-Shot Meta Learning", IC
 ``docs/meta.md`` for the math (and which parts are reconstructed). Modules: :mod:`.conjugate` (NIW
 algebra), :mod:`.local` (quadratic approximations), :mod:`.training` (the optimisation step), :mod:`.niw`
 (the configuration and ``fit``), :mod:`.result` (the fitted model), :mod:`.predictive` (predictions).
-Baselines for comparison (no adaptation, fine-tuning, compact MAML) live in :mod:`.baselines`.
+Baselines for comparison (no adaptation, fine-tuning, compact MAML) are ``bk.testing.meta_baselines``.
 """
 
-from bayeskit.inference.meta import baselines
 from bayeskit.inference.meta.episode import EpisodeModel
 from bayeskit.inference.meta.conjugate import (
     LocalPosterior,
@@ -53,5 +52,16 @@ __all__ = [
     "local_posterior",
     "niw_kl",
     "sgld_approximation",
-    "baselines",
 ]
+
+
+def __getattr__(name):
+    if name == "baselines":
+        import warnings
+
+        import bayeskit.testing
+
+        warnings.warn("bayeskit.meta.baselines moved to bayeskit.testing.meta_baselines; the old name will be "
+                      "removed in the next release", FutureWarning, stacklevel=2)
+        return bayeskit.testing.meta_baselines
+    raise AttributeError(f"module 'bayeskit.meta' has no attribute {name!r}")
