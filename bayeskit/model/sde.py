@@ -308,6 +308,8 @@ def solve_augmented(key: Any, sde: SDE, params: Any, grid: Any, x0: jax.Array, y
 
     Args:
         key: key for the driving Brownian motion.
+        sde: the model.
+        params: model parameters passed to its drift and diffusion.
         grid: increasing times ``(n,)`` (the scheme steps exactly on them).
         x0: initial state ``(d,)``.
         y0: initial OU states ``(d, K)``.
@@ -315,6 +317,10 @@ def solve_augmented(key: Any, sde: SDE, params: Any, grid: Any, x0: jax.Array, y
         hurst: Hurst index used for the weights (may be traced).
         solver: ``None`` or ``"exact_ou"`` (default) for the scheme below, or a diffrax SDE solver
             (e.g. ``diffrax.Heun()``) stepping on ``grid`` with a :class:`GridBrownianPath`.
+        noise_factor: optional lower-triangular factors ``(n - 1, d, k, k)`` (``k = max(K, 1)``), one per step
+            and state dimension, that rescale the step noise of the ``"exact_ou"`` scheme,
+            :math:`\xi_i = R_i z_i \to R_i S_i z_i`; the exact Gaussian KL
+            :math:`\tfrac12 (\|S_i\|_F^2 - k - 2 \log|\det S_i|)` of each step is added to the returned cost.
 
     The default ``"exact_ou"`` scheme holds the control :math:`u_i = u(t_i, X_i, Y_i)` constant over
     each step and propagates the OU vector with its *exact* controlled transition,

@@ -111,9 +111,11 @@ def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_
     r"""Return ``(elbo_fn, init_fn)`` for the model and data.
 
     ``init_fn(key, params) -> variational_params`` (a pytree: ``model`` parameters, ``control``,
-    ``x0``, ``y0``, ``hurst``); ``elbo_fn(key, variational_params, num_samples) -> (elbo, aux)`` is an
-    unbiased estimate of the ELBO (sum over series) with ``aux`` a dict of its parts (``loglik``,
-    ``kl_path``, ``kl_x0``, ``kl_y0``, ``kl_hurst``, ``hurst``). Both are pure and jittable.
+    ``x0``, ``y0``, ``noise`` (step-noise scales, ``noise_scale=True``), ``hurst``);
+    ``elbo_fn(key, variational_params, num_samples) -> (elbo, aux)`` is an unbiased estimate of the
+    ELBO (sum over series) with ``aux`` a dict of its parts (``loglik``, ``kl_path`` (control and
+    noise scales), ``kl_x0``, ``kl_y0``, ``kl_hurst``, ``hurst``). Both are pure and jittable. The
+    arguments are those of :func:`bayeskit.inference.sde.vi.fit_vi`.
     """
     control = MLPControl() if control is None else control
     fixed_params = dict(fixed_params or {})

@@ -183,9 +183,10 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         fixed_params: model parameters held fixed (merged with ``params`` for the model callables).
         mask: optional boolean ``(num_series, num_times)``; False entries are ignored.
         control: :class:`MLPControl` (default) or :class:`AffineControl`.
-        learn_hurst: learn H (needs ``FractionalBM`` noise; its ``hurst`` is the starting value).
+        learn_hurst: learn H (needs ``FractionalBM`` noise; its ``hurst`` is the centre of the warm-up).
         hurst_prior: NumPyro distribution on (0, 1); with it H gets a logit-normal q(H) (posterior
-            mean and sd reported), without it a point estimate as in the paper.
+            mean and sd reported) and the path posterior depends on H, without it a point estimate as
+            in the paper.
         num_steps: uniform solver steps on [t0, t1] (the observation times are added to the grid).
         refine: extra steps of sizes dt/2, dt/4, ... placed before each observation time, where the
             optimal control is steepest (``bayeskit.model.sde.make_grid``); ``refine_ratio`` (default 2)
@@ -199,6 +200,18 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
             estimate (and its standard error) uses the same paths.
         chunk_size: the loop runs in jitted chunks of ``chunk_size`` steps.
         progress_bar: show a tqdm bar, updated between chunks.
+        dtype: floating dtype of the variational parameters (default: JAX's default float).
+        hurst_warmup: with ``learn_hurst``, the first steps (default ``num_iterations // 4``) fit the path
+            posterior with H held fixed, at each of the ``hurst_start`` values at once; the run then
+            goes on from the best of them (:func:`bayeskit.inference.sde.hurst.profile_start`).
+        hurst_learning_rate: step size (or optax schedule) of the separate, slower Adam that moves H after
+            the warm-up (default ``optax.exponential_decay(0.05, num_iterations - hurst_warmup, 0.1)``).
+        hurst_start: increasing H values of the warm-up (default: logit H = logit(noise.hurst) + (-1, 0, 1),
+            i.e. 0.27, 0.5, 0.73 from H = 0.5); one value warms up at that H only.
+        noise_scale: learn a lower-triangular rescaling of each step's noise (exact-OU scheme only; see
+            :mod:`bayeskit.inference.sde.elbo`): it lets the posterior shrink the noise before precise
+            observations, which keeps the ELBO gap nearly flat in H on a grid with one step per
+            observation interval.
 
     Returns:
         :class:`VIResult`.
@@ -289,10 +302,11 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
             moved["hurst"]["log_scale"] = jnp.asarray(math.log(sd), etas.dtype)
         state = state._replace(params=recenter_hurst(moved))  # the path posterior follows H along its slope
         infos = [jax.tree_util.tree_map(lambda a: a[:, best], i) for i in warm_infos]
-    else:
+        done = warmup
+    else:  # one start (or H not learned): a warm-up, if any, is the frozen first steps of H's optimiser
         state = init(vp0, optimizer)
-        warmup = 0
-    state, more = run(jax.jit(lambda s, ks: jax.lax.scan(one, s, ks)), state, warmup, num_iterations)
+        done = 0
+    state, more = run(jax.jit(lambda s, ks: jax.lax.scan(one, s, ks)), state, done, num_iterations)
     infos += more
     if bar is not None:
         bar.close()
