@@ -57,7 +57,8 @@ def test_recenter_hurst_leaves_the_elbo_unchanged():
     times = np.array([0.5, 1.0, 2.0])
     elbo_fn, init_fn = bk.sde.build_elbo(sde, times, np.array([[0.1, -0.2, 0.3]]), control=bk.sde.AffineControl(),
                                          fixed_params=fou.example_params(theta=1.0), learn_hurst=True,
-                                         hurst_prior=dist.Uniform(0.0, 1.0), num_steps=8, refine=0)
+                                         hurst_prior=dist.Uniform(0.0, 1.0), num_steps=8, refine=0,
+                                         noise_scale=True)
     vp = init_fn(jax.random.key(0), {})
     leaves, treedef = jax.tree_util.tree_flatten(vp)
     keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -67,6 +68,7 @@ def test_recenter_hurst_leaves_the_elbo_unchanged():
     moved = bk.sde.hurst.recenter_hurst(vp)
     assert float(moved["hurst"]["center"]) == float(vp["hurst"]["loc"])
     assert not np.allclose(moved["control"]["A"], vp["control"]["A"])
+    assert not np.allclose(moved["noise"]["raw"], vp["noise"]["raw"])
     elbo = jax.jit(lambda v: elbo_fn(jax.random.key(2), v, 4)[0])
     a, b = float(elbo(vp)), float(elbo(moved))
     assert a == pytest.approx(b, rel=1e-10, abs=1e-9)

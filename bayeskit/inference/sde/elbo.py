@@ -13,7 +13,8 @@ the path KL is :math:`E_Q \tfrac12 \int |u|^2 dt`. On the solver grid (the exact
 :func:`bayeskit.model.sde.solve_augmented`) the control is held over each step and the step noise
 :math:`\xi_i = R_i z_i` (:math:`R_i R_i^\top` the exact OU transition covariance) may be rescaled to
 :math:`R_i S_i z_i` with a learned lower-triangular :math:`S_i` per step and state dimension
-(``noise_scale=True``): the posterior of a path pinned by a precise observation has less noise than
+(``noise_scale=True``; the default of :func:`~bayeskit.inference.sde.vi.fit_vi` when it learns H): the
+posterior of a path pinned by a precise observation has less noise than
 the prior just before it, which a control held over a step cannot produce. The Gaussian KL of that
 rescaling, :math:`\tfrac12(\|S_i\|_F^2 - k - 2\log|\det S_i|)`, is exact, and
 :math:`\tfrac12 |u_i|^2 \Delta_i` bounds the KL of the mean shift, so
@@ -107,7 +108,7 @@ class ElboSetup(NamedTuple):
 
 def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_params=None,
                learn_hurst=False, hurst_prior=None, num_steps=200, refine=4, refine_ratio=2.0, solver=None,
-               dtype=None, noise_scale=True):
+               dtype=None, noise_scale=False):
     r"""Return ``(elbo_fn, init_fn)`` for the model and data.
 
     ``init_fn(key, params) -> variational_params`` (a pytree: ``model`` parameters, ``control``,

@@ -170,7 +170,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
            num_iterations: int = 1000, optimizer: Any = None, learning_rate: float = 1e-2, solver: Any = None,
            num_posterior_samples: int = 256, chunk_size: int = 50,
            progress_bar: bool = True, dtype=None, hurst_warmup: int | None = None,
-           hurst_learning_rate: Any = None, hurst_start: Any = None, noise_scale: bool = True) -> VIResult:
+           hurst_learning_rate: Any = None, hurst_start: Any = None, noise_scale: bool | None = None) -> VIResult:
     r"""Fit the variational posterior of an SDE model to observed series (Daems et al., ICLR 2024).
 
     Args:
@@ -211,7 +211,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         noise_scale: learn a lower-triangular rescaling of each step's noise (exact-OU scheme only; see
             :mod:`bayeskit.inference.sde.elbo`): it lets the posterior shrink the noise before precise
             observations, which keeps the ELBO gap nearly flat in H on a grid with one step per
-            observation interval.
+            observation interval. Default (None): on when ``learn_hurst``, else off.
 
     Returns:
         :class:`VIResult`.
@@ -252,6 +252,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
     if learn_hurst:
         start_nodes = _start_nodes(hurst_start, float(sde.noise.hurst))
     optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
+    noise_scale = bool(learn_hurst) if noise_scale is None else bool(noise_scale)
     elbo_fn, init_fn = build_elbo(sde, times, obs, mask, control=control, fixed_params=fixed_params,
                                   learn_hurst=learn_hurst, hurst_prior=hurst_prior, num_steps=num_steps, refine=refine,
                                   refine_ratio=refine_ratio, solver=solver, dtype=dtype, noise_scale=noise_scale)
