@@ -225,7 +225,7 @@ def test_hurst_posterior_calibrated(true_h, seed):
     """Issue 18 must-show (lean; the full table is benchmarks/hurst_calibration.py). One fOU series of 80
     noisy observations on (0, 2] simulated exactly from the model; exact grid posterior of H (Kalman
     filter, flat prior). The quick recipe (logit-normal q(H), affine control, one exact-OU step with
-    learned noise scales per observation interval, warm-up at three H, 800 steps) must put the mean of
+    learned noise scales per observation interval, warm-up at three H, 1200 steps) must put the mean of
     q(H) within 1 exact sd of the exact mean and its sd within a factor 2 of the exact sd, with a
     valid bound. Before (fixed control while H trained, H-independent path posterior): 0.48 for an
     exact 0.396 +- 0.022 and q(H) sd about a quarter of the exact one."""
@@ -240,8 +240,8 @@ def test_hurst_posterior_calibrated(true_h, seed):
     start = fou.make_sde(hurst=0.5, num_ou=5, gamma_max=20.0, t1=2.0)
     res = bk.sde.fit_vi(jax.random.key(seed), start, ys, times, fixed_params=p, learn_hurst=True,
                         hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(), num_steps=80,
-                        refine=0, num_samples=8, num_iterations=800,
-                        optimizer=optax.adam(optax.exponential_decay(0.1, 800, 0.05)), progress_bar=False,
+                        refine=0, num_samples=8, num_iterations=1200,
+                        optimizer=optax.adam(optax.exponential_decay(0.1, 1200, 0.05)), progress_bar=False,
                         num_posterior_samples=64)
     # the flat prior's log p(y) has H integrated out; the grid covers all but ~1e-9 of the mass
     assert res.final_elbo < exact["log_evidence"] + 4 * res.final_elbo_se

@@ -273,7 +273,8 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
     if progress_bar:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_iterations, desc="fit_vi")
+        bar = tqdm(total=num_iterations + (len(start_nodes) - 1) * (warmup if len(start_nodes) > 1 else 0),
+                   desc="fit_vi")
 
     def run(chunk_j, state, start, stop):
         infos = []
@@ -288,26 +289,26 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
                 bar.set_postfix(elbo=f"{float(np.mean(np.asarray(info.elbo)[-1])):.3f}")
         return state, infos
 
+    chunk_j = jax.jit(lambda s, ks: jax.lax.scan(one, s, ks))
     infos = []
+    done = 0
     if warmup and len(start_nodes) > 1:
-        # warm-up at several fixed H at once (common random numbers), then start from the best
-        etas = jnp.asarray(np.log(start_nodes) - np.log1p(-start_nodes), vp0["hurst"]["loc"].dtype)
-        states = jax.vmap(lambda eta: init(at_hurst(vp0, eta), optimizer))(etas)
-        warm_j = jax.jit(lambda s, ks: jax.lax.scan(lambda ss, k: jax.vmap(lambda st: one(st, k))(ss), s, ks))
-        states, warm_infos = run(warm_j, states, 0, warmup)
-        elbos = np.concatenate([np.asarray(i.elbo) for i in warm_infos])[-max(warmup // 5, 1):]
-        best, eta, sd = profile_start(np.asarray(etas), np.nanmean(elbos, axis=0))
-        state = jax.tree_util.tree_map(lambda a: a[best], states)
-        moved = {**state.params, "hurst": {**state.params["hurst"], "loc": jnp.asarray(eta, etas.dtype)}}
+        # warm-up at several fixed H, one after the other with the same keys (common random numbers) and
+        # the same compiled chunk as the rest of the run; then go on from the best
+        etas = np.log(start_nodes) - np.log1p(-start_nodes)
+        dtype_h = vp0["hurst"]["loc"].dtype
+        warm = [run(chunk_j, init(at_hurst(vp0, eta), optimizer), 0, warmup) for eta in etas]
+        elbos = [np.concatenate([np.asarray(i.elbo) for i in w_infos])[-max(warmup // 5, 1):] for _, w_infos in warm]
+        best, eta, sd = profile_start(etas, [np.nanmean(e) for e in elbos])
+        state, infos = warm[best]
+        moved = {**state.params, "hurst": {**state.params["hurst"], "loc": jnp.asarray(eta, dtype_h)}}
         if sd is not None and "log_scale" in moved["hurst"]:
-            moved["hurst"]["log_scale"] = jnp.asarray(math.log(sd), etas.dtype)
+            moved["hurst"]["log_scale"] = jnp.asarray(math.log(sd), dtype_h)
         state = state._replace(params=recenter_hurst(moved))  # the path posterior follows H along its slope
-        infos = [jax.tree_util.tree_map(lambda a: a[:, best], i) for i in warm_infos]
         done = warmup
     else:  # one start (or H not learned): a warm-up, if any, is the frozen first steps of H's optimiser
         state = init(vp0, optimizer)
-        done = 0
-    state, more = run(jax.jit(lambda s, ks: jax.lax.scan(one, s, ks)), state, done, num_iterations)
+    state, more = run(chunk_j, state, done, num_iterations)
     infos += more
     if bar is not None:
         bar.close()
