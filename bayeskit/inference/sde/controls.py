@@ -3,8 +3,9 @@ r"""Controls of the variational posterior SDE: functions :math:`u(t, X, Y)` adde
 A control is a frozen dataclass with ``init(key, *, state_dim, num_ou, num_series, dtype, grid) ->
 params`` and ``apply(params, series, tau, x, y, hurst, hurst_offset=0.0) -> u (state_dim,)``, with
 :math:`\tau = (t - t_0)/(t_1 - t_0)`, ``x`` the state ``(d,)``, ``y`` the OU states ``(d, K)``, ``hurst``
-the Hurst index of the path and ``hurst_offset`` :math:`= \operatorname{logit} H - E_q \operatorname{logit} H`
-(0 unless H has a variational posterior). Both start at the prior, :math:`u = 0`.
+the Hurst index of the path and ``hurst_offset`` :math:`= \operatorname{logit} H - c`, :math:`c` the mean of
+logit H under q(H) at the start of the step (passed only when H has a variational posterior, so a
+control written for a fixed H need not take it). Both start at the prior, :math:`u = 0`.
 """
 
 from __future__ import annotations

@@ -209,8 +209,9 @@ def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_
             y0 = jnp.zeros((d, K), dtype)
             kl_y0 = jnp.zeros((), dtype)
 
-        def u(t, x, y):
-            return control.apply(vp["control"], series, (t - sde.t0) / span, x, y, hurst, offset)
+        def u(t, x, y):  # controls written for a fixed H take no offset
+            extra = (offset,) if variational_hurst else ()
+            return control.apply(vp["control"], series, (t - sde.t0) / span, x, y, hurst, *extra)
 
         factor = _tril(vp["noise"]["raw"] + offset * vp["noise"]["raw_h"]) if learn_noise else None
         path, kl_path = solve_augmented(kw, sde, params, grid_j, x0, y0, control=u, hurst=hurst, solver=solver,
