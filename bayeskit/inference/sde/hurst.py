@@ -32,6 +32,10 @@ def frozen_until(inner: optax.GradientTransformation, num_frozen: int) -> optax.
 
     Unlike a learning-rate schedule that starts at zero, the frozen steps do not enter ``inner``'s
     moment estimates or its step count, so ``inner`` starts afresh after the warm-up.
+
+    Args:
+        inner: the transformation to delay.
+        num_frozen: number of initial steps with zero updates.
     """
     num_frozen = check_positive_int(num_frozen, "num_frozen", minimum=0)
 
@@ -74,6 +78,9 @@ def recenter_hurst(variational_params: Any) -> Any:
     leaves the path posterior unchanged as a function of H; done after every step, it makes the
     coefficients at the mean follow H along their slope as q(H) moves, instead of lagging behind it.
     No-op without a variational q(H).
+
+    Args:
+        variational_params: the variational pytree of :func:`bayeskit.inference.sde.elbo.build_elbo`.
     """
     hurst = variational_params.get("hurst", {}) if isinstance(variational_params, dict) else {}
     if "center" not in hurst:
@@ -95,7 +102,12 @@ def recenter_hurst(variational_params: Any) -> Any:
 
 
 def at_hurst(variational_params: Any, logit_hurst) -> Any:
-    """The variational parameters with q(H) (or the point estimate) moved to ``logit_hurst``."""
+    """The variational parameters with q(H) (or the point estimate) and its expansion point at ``logit_hurst``.
+
+    Args:
+        variational_params: the variational pytree of :func:`bayeskit.inference.sde.elbo.build_elbo`.
+        logit_hurst: the new location, in logit H.
+    """
     hurst = {**variational_params["hurst"], "loc": jnp.asarray(logit_hurst, variational_params["hurst"]["loc"].dtype)}
     if "center" in hurst:
         hurst["center"] = hurst["loc"]
@@ -111,6 +123,10 @@ def profile_start(logit_nodes, elbos) -> tuple[int, float, float | None]:
     neighbours; the index is the node nearest to it, whose path posterior the run continues from.
     ``sd`` is the width :math:`(-2a)^{-1/2}` in logit H of that parabola :math:`a x^2 + b x + c`, clipped
     to [0.03, 1] (None when the best node is at the end of the grid or the parabola is not concave).
+
+    Args:
+        logit_nodes: increasing logit H of the warm-up runs.
+        elbos: their ELBOs at the end of the warm-up.
     """
     nodes = np.asarray(logit_nodes, float)
     e = np.asarray(elbos, float)
