@@ -29,7 +29,7 @@ import optax
 import scipy.linalg
 
 import bayeskit as bk
-from bayeskit.inference.sde import fbm as F
+
 from bayeskit.models import fractional_ou as fou
 
 
@@ -71,7 +71,7 @@ def bench_sampling(quick):
     num_paths = 2000 if quick else 10000
     repeats = 2 if quick else 3
     times = np.linspace(T / n, T, n)
-    cH2 = float(F.mvn_constant(hurst))
+    cH2 = float(bk.sde.mvn_constant(hurst))
     exact_var_T = T ** (2 * hurst)  # unit convention for the NumPy/SciPy samplers
     rows = []
     for num_ou, gmax in ((5, 20.0), (20, 1e4)):

@@ -8,7 +8,7 @@ A model is
 
 with :math:`B` either a Brownian motion or the Markov approximation of fractional Brownian motion
 :math:`\hat B_H = \sum_k \omega_k (Y_k - Y_k(0))`, :math:`dY_k = -\gamma_k Y_k dt + dW`
-(:class:`bayeskit.inference.sde.FractionalBM`, one OU vector per state dimension, shared W across k).
+(:class:`bayeskit.model.noise.FractionalBM`, one OU vector per state dimension, shared W across k).
 Substituting :math:`d\hat B_H = \sum_k \omega_k dY_k` gives a Markov SDE for the augmented state
 :math:`Z = (X, Y)` driven by one Brownian motion per state dimension,
 
@@ -43,6 +43,8 @@ import numpy as np
 
 from bayeskit._checks import check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, DataError, ModelError
+from bayeskit.model.fbm import ou_transition_covariance, psd_sqrt
+from bayeskit.model.noise import BrownianMotion
 
 __all__ = ["SDE", "GridBrownianPath", "make_grid", "solve_augmented", "default_solver", "validate_times"]
 
@@ -50,12 +52,6 @@ __all__ = ["SDE", "GridBrownianPath", "make_grid", "solve_augmented", "default_s
 def default_solver():
     """The default scheme, ``"exact_ou"`` (:func:`solve_augmented`): exact OU transitions, a valid ELBO."""
     return "exact_ou"
-
-
-def _default_noise():
-    from bayeskit.inference.sde.fbm import BrownianMotion
-
-    return BrownianMotion()
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class SDE:
     diffusion: Callable
     observation: Callable
     initial: Any
-    noise: Any = field(default_factory=_default_noise)
+    noise: Any = field(default_factory=BrownianMotion)
     state_dim: int = 1
     t0: float = 0.0
     t1: float = 1.0
@@ -134,9 +130,7 @@ class SDE:
         else:
             x0 = jnp.broadcast_to(jnp.asarray(self.initial(params).sample(k1), dtype), (self.state_dim,))
         K = self.num_ou
-        cov = self.noise.initial_covariance(dtype)
-        evals, evecs = jnp.linalg.eigh(cov) if K else (jnp.zeros((0,), dtype), jnp.zeros((0, 0), dtype))
-        sqrt = evecs * jnp.sqrt(jnp.clip(evals, 0.0))[None, :]
+        sqrt = psd_sqrt(self.noise.initial_covariance(dtype)) if K else jnp.zeros((0, 0), dtype)
         y0 = jax.random.normal(k2, (self.state_dim, K), dtype) @ sqrt.T
         return x0, y0
 
@@ -256,15 +250,13 @@ class GridBrownianPath(diffrax.AbstractPath):
 def _exact_ou_tables(gammas, dts):
     """Per-step OU decay ``exp(-gamma dt)``, control gain ``(1 - exp(-gamma dt)) / gamma`` and a square root
     of the noise covariance ``(1 - exp(-(gamma_i + gamma_j) dt)) / (gamma_i + gamma_j)``, each ``(n - 1, ...)``."""
-    from bayeskit.inference.sde.fbm import _psd_sqrt, ou_transition_covariance
-
     g = gammas[None, :]
     decay = jnp.exp(-g * dts[:, None])
     gain = -jnp.expm1(-g * dts[:, None]) / g
-    return decay, gain, jax.vmap(lambda dt: _psd_sqrt(ou_transition_covariance(gammas, dt)))(dts)
+    return decay, gain, jax.vmap(lambda dt: psd_sqrt(ou_transition_covariance(gammas, dt)))(dts)
 
 
-def _solve_exact_ou(key, sde, params, grid, x0, y0, control, hurst):
+def _solve_exact_ou(key, sde, params, grid, x0, y0, control, hurst, noise_factor=None):
     r"""The ``"exact_ou"`` scheme (see :func:`solve_augmented`): one ``lax.scan`` over the grid."""
     d = sde.state_dim
     dtype = x0.dtype
@@ -277,11 +269,20 @@ def _solve_exact_ou(key, sde, params, grid, x0, y0, control, hurst):
     else:
         decay = gain = jnp.zeros((n, 0), dtype)
         roots = jnp.zeros((n, 0, 0), dtype)
-    noise = jax.random.normal(key, (n, d, max(K, 1)), dtype)
+    k = max(K, 1)
+    noise = jax.random.normal(key, (n, d, k), dtype)
+    if noise_factor is None:
+        factors, kl_noise = None, jnp.zeros((), dtype)
+    else:  # Gaussian KL of the rescaled step noise against the prior's, in whitened coordinates
+        factors = jnp.broadcast_to(noise_factor, (n, d, k, k))
+        diag = jnp.diagonal(factors, axis1=-2, axis2=-1)
+        kl_noise = 0.5 * jnp.sum(jnp.sum(factors**2, axis=(-2, -1)) - k - 2 * jnp.sum(jnp.log(jnp.abs(diag)), -1))
 
     def body(carry, inp):
         x, y, kl = carry
-        t, dt, dec, gn, root, z = inp
+        t, dt, dec, gn, root, z, fac = inp
+        if fac is not None:
+            z = jnp.einsum("dkl,dl->dk", fac, z)
         u = jnp.zeros((d,), dtype) if control is None else control(t, x, y)
         s = jnp.broadcast_to(sde.diffusion(params, t, x), (d,))
         b = jnp.broadcast_to(sde.drift(params, t, x), (d,))
@@ -295,17 +296,20 @@ def _solve_exact_ou(key, sde, params, grid, x0, y0, control, hurst):
         kl = kl + 0.5 * jnp.sum(u**2) * dt
         return (x_new, y_new, kl), x_new
 
-    inputs = (grid[:-1], dts, decay, gain, roots, noise)
+    inputs = (grid[:-1], dts, decay, gain, roots, noise, factors)
     (_, _, kl), xs = jax.lax.scan(body, (x0, y0, jnp.zeros((), dtype)), inputs)
-    return jnp.concatenate([x0[None], xs]), kl
+    return jnp.concatenate([x0[None], xs]), kl + kl_noise
 
 
 def solve_augmented(key: Any, sde: SDE, params: Any, grid: Any, x0: jax.Array, y0: jax.Array, *,
-                    control: Callable | None = None, hurst: Any = None, solver: Any = None) -> tuple:
+                    control: Callable | None = None, hurst: Any = None, solver: Any = None,
+                    noise_factor: Any = None) -> tuple:
     r"""Solve the augmented SDE for Z = (X, Y, KL) on ``grid``.
 
     Args:
         key: key for the driving Brownian motion.
+        sde: the model.
+        params: model parameters passed to its drift and diffusion.
         grid: increasing times ``(n,)`` (the scheme steps exactly on them).
         x0: initial state ``(d,)``.
         y0: initial OU states ``(d, K)``.
@@ -313,6 +317,10 @@ def solve_augmented(key: Any, sde: SDE, params: Any, grid: Any, x0: jax.Array, y
         hurst: Hurst index used for the weights (may be traced).
         solver: ``None`` or ``"exact_ou"`` (default) for the scheme below, or a diffrax SDE solver
             (e.g. ``diffrax.Heun()``) stepping on ``grid`` with a :class:`GridBrownianPath`.
+        noise_factor: optional lower-triangular factors ``(n - 1, d, k, k)`` (``k = max(K, 1)``), one per step
+            and state dimension, that rescale the step noise of the ``"exact_ou"`` scheme,
+            :math:`\xi_i = R_i z_i \to R_i S_i z_i`; the exact Gaussian KL
+            :math:`\tfrac12 (\|S_i\|_F^2 - k - 2 \log|\det S_i|)` of each step is added to the returned cost.
 
     The default ``"exact_ou"`` scheme holds the control :math:`u_i = u(t_i, X_i, Y_i)` constant over
     each step and propagates the OU vector with its *exact* controlled transition,
@@ -337,7 +345,9 @@ def solve_augmented(key: Any, sde: SDE, params: Any, grid: Any, x0: jax.Array, y
         ``(path, kl)``: the states of X on the grid, ``(n, d)`` with ``path[0] = x0``, and :math:`\tfrac12 \int |u|^2 dt`.
     """
     if solver is None or (isinstance(solver, str) and solver == "exact_ou"):
-        return _solve_exact_ou(key, sde, params, jnp.asarray(grid, x0.dtype), x0, y0, control, hurst)
+        return _solve_exact_ou(key, sde, params, jnp.asarray(grid, x0.dtype), x0, y0, control, hurst, noise_factor)
+    if noise_factor is not None:
+        raise ConfigurationError("`noise_factor` needs the 'exact_ou' scheme")
     if isinstance(solver, str):
         raise ConfigurationError(f"`solver` must be 'exact_ou' or a diffrax solver, got {solver!r}")
     return _solve_diffrax(key, sde, params, grid, x0, y0, control=control, hurst=hurst, solver=solver)

@@ -3,7 +3,7 @@ r"""Fractional Ornstein–Uhlenbeck model and its exact Gaussian ground truth un
 .. math::
     X(0) = x_0, \qquad dX = -\theta X\, dt + \sigma\, d\hat B_H(t), \qquad y_j \sim \mathcal N(X(t_j), \rho^2),
 
-with :math:`\hat B_H` the OU-mixture approximation of fBM (:class:`bayeskit.inference.sde.FractionalBM`),
+with :math:`\hat B_H` the OU-mixture approximation of fBM (:class:`bayeskit.model.noise.FractionalBM`),
 or Brownian motion. Parameters are a dict with keys ``theta``, ``sigma``, ``obs_sd``.
 
 Because the augmented state :math:`Z = (X, Y_1, \dots, Y_K)` solves the *linear* SDE
@@ -28,7 +28,7 @@ import numpyro.distributions as dist
 import scipy.linalg
 
 from bayeskit._linalg import linear_sde_transition
-from bayeskit.inference.sde.fbm import BrownianMotion, FractionalBM
+from bayeskit.model.noise import BrownianMotion, FractionalBM
 from bayeskit.model.sde import SDE
 
 __all__ = ["make_sde", "example_params", "exact_moments", "exact_posterior", "log_likelihood", "simulate_exact",

@@ -60,14 +60,14 @@ def test_exact_hurst_posterior_covers_true_value():
 
 
 def test_elbo_is_a_lower_bound_for_every_hurst():
-    """The ELBO of the exact-OU scheme never exceeds log p(y | H) (the diffrax Heun "ELBO" did, by 80-120
-    nats for H <= 0.2 on 8 x 25 fOU observations). Controls fitted at fixed H = 0.1, 0.3, 0.5 (vmapped);
+    """The ELBO of the exact-OU scheme, with learned step-noise scales, never exceeds log p(y | H) (the
+    diffrax Heun "ELBO" did, by 80-120 nats for H <= 0.2 on 8 x 25 fOU observations). Controls fitted at fixed H = 0.1, 0.3, 0.5 (vmapped);
     the final estimate (128 paths) must lie below the exact value + 4 standard errors."""
     sde = _model()
     times = TIMES[4::5]  # 5 observations per series, 2 series
     _, ys = fou.simulate_exact(np.random.default_rng(3), PARAMS, sde, times, num_series=2)
     elbo_fn, init_fn = bk.sde.build_elbo(sde, times, ys, control=bk.sde.AffineControl(), fixed_params=PARAMS,
-                                         num_steps=25, refine=3)
+                                         num_steps=25, refine=3, noise_scale=True)
     hs = np.array([0.1, 0.3, 0.5])
     vp0 = init_fn(jax.random.key(0), {})
     vps = jax.vmap(lambda h: {**vp0, "hurst": {"loc": jnp.log(h) - jnp.log1p(-h)}})(jnp.asarray(hs))

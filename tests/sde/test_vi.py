@@ -220,26 +220,30 @@ def test_bridge_mlp_control():
 
 
 @pytest.mark.slow
-def test_hurst_recovered_within_exact_posterior():
-    """Issue 9 must-show. fOU data simulated exactly with known H = 0.3 (8 series x 25 obs, noise sd 0.1).
-    Ground truth: the exact grid posterior of H (Kalman filter on the augmented linear SDE, flat prior),
-    which covers the true H within 3 sd. VI (logit-normal q(H), flat prior, exact-OU scheme on a graded
-    mesh, from H = 0.5) must land inside the exact central 95% interval and give a valid bound.
-    Measured: VI 0.332 (q(H) sd 0.008) vs exact 0.320 +- 0.016, interval [0.287, 0.351]; the q(H) sd is
-    about half the exact one (one control serves all H draws), so it is reported, not asserted."""
-    true_h = 0.3
+@pytest.mark.parametrize("true_h, seed", [(0.3, 21), (0.7, 22)])
+def test_hurst_posterior_calibrated(true_h, seed):
+    """Issue 18 must-show (lean; the full table is benchmarks/hurst_calibration.py). One fOU series of 80
+    noisy observations on (0, 2] simulated exactly from the model; exact grid posterior of H (Kalman
+    filter, flat prior). The quick recipe (logit-normal q(H), affine control, one exact-OU step with
+    learned noise scales per observation interval, warm-up at three H, 1200 steps) must put the mean of
+    q(H) within 1 exact sd of the exact mean and its sd within a factor 2 of the exact sd, with a
+    valid bound. Before (fixed control while H trained, H-independent path posterior): 0.48 for an
+    exact 0.396 +- 0.022 and q(H) sd about a quarter of the exact one."""
     sde = fou.make_sde(hurst=true_h, num_ou=5, gamma_max=20.0, t1=2.0)
     p = fou.example_params(theta=1.0, sigma=1.0, obs_sd=0.1)
-    times = np.linspace(0.08, 2.0, 25)
-    _, ys = fou.simulate_exact(np.random.default_rng(11), p, sde, times, num_series=8)
-    exact = fou.hurst_posterior(p, sde, times, ys)
+    times = np.linspace(0.025, 2.0, 80)
+    _, ys = fou.simulate_exact(np.random.default_rng(seed), p, sde, times)
+    coarse = fou.hurst_posterior(p, sde, times, ys, hurst_grid=np.linspace(0.02, 0.98, 49))
+    grid = np.linspace(max(0.005, coarse["mean"] - 6 * coarse["sd"]), min(0.995, coarse["mean"] + 6 * coarse["sd"]), 61)
+    exact = fou.hurst_posterior(p, sde, times, ys, hurst_grid=grid)
     assert abs(exact["mean"] - true_h) < 3 * exact["sd"], exact
     start = fou.make_sde(hurst=0.5, num_ou=5, gamma_max=20.0, t1=2.0)
-    res = bk.sde.fit_vi(jax.random.key(3), start, ys, times, fixed_params=p, learn_hurst=True,
-                        hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(), num_steps=25,
-                        refine=40, refine_ratio=2**0.25, num_samples=8, num_iterations=1500,
-                        optimizer=optax.adam(optax.exponential_decay(0.1, 1500, 0.05)), progress_bar=False,
+    res = bk.sde.fit_vi(jax.random.key(seed), start, ys, times, fixed_params=p, learn_hurst=True,
+                        hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(), num_steps=80,
+                        refine=0, num_samples=8, num_iterations=1200,
+                        optimizer=optax.adam(optax.exponential_decay(0.1, 1200, 0.05)), progress_bar=False,
                         num_posterior_samples=64)
-    assert res.final_elbo < exact["log_evidence"] + 4 * res.final_elbo_se  # log p(y), H integrated out
-    assert exact["q025"] < res.hurst < exact["q975"], (res.hurst, exact)
-    assert res.hurst_sd is not None and res.hurst_sd > 0
+    # the flat prior's log p(y) has H integrated out; the grid covers all but ~1e-9 of the mass
+    assert res.final_elbo < exact["log_evidence"] + 4 * res.final_elbo_se
+    assert abs(res.hurst - exact["mean"]) <= exact["sd"], (res.hurst, res.hurst_sd, exact["mean"], exact["sd"])
+    assert 0.5 <= res.hurst_sd / exact["sd"] <= 2.0, (res.hurst_sd, exact["sd"])

@@ -1,14 +1,14 @@
 """Variational inference for SDEs driven by fractional noise (``bk.sde``).
 
-Markov approximation of fractional Brownian motion by OU mixtures (:mod:`~bayeskit.inference.sde.fbm`)
-and the variational posterior SDE with Hurst-index learning (:mod:`~bayeskit.inference.sde.vi`),
-after Daems, Opper, Crevecoeur and Birdal (ICLR 2024). The SDE model itself is
-:class:`bayeskit.model.sde.SDE`, re-exported here.
+After Daems, Opper, Crevecoeur and Birdal (ICLR 2024). The model layer holds the SDE
+(:class:`bayeskit.model.sde.SDE`), its driving noises (:mod:`bayeskit.model.noise`) and the Markov
+approximation of fractional Brownian motion by OU mixtures (:mod:`bayeskit.model.fbm`), all re-exported
+here. This package holds the variational posterior: controls (:mod:`~bayeskit.inference.sde.controls`),
+the variational family and its ELBO (:mod:`~bayeskit.inference.sde.elbo`), the Hurst-index schedule
+(:mod:`~bayeskit.inference.sde.hurst`) and the optax kernel and driver (:mod:`~bayeskit.inference.sde.vi`).
 """
 
-from bayeskit.inference.sde.fbm import (
-    BrownianMotion,
-    FractionalBM,
+from bayeskit.model.fbm import (
     approximate_covariance,
     approximate_variance,
     approximation_error,
@@ -18,22 +18,13 @@ from bayeskit.inference.sde.fbm import (
     optimal_weights,
     ou_speeds,
     riemann_liouville_variance,
-    sample_exact_fbm,
-    sample_paths,
     scaled_upper_gamma,
     weight_system,
 )
-from bayeskit.inference.sde.vi import (
-    AffineControl,
-    MLPControl,
-    VIInfo,
-    VIResult,
-    VIState,
-    build_elbo,
-    fit_vi,
-    init,
-    step,
-)
+from bayeskit.model.noise import BrownianMotion, FractionalBM, sample_exact_fbm, sample_paths
+from bayeskit.inference.sde.controls import AffineControl, MLPControl
+from bayeskit.inference.sde.elbo import build_elbo
+from bayeskit.inference.sde.vi import VIInfo, VIResult, VIState, fit_vi, init, step
 from bayeskit.model.sde import SDE, solve_augmented
 
 __all__ = [

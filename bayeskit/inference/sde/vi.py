@@ -1,39 +1,15 @@
-r"""Variational inference for SDEs driven by (Markov-approximate) fractional noise.
+r"""Fitting the variational posterior of an SDE: the optax kernel (:func:`init`, :func:`step`) and :func:`fit_vi`.
 
-Daems, Opper, Crevecoeur and Birdal, "Variational inference for SDEs driven by fractional noise"
-(ICLR 2024). With the Markov approximation :math:`\hat B_H = \sum_k \omega_k (Y_k - Y_k(0))` the prior
-is a Markov SDE for :math:`Z = (X, Y)` driven by one Brownian motion per state dimension
-(:mod:`bayeskit.model.sde`). The variational posterior adds a control :math:`u(t, Z)` to the OU drifts,
-
-.. math::
-    dY_k = (-\gamma_k Y_k + u)\, dt + dW, \qquad
-    dX = b\, dt + s \odot \textstyle\sum_k \omega_k\, dY_k ,
-
-which changes the drift of Z only inside the column space of its diffusion, so by Girsanov's theorem
-:math:`\mathrm{KL}(Q \,\|\, P) = \mathrm{KL}(q(Z_0) \,\|\, p(Z_0)) + E_Q \tfrac12 \int |u|^2 dt` and
-
-.. math::
-    \mathrm{ELBO} = \sum_{\text{series}} E_Q\Big[\sum_j \log p(y_j \mid X(t_j))
-      - \tfrac12 \int_{t_0}^{t_1} |u(t, Z_t)|^2 dt\Big]
-      - \mathrm{KL}(q(X_0) \,\|\, p(X_0)) - \mathrm{KL}(q(Y_0) \,\|\, p(Y_0))
-      \;[- \mathrm{KL}(q(H) \,\|\, p(H))] \le \log p(y).
-
-The expectation is estimated with reparameterised path samples (the exact-OU scheme of
-:func:`bayeskit.model.sde.solve_augmented` on a fixed grid containing the observation times, for which
-the estimate is a valid bound for every H), and maximised with optax over: the control (a neural network
-:class:`MLPControl`, or :class:`AffineControl`, which contains the exact optimal control of linear
-Gaussian models), per-series Gaussian :math:`q(X_0)` and :math:`q(Y_0)` (full covariance in the OU
-coordinates whitened by the prior), the model parameters of the drift / diffusion / observation model
-(point estimates, i.e. variational EM), and the Hurst index: a point estimate
-:math:`H = \mathrm{sigmoid}(\eta)` as in the paper, or with ``hurst_prior`` a logit-normal
-:math:`q(H)`; :math:`\omega(H)` is recomputed differentiably in closed form at every step.
+The ELBO and its variational family are built by :func:`bayeskit.inference.sde.elbo.build_elbo`;
+learning the Hurst index uses the warm-up and two-time-scale schedule of
+:mod:`bayeskit.inference.sde.hurst`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,306 +18,11 @@ import optax
 
 from bayeskit._checks import check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError, ModelError
-from bayeskit.model.sde import SDE, make_grid, solve_augmented, validate_times
+from bayeskit.inference.sde.elbo import build_elbo
+from bayeskit.inference.sde.hurst import at_hurst, hurst_optimizer, profile_start, recenter_hurst
+from bayeskit.model.sde import SDE, validate_times
 
-__all__ = [
-    "MLPControl",
-    "AffineControl",
-    "VIState",
-    "VIInfo",
-    "VIResult",
-    "build_elbo",
-    "init",
-    "step",
-    "fit_vi",
-]
-
-
-# ----------------------------------------------------------------------------------------------------
-# controls
-
-
-def _time_features(tau, num_frequencies):
-    f = jnp.arange(1, num_frequencies + 1, dtype=tau.dtype) * math.pi
-    return jnp.concatenate([tau[None], jnp.sin(f * tau), jnp.cos(f * tau)])
-
-
-@dataclass(frozen=True)
-class MLPControl:
-    r"""Neural control :math:`u(t, X, Y, H, c_s)`: a tanh MLP (plain JAX) of time features
-    :math:`(\tau, \sin(\pi m \tau), \cos(\pi m \tau))_{m \le F}` with :math:`\tau = (t - t_0)/(t_1 - t_0)`,
-    the state X, the OU states Y, the Hurst index H and a learned per-series context vector
-    :math:`c_s` (so one network serves several observed series). The output is ``sinh`` of the last
-    linear layer (large gains before precise observations are reachable, linear near 0); the last
-    layer starts at zero, so optimisation starts at the prior (:math:`u = 0`).
-    """
-
-    width: int = 64
-    depth: int = 2
-    num_frequencies: int = 3
-    context_dim: int = 4
-
-    def init(self, key, *, state_dim, num_ou, num_series, dtype, grid=None):
-        in_dim = 1 + 2 * self.num_frequencies + state_dim * (1 + num_ou) + 1 + self.context_dim
-        sizes = [in_dim] + [self.width] * self.depth + [state_dim]
-        keys = jax.random.split(key, len(sizes))
-        layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            last = i == len(sizes) - 2
-            w = jnp.zeros((a, b), dtype) if last else jax.random.normal(keys[i], (a, b), dtype) / math.sqrt(a)
-            layers.append({"w": w, "b": jnp.zeros((b,), dtype)})
-        context = 0.1 * jax.random.normal(keys[-1], (num_series, self.context_dim), dtype)
-        return {"layers": layers, "context": context}
-
-    def apply(self, params, series, tau, x, y, hurst):
-        h = jnp.concatenate([
-            _time_features(tau, self.num_frequencies), x, y.reshape(-1), jnp.atleast_1d(hurst - 0.5),
-            params["context"][series],
-        ])
-        layers = params["layers"]
-        for layer in layers[:-1]:
-            h = jnp.tanh(h @ layer["w"] + layer["b"])
-        return jnp.sinh(h @ layers[-1]["w"] + layers[-1]["b"])
-
-
-@dataclass(frozen=True)
-class AffineControl:
-    r"""Affine control :math:`u = A(t) (X, Y) + c_s(t)`, coefficients (elementwise ``sinh`` of the
-    parameters, so that gains over orders of magnitude are reachable by Adam) linear in t between knots
-    (``A`` shared by all series, ``c_s`` per series). ``num_knots=None`` (default) puts a knot on every
-    point of the solver grid (including the refinement before observations), so the family contains
-    the best affine control of the discretised problem; an integer gives equally spaced knots. For
-    linear drift and constant diffusion with Gaussian observations the optimal control (Doob's
-    h-transform) is affine in the state, so this family contains the exact posterior up to the time
-    discretisation.
-    """
-
-    num_knots: int | None = None
-
-    def init(self, key, *, state_dim, num_ou, num_series, dtype, grid=None):
-        if self.num_knots is None:
-            g = np.asarray(grid, float)
-            knots = (g - g[0]) / (g[-1] - g[0])
-        else:
-            knots = np.linspace(0.0, 1.0, check_positive_int(self.num_knots, "num_knots", minimum=2))
-        n = state_dim * (1 + num_ou)
-        m = knots.shape[0]
-        return {
-            "knots": jnp.asarray(knots, dtype),
-            "A": jnp.zeros((m, state_dim, n), dtype),
-            "c": jnp.zeros((num_series, m, state_dim), dtype),
-        }
-
-    def apply(self, params, series, tau, x, y, hurst):
-        knots = jax.lax.stop_gradient(params["knots"])
-        interp = jax.vmap(lambda v: jnp.interp(tau, knots, v), in_axes=1)
-        d = x.shape[0]
-        # coefficients are sinh of the parameters: Adam moves parameters by about the learning rate per
-        # step, and the optimal gains span orders of magnitude (~1/sigma_obs^2 just before a precise
-        # observation), which sinh reaches in a few steps while staying linear near zero
-        A = jnp.sinh(interp(params["A"].reshape(knots.shape[0], -1))).reshape(d, -1)
-        c = jnp.sinh(interp(params["c"][series]))
-        return A @ jnp.concatenate([x, y.reshape(-1)]) + c
-
-
-# ----------------------------------------------------------------------------------------------------
-# variational family and ELBO
-
-
-def _logit(p):
-    return math.log(p) - math.log1p(-p)
-
-
-def _kl_std_normal(mean, scale_tril):
-    """KL(N(mean, L L^T) || N(0, I)) for a lower-triangular L (last two axes)."""
-    k = mean.shape[-1]
-    diag = jnp.diagonal(scale_tril, axis1=-2, axis2=-1)
-    return 0.5 * (jnp.sum(scale_tril**2, axis=(-2, -1)) + jnp.sum(mean**2, -1) - k) - jnp.sum(jnp.log(jnp.abs(diag)), -1)
-
-
-def _tril(raw):
-    """Lower-triangular factor with a positive (softplus) diagonal from an unconstrained matrix."""
-    k = raw.shape[-1]
-    lower = jnp.tril(raw, -1)
-    diag = jax.nn.softplus(jnp.diagonal(raw, axis1=-2, axis2=-1)) + 1e-6
-    return lower + diag[..., None] * jnp.eye(k, dtype=raw.dtype)
-
-
-def _softplus_inv(x):
-    return x + math.log(-math.expm1(-x))
-
-
-def _kl_initial(prior, mean, scale):
-    """KL(N(mean, diag scale^2) || prior), closed form when NumPyro knows it, else one-sample Monte Carlo."""
-    import numpyro.distributions as dist
-    from numpyro.distributions.kl import kl_divergence
-
-    q = dist.Normal(mean, scale).to_event(1)
-    p = prior
-    if p.event_shape == ():
-        p = p.expand((mean.shape[-1],)).to_event(1) if p.batch_shape == () else p.to_event(1)
-    try:
-        return kl_divergence(q, p), None
-    except NotImplementedError:
-        return None, (q, p)
-
-
-class _Setup(NamedTuple):
-    grid: Any
-    obs_index: Any
-    times: Any
-    observations: Any
-    mask: Any
-
-
-def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_params=None,
-               learn_hurst=False, hurst_prior=None, num_steps=200, refine=4, refine_ratio=2.0, solver=None,
-               dtype=None):
-    r"""Return ``(elbo_fn, init_fn)`` for the model and data.
-
-    ``init_fn(key, params) -> variational_params`` (a pytree: ``model`` parameters, ``control``,
-    ``x0``, ``y0``, ``hurst``); ``elbo_fn(key, variational_params, num_samples) -> (elbo, aux)`` is an
-    unbiased estimate of the ELBO (sum over series) with ``aux`` a dict of its parts (``loglik``,
-    ``kl_path``, ``kl_x0``, ``kl_y0``, ``kl_hurst``, ``hurst``). Both are pure and jittable.
-    """
-    control = MLPControl() if control is None else control
-    fixed_params = dict(fixed_params or {})
-    dtype = dtype or jnp.result_type(float)
-    grid, obs_index = make_grid(sde.t0, sde.t1, times, num_steps, refine, refine_ratio)
-    grid_j = jnp.asarray(grid, dtype)
-    times_j = jnp.asarray(times, dtype)
-    obs_j = jnp.asarray(observations, dtype)
-    num_series = obs_j.shape[0]
-    mask_j = jnp.ones(obs_j.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
-    obs_j = jnp.where(mask_j.reshape(mask_j.shape + (1,) * (obs_j.ndim - 2)), obs_j, 0.0)
-    d, K = sde.state_dim, sde.num_ou
-    fractional = bool(getattr(sde.noise, "fractional", False))
-    if learn_hurst and not fractional:
-        raise ConfigurationError("`learn_hurst=True` needs a fractional noise: pass noise=bk.sde.FractionalBM(...)")
-    hurst0 = float(getattr(sde.noise, "hurst", 0.5))
-    span = float(sde.t1 - sde.t0)
-    learn_y0 = fractional and sde.noise.kind == "I"
-    if learn_y0:
-        prior_cov = sde.noise.initial_covariance(dtype)
-        evals, evecs = jnp.linalg.eigh(prior_cov)
-        y0_sqrt = evecs * jnp.sqrt(jnp.clip(evals, 0.0))[None, :]
-    variational_hurst = learn_hurst and hurst_prior is not None
-
-    def init_fn(key, params):
-        k1, k2 = jax.random.split(key)
-        vp = {
-            "model": jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), dict(params or {})),
-            "control": control.init(k1, state_dim=d, num_ou=K, num_series=num_series, dtype=dtype, grid=grid),
-        }
-        if not sde.fixed_initial:
-            prior = sde.initial({**vp["model"], **fixed_params})
-            m = jnp.broadcast_to(jnp.asarray(prior.mean, dtype), (d,))
-            sd = jnp.broadcast_to(jnp.sqrt(jnp.asarray(prior.variance, dtype)), (d,))
-            vp["x0"] = {"mean": jnp.tile(m, (num_series, 1)),
-                        "log_scale": jnp.tile(jnp.log(sd), (num_series, 1))}
-        if learn_y0:
-            eye = jnp.eye(K, dtype=dtype) * _softplus_inv(1.0)
-            vp["y0"] = {"mean": jnp.zeros((num_series, d, K), dtype),
-                        "tril_raw": jnp.tile(eye, (num_series, d, 1, 1))}
-        if fractional:  # also when H is fixed: a traced H lets one compiled step serve several H (vmap)
-            vp["hurst"] = {"loc": jnp.asarray(_logit(hurst0), dtype)}
-            if variational_hurst:
-                vp["hurst"]["log_scale"] = jnp.asarray(math.log(0.3), dtype)
-        return vp
-
-    def sample_hurst(key, vp):
-        if not fractional:
-            return 0.5, jnp.zeros((), dtype)
-        loc = vp["hurst"]["loc"]
-        if not learn_hurst:
-            return jax.lax.stop_gradient(jax.nn.sigmoid(loc)), jnp.zeros((), dtype)
-        if not variational_hurst:
-            return jax.nn.sigmoid(loc), jnp.zeros((), dtype)
-        scale = jnp.exp(vp["hurst"]["log_scale"])
-        eps = jax.random.normal(key, (), dtype)
-        logit_h = loc + scale * eps
-        h = jax.nn.sigmoid(logit_h)
-        # log q(H) = log N(logit H) - log H(1 - H); one-sample KL estimate (reparameterised)
-        log_q = -0.5 * eps**2 - jnp.log(scale) - 0.5 * math.log(2 * math.pi) - jnp.log(h) - jnp.log1p(-h)
-        return h, log_q - hurst_prior.log_prob(h)
-
-    def one_path(key, vp, series, hurst):
-        params = {**vp["model"], **fixed_params}
-        kx, ky, kw = jax.random.split(key, 3)
-        if sde.fixed_initial:
-            x0 = jnp.asarray(sde.initial, dtype)
-            kl_x0 = jnp.zeros((), dtype)
-        else:
-            mean = vp["x0"]["mean"][series]
-            scale = jnp.exp(vp["x0"]["log_scale"][series])
-            x0 = mean + scale * jax.random.normal(kx, (d,), dtype)
-            kl, qp = _kl_initial(sde.initial(params), mean, scale)
-            kl_x0 = kl if qp is None else qp[0].log_prob(x0) - qp[1].log_prob(x0)
-        if learn_y0:
-            m = vp["y0"]["mean"][series]
-            L = _tril(vp["y0"]["tril_raw"][series])
-            w = m + jnp.einsum("dij,dj->di", L, jax.random.normal(ky, (d, K), dtype))
-            y0 = w @ y0_sqrt.T
-            kl_y0 = jnp.sum(_kl_std_normal(m, L))
-        else:
-            y0 = jnp.zeros((d, K), dtype)
-            kl_y0 = jnp.zeros((), dtype)
-
-        def u(t, x, y):
-            return control.apply(vp["control"], series, (t - sde.t0) / span, x, y, hurst)
-
-        path, kl_path = solve_augmented(kw, sde, params, grid_j, x0, y0, control=u, hurst=hurst, solver=solver)
-        xs = path[obs_index]
-
-        def lp(x, t, y):
-            return jnp.sum(sde.observation(params, x, t).log_prob(y))
-
-        logliks = jax.vmap(lp)(xs, times_j, obs_j[series])
-        loglik = jnp.sum(jnp.where(mask_j[series], logliks, 0.0))
-        return loglik, kl_path, kl_x0, kl_y0, path
-
-    def draw(key, vp, num_samples, pick):
-        """Run ``one_path`` for every series and ``num_samples`` paths; returns (outputs, hursts, kl_h)."""
-        kh, kp = jax.random.split(key)
-        keys = jax.random.split(kp, (num_series, num_samples))
-        series = jnp.arange(num_series)
-        if variational_hurst:
-            hursts, kl_h = jax.vmap(lambda k: sample_hurst(k, vp))(jax.random.split(kh, num_samples))
-            out = jax.vmap(lambda ks, s: jax.vmap(lambda k, h: pick(one_path(k, vp, s, h)))(ks, hursts))(keys, series)
-        else:  # one H for all paths: the weights are computed once per call
-            h, _ = sample_hurst(kh, vp)
-            hursts, kl_h = jnp.full((num_samples,), h, dtype), jnp.zeros((num_samples,), dtype)
-            out = jax.vmap(lambda ks, s: jax.vmap(lambda k: pick(one_path(k, vp, s, h)))(ks))(keys, series)
-        return out, hursts, kl_h
-
-    def elbo_fn(key, vp, num_samples):
-        out, hursts, kl_h = draw(key, vp, num_samples, lambda o: o[:4])
-        loglik, kl_path, kl_x0, kl_y0 = (jnp.mean(o, axis=1).sum() for o in out)
-        kl_hurst = jnp.mean(kl_h)
-        elbo = loglik - kl_path - kl_x0 - kl_y0 - kl_hurst
-        aux = {"loglik": loglik, "kl_path": kl_path, "kl_x0": kl_x0, "kl_y0": kl_y0, "kl_hurst": kl_hurst,
-               "hurst": jnp.mean(hursts)}
-        return elbo, aux
-
-    def paths_fn(key, vp, num_samples):
-        """Posterior paths on the grid: ``(num_series, num_samples, len(grid), d)`` and the H draws."""
-        paths, hursts, _ = draw(key, vp, num_samples, lambda o: o[4])
-        return paths, hursts
-
-    def evaluate_fn(key, vp, num_samples):
-        """One pass: per-draw ELBO terms ``(num_samples,)`` (summed over series) and the paths."""
-        (loglik, kl_path, kl_x0, kl_y0, paths), hursts, kl_h = draw(key, vp, num_samples, lambda o: o)
-        per_draw = jnp.sum(loglik - kl_path - kl_x0 - kl_y0, axis=0) - kl_h
-        return per_draw, paths, hursts
-
-    elbo_fn.paths = paths_fn
-    elbo_fn.evaluate = evaluate_fn
-    elbo_fn.setup = _Setup(grid, obs_index, np.asarray(times), observations, mask)
-    return elbo_fn, init_fn
-
-
-# ----------------------------------------------------------------------------------------------------
-# kernel and driver
+__all__ = ["VIState", "VIInfo", "VIResult", "init", "step", "fit_vi"]
 
 
 class VIState(NamedTuple):
@@ -471,13 +152,25 @@ def _as_series(observations, num_times):
     return obs
 
 
+def _start_nodes(hurst_start, hurst0):
+    """The H values of the warm-up: three around ``hurst0`` (logit +-1) by default, else ``hurst_start``."""
+    if hurst_start is None:
+        eta = math.log(hurst0) - math.log1p(-hurst0)
+        return 1 / (1 + np.exp(-(eta + np.array([-1.0, 0.0, 1.0]))))
+    nodes = np.atleast_1d(np.asarray(hurst_start, float))
+    if nodes.ndim != 1 or nodes.size == 0 or not np.all((nodes > 0) & (nodes < 1)) or np.any(np.diff(nodes) <= 0):
+        raise ConfigurationError(f"`hurst_start` must be increasing values in (0, 1), got {hurst_start!r}")
+    return nodes
+
+
 def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | None = None,
            fixed_params: dict | None = None, mask: Any = None, control: Any = None,
            learn_hurst: bool = False, hurst_prior: Any = None, num_steps: int = 200, refine: int = 4,
            refine_ratio: float = 2.0, num_samples: int = 16,
            num_iterations: int = 1000, optimizer: Any = None, learning_rate: float = 1e-2, solver: Any = None,
            num_posterior_samples: int = 256, chunk_size: int = 50,
-           progress_bar: bool = True, dtype=None) -> VIResult:
+           progress_bar: bool = True, dtype=None, hurst_warmup: int | None = None,
+           hurst_learning_rate: Any = None, hurst_start: Any = None, noise_scale: bool | None = None) -> VIResult:
     r"""Fit the variational posterior of an SDE model to observed series (Daems et al., ICLR 2024).
 
     Args:
@@ -490,9 +183,10 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         fixed_params: model parameters held fixed (merged with ``params`` for the model callables).
         mask: optional boolean ``(num_series, num_times)``; False entries are ignored.
         control: :class:`MLPControl` (default) or :class:`AffineControl`.
-        learn_hurst: learn H (needs ``FractionalBM`` noise; its ``hurst`` is the starting value).
+        learn_hurst: learn H (needs ``FractionalBM`` noise; its ``hurst`` is the centre of the warm-up).
         hurst_prior: NumPyro distribution on (0, 1); with it H gets a logit-normal q(H) (posterior
-            mean and sd reported), without it a point estimate as in the paper.
+            mean and sd reported) and the path posterior depends on H, without it a point estimate as
+            in the paper.
         num_steps: uniform solver steps on [t0, t1] (the observation times are added to the grid).
         refine: extra steps of sizes dt/2, dt/4, ... placed before each observation time, where the
             optimal control is steepest (``bayeskit.model.sde.make_grid``); ``refine_ratio`` (default 2)
@@ -506,6 +200,18 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
             estimate (and its standard error) uses the same paths.
         chunk_size: the loop runs in jitted chunks of ``chunk_size`` steps.
         progress_bar: show a tqdm bar, updated between chunks.
+        dtype: floating dtype of the variational parameters (default: JAX's default float).
+        hurst_warmup: with ``learn_hurst``, the first steps (default ``num_iterations // 4``) fit the path
+            posterior with H held fixed, at each of the ``hurst_start`` values at once; the run then
+            goes on from the best of them (:func:`bayeskit.inference.sde.hurst.profile_start`).
+        hurst_learning_rate: step size (or optax schedule) of the separate, slower Adam that moves H after
+            the warm-up (default ``optax.exponential_decay(0.05, num_iterations - hurst_warmup, 0.1)``).
+        hurst_start: increasing H values of the warm-up (default: logit H = logit(noise.hurst) + (-1, 0, 1),
+            i.e. 0.27, 0.5, 0.73 from H = 0.5); one value warms up at that H only.
+        noise_scale: learn a lower-triangular rescaling of each step's noise (exact-OU scheme only; see
+            :mod:`bayeskit.inference.sde.elbo`): it lets the posterior shrink the noise before precise
+            observations, which keeps the ELBO gap nearly flat in H on a grid with one step per
+            observation interval. Default (None): on when ``learn_hurst``, else off.
 
     Returns:
         :class:`VIResult`.
@@ -540,33 +246,70 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
                 f"gamma_max * dt <= 1, i.e. num_steps >= {math.ceil(gmax * (sde.t1 - sde.t0))}")
     if hurst_prior is not None and not learn_hurst:
         raise ConfigurationError("`hurst_prior` is only used with `learn_hurst=True`")
+    if hurst_warmup is not None:
+        hurst_warmup = check_positive_int(hurst_warmup, "hurst_warmup", minimum=0)
+    start_nodes = np.zeros(0)
+    if learn_hurst:
+        start_nodes = _start_nodes(hurst_start, float(sde.noise.hurst))
     optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
+    noise_scale = bool(learn_hurst) if noise_scale is None else bool(noise_scale)
     elbo_fn, init_fn = build_elbo(sde, times, obs, mask, control=control, fixed_params=fixed_params,
                                   learn_hurst=learn_hurst, hurst_prior=hurst_prior, num_steps=num_steps, refine=refine,
-                                  refine_ratio=refine_ratio, solver=solver, dtype=dtype)
+                                  refine_ratio=refine_ratio, solver=solver, dtype=dtype, noise_scale=noise_scale)
     k_init, k_loop, k_paths = jax.random.split(key, 3)
-    state = init(init_fn(k_init, params), optimizer)
+    vp0 = init_fn(k_init, params)
+    warmup = 0
+    if learn_hurst:
+        warmup = num_iterations // 4 if hurst_warmup is None else min(hurst_warmup, num_iterations)
+        if hurst_learning_rate is None:
+            hurst_learning_rate = optax.exponential_decay(0.05, max(num_iterations - warmup, 1), 0.1)
+        optimizer = hurst_optimizer(optimizer, vp0, warmup=warmup, learning_rate=hurst_learning_rate)
 
-    def chunk(state, keys):
-        return jax.lax.scan(lambda s, k: step(k, s, elbo_fn, optimizer, num_samples), state, keys)
+    def one(state, k):
+        state, info = step(k, state, elbo_fn, optimizer, num_samples)
+        return state._replace(params=recenter_hurst(state.params)), info
 
-    chunk_j = jax.jit(chunk)
-    infos = []
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_iterations, desc="fit_vi")
+        bar = tqdm(total=num_iterations + (len(start_nodes) - 1) * (warmup if len(start_nodes) > 1 else 0),
+                   desc="fit_vi")
+
+    def run(chunk_j, state, start, stop):
+        infos = []
+        while start < stop:
+            n = min(chunk_size, stop - start)
+            keys = jax.vmap(lambda i: jax.random.fold_in(k_loop, i))(jnp.arange(start, start + n))
+            state, info = chunk_j(state, keys)
+            infos.append(info)
+            start += n
+            if bar is not None:
+                bar.update(n)
+                bar.set_postfix(elbo=f"{float(np.mean(np.asarray(info.elbo)[-1])):.3f}")
+        return state, infos
+
+    chunk_j = jax.jit(lambda s, ks: jax.lax.scan(one, s, ks))
+    infos = []
     done = 0
-    while done < num_iterations:
-        n = min(chunk_size, num_iterations - done)
-        keys = jax.vmap(lambda i: jax.random.fold_in(k_loop, i))(jnp.arange(done, done + n))
-        state, info = chunk_j(state, keys)
-        infos.append(info)
-        done += n
-        if bar is not None:
-            bar.update(n)
-            bar.set_postfix(elbo=f"{float(info.elbo[-1]):.3f}")
+    if warmup and len(start_nodes) > 1:
+        # warm-up at several fixed H, one after the other with the same keys (common random numbers) and
+        # the same compiled chunk as the rest of the run; then go on from the best
+        etas = np.log(start_nodes) - np.log1p(-start_nodes)
+        dtype_h = vp0["hurst"]["loc"].dtype
+        warm = [run(chunk_j, init(at_hurst(vp0, eta), optimizer), 0, warmup) for eta in etas]
+        elbos = [np.concatenate([np.asarray(i.elbo) for i in w_infos])[-max(warmup // 5, 1):] for _, w_infos in warm]
+        best, eta, sd = profile_start(etas, [np.nanmean(e) for e in elbos])
+        state, infos = warm[best]
+        moved = {**state.params, "hurst": {**state.params["hurst"], "loc": jnp.asarray(eta, dtype_h)}}
+        if sd is not None and "log_scale" in moved["hurst"]:
+            moved["hurst"]["log_scale"] = jnp.asarray(math.log(sd), dtype_h)
+        state = state._replace(params=recenter_hurst(moved))  # the path posterior follows H along its slope
+        done = warmup
+    else:  # one start (or H not learned): a warm-up, if any, is the frozen first steps of H's optimiser
+        state = init(vp0, optimizer)
+    state, more = run(chunk_j, state, done, num_iterations)
+    infos += more
     if bar is not None:
         bar.close()
     if infos:
