@@ -25,12 +25,24 @@ def _modules():
     return {_module_name(p): p for p in ROOT.rglob("*.py")}
 
 
+def _nodes(tree):
+    """Every node except those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
 def _imports(path: pathlib.Path, name: str):
     """(imported module, [imported names]) for every import statement in the file, lazy ones included."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = []
-    for node in ast.walk(tree):
+    for node in _nodes(tree):
         if isinstance(node, ast.Import):
             out.extend((alias.name, []) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -62,11 +74,19 @@ def _is_package_of(a, b):
     return b.startswith(a + ".")
 
 
+# lazy (in-function) imports that close a cycle, each with its reason; every other cycle fails
+ALLOWED_LAZY = {
+    ("bayeskit.model.ssm", "bayeskit.model.numpyro_scan"):
+        "the factory classmethod StateSpaceModel.from_numpyro returns a subclass defined in numpyro_scan",
+}
+
+
 def test_no_import_cycle():
     graph = _graph()
     # a package's __init__ importing its own submodules, and submodules importing their package's public names,
     # is the normal package pattern: drop edges from a package to its own submodules
-    edges = {m: {t for t in ts if t != m and not _is_package_of(m, t)} for m, ts in graph.items()}
+    edges = {m: {t for t in ts if t != m and not _is_package_of(m, t) and (m, t) not in ALLOWED_LAZY}
+             for m, ts in graph.items()}
     color, stack, cycles = {}, [], []
 
     def visit(m):

@@ -66,9 +66,11 @@ def __getattr__(name):
     if name in _MOVED_TO_TESTING:
         import warnings
 
-        import bayeskit.testing
+        from bayeskit.inference.bridges import benchmark, gaussian, metrics
 
         warnings.warn(f"bayeskit.bridges.{name} moved to bayeskit.testing.{name}; the old name will be removed in "
                       "the next release", FutureWarning, stacklevel=2)
-        return getattr(bayeskit.testing, name)
+        for module in (benchmark, gaussian, metrics):
+            if hasattr(module, name):
+                return getattr(module, name)
     raise AttributeError(f"module 'bayeskit.bridges' has no attribute {name!r}")

@@ -59,9 +59,9 @@ def __getattr__(name):
     if name == "baselines":
         import warnings
 
-        import bayeskit.testing
+        from bayeskit.inference.meta import baselines
 
         warnings.warn("bayeskit.meta.baselines moved to bayeskit.testing.meta_baselines; the old name will be "
                       "removed in the next release", FutureWarning, stacklevel=2)
-        return bayeskit.testing.meta_baselines
+        return baselines
     raise AttributeError(f"module 'bayeskit.meta' has no attribute {name!r}")
