@@ -143,3 +143,15 @@ def test_public_names_resolve_to_the_same_object_on_every_access(backend):
         if isinstance(obj, types.ModuleType):
             assert obj.__name__.rpartition(".")[2] == name, (name, obj)
             assert not name.startswith("_")
+
+
+def test_moved_names_warn_and_resolve():
+    """Names moved by the one-engine change stay reachable for one release, with a FutureWarning naming the new
+    place; removed ones raise an AttributeError naming the replacement."""
+    cases = [(bk.smc, "csmc", bk.smc.kernels.csmc), (bk.smc, "SMCState", bk.smc.engine.SMCState),
+             (bk.bridges, "bw2_uvp", bk.testing.bw2_uvp), (bk.meta, "baselines", bk.testing.meta_baselines)]
+    for mod, name, new in cases:
+        with pytest.warns(FutureWarning, match="moved to"):
+            assert getattr(mod, name) is new
+    with pytest.raises(AttributeError, match="paris_accumulator"):
+        bk.smc.paris_step  # noqa: B018

@@ -66,11 +66,12 @@ def __getattr__(name):
     if name in _MOVED_TO_TESTING:
         import warnings
 
-        from bayeskit.inference.bridges import benchmark, gaussian, metrics
+        import importlib
 
         warnings.warn(f"bayeskit.bridges.{name} moved to bayeskit.testing.{name}; the old name will be removed in "
                       "the next release", FutureWarning, stacklevel=2)
-        for module in (benchmark, gaussian, metrics):
+        for module in ("benchmark", "gaussian", "metrics"):
+            module = importlib.import_module(f"bayeskit.inference.bridges.{module}")
             if hasattr(module, name):
                 return getattr(module, name)
     raise AttributeError(f"module 'bayeskit.bridges' has no attribute {name!r}")

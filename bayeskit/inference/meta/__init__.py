@@ -59,8 +59,9 @@ def __getattr__(name):
     if name == "baselines":
         import warnings
 
-        from bayeskit.inference.meta import baselines
+        import importlib
 
+        baselines = importlib.import_module("bayeskit.inference.meta.baselines")
         warnings.warn("bayeskit.meta.baselines moved to bayeskit.testing.meta_baselines; the old name will be "
                       "removed in the next release", FutureWarning, stacklevel=2)
         return baselines
