@@ -10,7 +10,7 @@ examples check the backends against, kept apart from the inference API.
 from bayeskit.inference.bridges.benchmark import GaussianMixtureBenchmark, gaussian_mixture_benchmark
 from bayeskit.inference.bridges.gaussian import GaussianBridge, gaussian_bridge
 from bayeskit.inference.bridges.metrics import bw2, bw2_uvp, cbw2_uvp, emd, gaussian_moments
-import bayeskit.inference.meta.baselines as meta_baselines
+import bayeskit.inference.meta._baselines as meta_baselines
 
 __all__ = [
     "GaussianMixtureBenchmark",

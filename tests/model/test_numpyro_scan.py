@@ -36,7 +36,7 @@ def _converted_log_joint(ssm):
     def joint(sites):
         params = {g: sites[g] for g in ssm.structure.global_sites}
         prior = np_log_density(ssm.prior, (), {}, params)[0]
-        return prior + bk.smc.path_log_density(ssm, params, ssm.path_from_sites(sites), ssm.ys)
+        return prior + bk.smc.kernels.path_log_density(ssm, params, ssm.path_from_sites(sites), ssm.ys)
 
     return joint
 
