@@ -29,14 +29,23 @@ and log-potential :math:`\log G_n(z) = (\lambda_n - \lambda_{n-1}) \log p(y \mid
    (BlackJAX's kernels) with the cloud's variances as inverse mass matrix and a step size adapted the same way.
 
 :math:`\hat Z = \prod_n \frac1N \sum_i w_n^i` is an unbiased estimate of :math:`p(y)`. The number of
-steps is random, so the loop is a ``lax.while_loop`` (capped at ``max_steps``) inside ``jit``; the
-driver :func:`tempered` validates input, runs it and returns a :class:`TemperedSMCResult` with
+steps is random: the algorithm is the SMC engine's while variant (:func:`bayeskit.smc.engine.run_while`,
+a ``lax.while_loop`` capped at ``max_steps``) over the model of :func:`tempered_model`, resampling at every
+step; the driver :func:`tempered` validates input, runs it and returns a :class:`TemperedSMCResult` with
 constrained posterior draws (deterministic sites included) and ``.to_arviz()``.
 
 Layers: :func:`solve_next_tempering` (the bisection), :func:`rwm_move` / :func:`hmc_move` /
-:func:`nuts_move` / :func:`blackjax_move` (the move kernels), :func:`init` / :func:`step` (one
-tempering step, pure), :func:`run` (the whole loop, pure, ``jit``/``vmap``-able), :func:`tempered`
-(the checked driver for NumPyro models).
+:func:`nuts_move` / :func:`blackjax_move` (the move kernels; module ``_tempered_kernels``),
+:func:`tempered_model` (the Feynman–Kac model) and :func:`run` (the whole loop, pure,
+``jit``/``vmap``-able; module ``_tempered_model``), :func:`tempered` (the checked driver for NumPyro
+models, here).
+
+**No recompilation on repeated calls.** The driver compiles its program once per model function (by
+identity), shapes and dtypes of the array arguments, values of the non-array arguments, and static options
+(``num_particles``, ``kernel``, ``num_mcmc_steps``, ``kernel_parameters``, ``resampling``, ``max_steps``,
+whether a ``schedule`` is given); new data of the same shapes, a new ``key``, ``target_ess`` or schedule
+values reuse it. A model defined anew on every call (a fresh closure or ``functools.partial``) is a new
+function and compiles again: define the model once and pass data as array arguments.
 """
 
 from __future__ import annotations
@@ -53,8 +62,9 @@ from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ConvergenceError, DegenerateWeightsError, ModelError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._tempered_kernels import (KERNELS, Move, blackjax_move, build_move, hmc_move, nuts_move,
-                                                      prior_and_likelihood_fn, rwm_move, solve_next_tempering,
-                                                      tempered_log_likelihood)
+                                                      prior_and_likelihood_fn, rwm_move, solve_next_tempering)
+from bayeskit.inference.smc._tempered_model import (TemperedAux, TemperedInfo, TemperedState, finish_run, run,
+                                                    tempered_model, until_final)
 from bayeskit.inference.smc.resampling import always, get_scheme
 
 __all__ = [
@@ -75,149 +85,6 @@ __all__ = [
 ]
 
 DEFAULT_NUM_MCMC_STEPS = {"rwm": 10, "hmc": 5, "nuts": 2, "custom": 5}
-
-
-# --------------------------------------------------------------------------------------------------
-# states and infos
-# --------------------------------------------------------------------------------------------------
-class TemperedState(NamedTuple):
-    """State after a tempering step (all particles equally weighted).
-
-    Fields: ``particles`` (N, D) flat unconstrained positions; ``log_prior`` and ``log_likelihood``
-    (N,) at those positions; ``tempering`` () the current :math:`\\lambda`; ``log_evidence`` () the running
-    :math:`\\log \\hat Z_\\lambda`; ``log_tuning`` () log of the move's scale (RWM scale, HMC step size)
-    to use at the next step.
-    """
-
-    particles: jax.Array
-    log_prior: jax.Array
-    log_likelihood: jax.Array
-    tempering: jax.Array
-    log_evidence: jax.Array
-    log_tuning: jax.Array
-
-
-class TemperedInfo(NamedTuple):
-    """Per-step diagnostics: ``tempering`` (the new :math:`\\lambda_n`), ``log_evidence_increment``,
-    ``ess`` (ESS of the incremental weights, before resampling), ``acceptance_rate`` (mean over particles
-    and MCMC steps), ``move_scale`` (RWM scale or HMC/NUTS step size used), ``nonfinite`` (a NaN
-    incremental weight, or all weights zero)."""
-
-    tempering: jax.Array
-    log_evidence_increment: jax.Array
-    ess: jax.Array
-    acceptance_rate: jax.Array
-    move_scale: jax.Array
-    nonfinite: jax.Array
-
-
-
-class TemperedAux(NamedTuple):
-    """The engine's auxiliary state for tempering (no particle axis).
-
-    Fields: ``tempering`` () the current :math:`\\lambda` (chosen by the potential); ``log_tuning`` () log of
-    the move's scale for its next application; ``acceptance_rate`` and ``move_scale`` () of the last move
-    (NaN before the first).
-    """
-
-    tempering: jax.Array
-    log_tuning: jax.Array
-    acceptance_rate: jax.Array
-    move_scale: jax.Array
-
-
-# --------------------------------------------------------------------------------------------------
-# tempered SMC as a Feynman–Kac model on the engine
-# --------------------------------------------------------------------------------------------------
-def tempered_model(initial_particles, log_prior_and_likelihood: Callable, move: Move, *, target_ess=0.5,
-                   schedule=None) -> engine.AuxFeynmanKac:
-    r"""Tempered SMC as an :class:`~bayeskit.smc.engine.AuxFeynmanKac` model for :func:`engine.run_while`.
-
-    Particles are ``(z, log_prior, log_likelihood)`` ((N, D), (N,), (N,)); ``aux`` is a :class:`TemperedAux`.
-    Engine step :math:`t` moves the (resampled) cloud with ``move`` at :math:`\lambda_t` (step 0: the prior
-    draws), then its potential chooses :math:`\lambda_{t+1}` from the particles' log-likelihoods
-    (:func:`solve_next_tempering`, or ``schedule[t]``) and returns :math:`(\lambda_{t+1} - \lambda_t)\ell^i`.
-    ``done`` is :math:`\lambda = 1`. Past the end, the potential is zero (:math:`\delta = 0`), so one more
-    step is a pure resample-and-move at :math:`\lambda = 1`.
-    """
-    dtype = initial_particles.dtype
-
-    def init(key, num_particles):
-        lp, ll = jax.vmap(log_prior_and_likelihood)(initial_particles)
-        nan = jnp.full((), jnp.nan, dtype)
-        aux = TemperedAux(jnp.zeros((), dtype), jnp.asarray(move.initial_log_tuning, dtype), nan, nan)
-        return (initial_particles, lp, ll), aux
-
-    def move_fn(key, t, particles, aux):
-        x, lp, ll, acc, scale, nxt = move.apply(key, *particles, aux.tempering, aux.log_tuning)
-        return (x, lp, ll), TemperedAux(aux.tempering, jnp.asarray(nxt, dtype), jnp.asarray(acc, dtype),
-                                        jnp.asarray(scale, dtype))
-
-    def log_potential(t, prev, particles, aux):
-        ll = particles[2]
-        if schedule is None:
-            nxt = solve_next_tempering(ll, aux.tempering, target_ess)
-        else:
-            nxt = jnp.asarray(schedule, dtype)[jnp.minimum(t, jnp.shape(schedule)[0] - 1)]
-        nxt = jnp.maximum(jnp.asarray(nxt, dtype), aux.tempering)
-        return tempered_log_likelihood(nxt - aux.tempering, ll), aux._replace(tempering=nxt)
-
-    return engine.AuxFeynmanKac(init, move_fn, log_potential, lambda aux: aux.tempering >= 1.0)
-
-
-def _finish(key, run: engine.WhileRun, model, strategy) -> tuple[TemperedState, TemperedInfo]:
-    """The final resample-and-move at :math:`\\lambda = 1` after the loop, and the per-temperature infos.
-
-    Engine step n (n < K) chose :math:`\\lambda_{n+1}` (its evidence increment and ESS); the move at
-    :math:`\\lambda_{n+1}` ran in step n + 1 (the last one in the final step here)."""
-    k = run.num_steps
-    state, aux, _ = engine.step_aux(jax.random.fold_in(key, k), run.state, run.aux, model, k, strategy=strategy)
-    max_steps = run.info.ess.shape[0]
-    valid = jnp.arange(max_steps) < k
-    acc = jnp.concatenate([run.aux_history.acceptance_rate[1:], aux.acceptance_rate[None]])
-    scale = jnp.concatenate([run.aux_history.move_scale[1:], aux.move_scale[None]])
-    last = jnp.arange(max_steps) == k - 1
-    acc = jnp.where(last, aux.acceptance_rate, acc)
-    scale = jnp.where(last, aux.move_scale, scale)
-
-    def pad(a):
-        return jnp.where(valid, a, jnp.nan)
-
-    info = TemperedInfo(pad(run.aux_history.tempering), pad(run.info.log_evidence_increment), pad(run.info.ess),
-                        pad(acc), pad(scale), valid & run.info.nonfinite)
-    x, lp, ll = state.particles
-    return TemperedState(x, lp, ll, aux.tempering, state.log_evidence, aux.log_tuning), info
-
-
-def run(key, initial_particles, log_prior_and_likelihood: Callable, move: Move, *, target_ess: float = 0.5,
-        schedule=None, resampling: Callable | str = "systematic", max_steps: int = 500):
-    r"""The whole tempered SMC loop from prior draws to :math:`\lambda = 1` (pure; ``jit``/``vmap``-able).
-
-    :func:`tempered_model` on :func:`bayeskit.smc.engine.run_while` with resampling at every step
-    (``resampling.always``), then one resample-and-move at :math:`\lambda = 1` (equal weights).
-
-    Args:
-        key: ``jax.random`` key.
-        initial_particles: (N, D) flat unconstrained draws from the prior.
-        log_prior_and_likelihood: ``v -> (log_prior, log_likelihood)`` for one flat vector.
-        move: a :class:`Move` (e.g. :func:`rwm_move`).
-        target_ess: :math:`\rho`, the ESS fraction the adaptive temperatures aim at (ignored with a schedule).
-        schedule: optional increasing temperatures :math:`\lambda_1 < \dots < \lambda_K = 1`.
-        resampling: scheme name or ``(key, log_weights, num_samples) -> indices``.
-        max_steps: the cap on the number of tempering steps (static; the length of the info arrays).
-
-    Returns:
-        ``(TemperedState, TemperedInfo, num_steps)``: the final state, per-step infos padded with NaN
-        to ``max_steps`` (the first ``num_steps`` entries are valid), and the number of steps taken.
-    """
-    if schedule is not None:
-        max_steps = int(np.shape(schedule)[0])
-    strategy = always(resampling)
-    model = tempered_model(initial_particles, log_prior_and_likelihood, move, target_ess=target_ess,
-                           schedule=schedule)
-    out = engine.run_while(key, model, initial_particles.shape[0], max_steps=max_steps, strategy=strategy)
-    state, info = _finish(key, out, model, strategy)
-    return state, info, out.num_steps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,19 +146,15 @@ class TemperedSMCResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# the driver
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
 # the compiled program, cached on what determines it
 # --------------------------------------------------------------------------------------------------
 class _Program(NamedTuple):
     density: Any  # the LogDensity built from the first call's arguments (structure, site names, shapes)
     kernel_name: str
+    whole: Callable  # (k_init, k_run, dynamic, target_ess, schedule) -> (initial particles, run, finished)
     start: Callable  # (k_init, k_run, dynamic, target_ess, schedule) -> WhileRun after step 0
     advance: Callable  # (k_run, run, dynamic, target_ess, schedule, stop) -> WhileRun
-    finish: Callable  # (k_run, run, dynamic, target_ess, schedule) -> (TemperedState, TemperedInfo, samples, z)
+    finish: Callable  # (run, dynamic) -> (TemperedState, TemperedInfo, K, samples, z)
 
 
 _PROGRAMS: OrderedDict = OrderedDict()
@@ -343,6 +206,7 @@ def _build_program(density, treedef, layout, *, kernel, num_particles, num_mcmc_
     fn = prior_and_likelihood_fn(density)
     _, kernel_name = build_move(kernel, fn, density.dim, num_mcmc_steps, kernel_parameters)  # validates
     strategy = always(resampling)
+    cond = until_final(max_steps)
 
     def parts(dynamic, target_ess, schedule, particles):
         dens = _rebind(density, treedef, layout, dynamic)
@@ -356,19 +220,24 @@ def _build_program(density, treedef, layout, *, kernel, num_particles, num_mcmc_
         dens = _rebind(density, treedef, layout, dynamic)
         particles = jax.vmap(dens.flatten)(dens.sample_prior(k_init, num_particles))
         _, model = parts(dynamic, target_ess, schedule, particles)
-        return engine.start_while(k_run, model, num_particles, max_steps=max_steps, strategy=strategy)
+        return engine.start_while(k_run, model, num_particles, max_steps=max_steps + 1, strategy=strategy)
 
     def advance(k_run, run_, dynamic, target_ess, schedule, stop):
         _, model = parts(dynamic, target_ess, schedule, run_.state.particles[0])
-        return engine.advance_while(k_run, run_, model, stop=stop, strategy=strategy)
+        return engine.advance_while(k_run, run_, model, cond=cond, stop=stop, strategy=strategy)
 
-    def finish(k_run, run_, dynamic, target_ess, schedule):
-        dens, model = parts(dynamic, target_ess, schedule, run_.state.particles[0])
-        state, info = _finish(k_run, run_, model, strategy)
+    def finish(run_, dynamic):
+        dens = _rebind(density, treedef, layout, dynamic)
+        state, info, k = finish_run(run_)
         z = jax.vmap(dens.unflatten)(state.particles)
-        return state, info, jax.vmap(dens.constrain)(z), z
+        return state, info, k, jax.vmap(dens.constrain)(z), z
 
-    return _Program(density, kernel_name, jax.jit(start), jax.jit(advance), jax.jit(finish))
+    def whole(k_init, k_run, dynamic, target_ess, schedule):
+        run0 = start(k_init, k_run, dynamic, target_ess, schedule)
+        run_ = advance(k_run, run0, dynamic, target_ess, schedule, max_steps + 1)
+        return run0.state.particles, run_, finish(run_, dynamic)
+
+    return _Program(density, kernel_name, jax.jit(whole), jax.jit(start), jax.jit(advance), jax.jit(finish))
 
 
 def _program(model, args, model_kwargs, **options) -> tuple[_Program, Any]:
@@ -486,37 +355,36 @@ def tempered(key, model: Callable, *args, num_particles: int = 2000, target_ess:
     target = jnp.asarray(target_ess, dtype)
     sched = jnp.zeros((max_steps,), dtype) if schedule is None else jnp.asarray(schedule, dtype)
     k_init, k_run = jax.random.split(key)
-    run_ = program.start(k_init, k_run, dynamic, target, sched)
-    _check_initial(run_.state.particles, program.density)
-
-    stop = jnp.asarray(max_steps, jnp.int32)
-    if progress_bar:
+    if progress_bar:  # a jitted chunk of steps at a time, the bar between chunks
         from tqdm.auto import tqdm
 
+        run_ = program.start(k_init, k_run, dynamic, target, sched)
+        _check_initial(run_.state.particles, program.density)
         chunk = 5
         with tqdm(total=1.0, desc="tempered SMC (lambda)", bar_format="{l_bar}{bar}| {n:.3f}/1") as bar:
             while True:
                 lam = float(run_.aux.tempering)
                 bar.n = lam
                 bar.refresh()
-                if lam >= 1.0 or bool(run_.failed) or int(run_.num_steps) >= max_steps:
+                if bool(run_.aux.final) or bool(run_.failed) or (lam < 1.0 and int(run_.num_steps) >= max_steps):
                     break
                 run_ = program.advance(k_run, run_, dynamic, target, sched, run_.num_steps + chunk)
-    else:
-        run_ = program.advance(k_run, run_, dynamic, target, sched, stop)
+        state, info, k, samples, z = program.finish(run_, dynamic)
+    else:  # one compiled program for the whole run
+        initial, run_, (state, info, k, samples, z) = program.whole(k_init, k_run, dynamic, target, sched)
+        _check_initial(initial, program.density)
 
-    state, info, samples, z = program.finish(k_run, run_, dynamic, target, sched)
-    k = int(run_.num_steps)
-    infos = jax.tree_util.tree_map(lambda a: np.asarray(a[:k]), info)
+    k = int(k)
+    infos = jax.tree_util.tree_map(lambda a: np.asarray(a)[:k], info)  # numpy: no slice op compiled per k
     if bool(run_.failed):
         bad = int(np.argmax(infos.nonfinite))
         raise DegenerateWeightsError(
             f"tempered: at tempering step {bad} (lambda {float(infos.tempering[bad]):.3g}) the incremental "
             "weights are NaN or all zero (a NaN log-likelihood reached by the MCMC moves, or every particle "
             "in a region of zero likelihood); check the model, or use more particles")
-    if float(run_.aux.tempering) < 1.0:
+    if float(state.tempering) < 1.0:
         raise ConvergenceError(
-            f"tempered: the temperature reached only {float(run_.aux.tempering):.3g} < 1 after "
+            f"tempered: the temperature reached only {float(state.tempering):.3g} < 1 after "
             f"`max_steps`={max_steps} steps; raise `max_steps` or lower `target_ess`")
     return TemperedSMCResult(
         samples=dict(samples), unconstrained=dict(z), log_evidence=state.log_evidence,

@@ -383,7 +383,7 @@ def start_while(key, model: AuxFeynmanKac, num_particles: int, *, max_steps: int
 
 def advance_while(key, run: WhileRun, model: AuxFeynmanKac, *, cond: Callable | None = None, stop=None,
                   strategy: Strategy | None = None, accumulators=()) -> WhileRun:
-    """Continue a :class:`WhileRun` (pure, one ``lax.while_loop``) while ``cond(state, aux)`` holds
+    """Continue a :class:`WhileRun` (pure, one ``lax.while_loop``) while ``cond(state, aux, num_steps)`` holds
     (default: ``not model.done(aux)``), no step has failed, and fewer than ``stop`` (default and at most:
     the buffers' ``max_steps``) steps are taken. Stopping at ``stop`` and continuing gives the same
     answer as one call: the keys are ``fold_in(key, t)``."""
@@ -391,13 +391,15 @@ def advance_while(key, run: WhileRun, model: AuxFeynmanKac, *, cond: Callable | 
     accumulators = tuple(accumulators)
     if cond is None:
         if model.done is None:
-            raise ValueError("advance_while needs `cond` or a model with `done`")
-        cond = lambda state, aux: jnp.logical_not(model.done(aux))  # noqa: E731
+            from bayeskit.errors import ConfigurationError
+
+            raise ConfigurationError("`cond` is needed when the model has no `done` function")
+        cond = lambda state, aux, num_steps: jnp.logical_not(model.done(aux))  # noqa: E731
     max_steps = jax.tree_util.tree_leaves(run.info)[0].shape[0]
     limit = max_steps if stop is None else jnp.minimum(stop, max_steps)
 
     def keep_going(r):
-        return (r.num_steps < limit) & jnp.logical_not(r.failed) & cond(r.state, r.aux)
+        return (r.num_steps < limit) & jnp.logical_not(r.failed) & cond(r.state, r.aux, r.num_steps)
 
     def body(r):
         t = r.num_steps
@@ -420,7 +422,7 @@ def run_while(key, model: AuxFeynmanKac, num_particles: int, *, max_steps: int, 
     """Run the SMC engine for a random number of steps: step 0, then steps while ``cond`` holds.
 
     The loop is a ``lax.while_loop`` (pure; ``jit``/``vmap``-able). It stops after the first step at
-    which ``model.done(aux)`` holds (or ``cond(state, aux)`` fails), after a step whose weights are NaN
+    which ``model.done(aux)`` holds (or ``cond(state, aux, num_steps)`` fails), after a step whose weights are NaN
     or all zero (``failed``), or after ``max_steps`` steps in all, whichever comes first. Outputs are
     padded to ``max_steps``.
 
@@ -429,7 +431,8 @@ def run_while(key, model: AuxFeynmanKac, num_particles: int, *, max_steps: int, 
         model: the :class:`AuxFeynmanKac` model.
         num_particles: N (static).
         max_steps: the cap on the number of steps, step 0 included (static: the buffers' length).
-        cond: optional ``(SMCState, aux) -> bool``, continue while true; default ``not model.done(aux)``.
+        cond: optional ``(SMCState, aux, num_steps) -> bool`` (``num_steps``: steps taken so far), continue
+            while true; default ``not model.done(aux)``.
         strategy: the resampling strategy (default ``resampling.adaptive()``).
         accumulators: :class:`Accumulator`\\ s; their ``fk`` argument is ``model``.
 
