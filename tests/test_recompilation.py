@@ -91,7 +91,7 @@ def _other_cases():
     def meta_predict():
         if "m" not in fitted:
             fitted["m"] = meta.fit(K, (ex, ey))
-        return fitted["m"].predict(K, (ex[0], ey[0]), (ex[1], ey[1]), num_samples=4)
+        return fitted["m"].predict(K, (ex[:2], ey[:2]), (ex[2:], ey[2:]), num_samples=4)
 
     from bayeskit.models import fractional_ou as fou
 
@@ -131,7 +131,18 @@ def compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in CASES])
+# open: bk.sde.fit_vi builds its jitted chunk and ELBO evaluator as closures per call (bayeskit/inference/sde/vi.py)
+KNOWN_RECOMPILING = {"sde.fit_vi": "fit_vi jits closures built per call (jit(chunk), jit(evaluate_fn))"}
+
+
+def _marks(name):
+    marks = [] if name in FAST else [pytest.mark.slow]
+    if name in KNOWN_RECOMPILING:
+        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_RECOMPILING[name]))
+    return marks
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in CASES])
 def test_second_call_compiles_nothing(name, compiles):
     run = CASES[name]
     jax.block_until_ready(jax.tree_util.tree_leaves(run()))
@@ -143,5 +154,8 @@ def test_second_call_compiles_nothing(name, compiles):
 def test_counter_sees_a_compile(compiles):
     """The listener does count: a program not compiled before shows up."""
     compiles.clear()
-    jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(7)).block_until_ready()
-    assert len(compiles) == 1
+    def fresh(x):
+        return x * 3.0 + 1.0
+
+    jax.jit(fresh)(np.ones(7)).block_until_ready()
+    assert compiles == ["jit(fresh)"]
