@@ -296,7 +296,7 @@ class NIWMeta:
         else:
             # one compiled chunk per (configuration, data mode, dataset size, batch size), cached on the instance:
             # the episode arrays are arguments, so a repeated fit compiles nothing
-            run_chunk = self._chunk_runner(mode, dataset_size, B, data if mode == "sampler" else None)
+            run_chunk = self._chunk_runner(mode, dataset_size, B, data if mode == "generator" else None)
             chunk_data = tuple(data) if mode == "arrays" else ()
 
             chunk = min(self.chunk_size, num_steps)
