@@ -72,6 +72,10 @@ def _scaling_cases():
     }
 
 
+def _profit(x, h):
+    return jnp.minimum(x, h)
+
+
 def _other_cases():
     import optax
 
@@ -98,7 +102,14 @@ def _other_cases():
     sde = fou.make_sde(hurst=0.3, num_ou=2, gamma_max=20.0, t1=2.0)
     sde_params = fou.example_params(theta=0.0, sigma=1.0, obs_sd=0.1)
     sde_opt = optax.adam(0.05)
+    from bayeskit.datasets import load_gpdp
+
+    td = load_gpdp("training_data")
+    gx, gy, ggrid = td["x"][1:], td["y"][1:], np.linspace(0.0, 15.0, 12)
     return {
+        "gpdp.solve(map)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, method="map"),
+        "gpdp.solve(nuts)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, num_warmup=2,
+                                                  num_samples=2, num_posterior_draws=2),
         "bridges.LightSB.fit": lambda: bk.bridges.LightSB.fit(K, x0, x1, epsilon=0.5, num_components=2, num_steps=3,
                                                               batch_size=8),
         "bridges.multimarginal": lambda: bk.bridges.multimarginal(K, snaps, [0.0, 0.5, 1.0], reference=ou,
@@ -131,8 +142,9 @@ def compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-# open: bk.sde.fit_vi builds its jitted chunk and ELBO evaluator as closures per call (bayeskit/inference/sde/vi.py)
-KNOWN_RECOMPILING = {"sde.fit_vi": "fit_vi jits closures built per call (jit(chunk), jit(evaluate_fn))"}
+# open: bk.sde.fit_vi and the NUTS path of bk.gpdp.solve build its jitted chunk and ELBO evaluator as closures per call (bayeskit/inference/sde/vi.py)
+KNOWN_RECOMPILING = {"sde.fit_vi": "fit_vi jits closures built per call (jit(chunk), jit(evaluate_fn))",
+                     "gpdp.solve(nuts)": "gpdp.fit_gp builds a new numpyro MCMC per call (jit(_fori_collect_loop))"}
 
 
 def _marks(name):
