@@ -144,7 +144,7 @@ def compiles():
 
 # open: bk.sde.fit_vi and the NUTS path of bk.gpdp.solve build its jitted chunk and ELBO evaluator as closures per call (bayeskit/inference/sde/vi.py)
 KNOWN_RECOMPILING = {"sde.fit_vi": "fit_vi jits closures built per call (jit(chunk), jit(evaluate_fn))",
-                     "gpdp.solve(nuts)": "gpdp.fit_gp builds a new numpyro MCMC per call (jit(_fori_collect_loop))"}
+                     "gpdp.solve(nuts)": "NumPyro's MCMC.run jits a fresh loop-body closure per run (jit(_fori_collect_loop))"}
 
 
 def _marks(name):
