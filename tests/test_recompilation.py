@@ -86,7 +86,8 @@ def _other_cases():
     sigma = 0.5
     episode_model = bk.meta.EpisodeModel(
         pointwise_log_likelihood=lambda th, x, y: jax.scipy.stats.norm.logpdf(y, x @ th, sigma), dim=2,
-        predict_fn=lambda th, x: x @ th, sample_fn=lambda k, th, x: x @ th + sigma * jax.random.normal(k, (x.shape[0],)))
+        predict_fn=lambda th, x: x @ th,
+        sample_fn=lambda k, th, x: x @ th + sigma * jax.random.normal(k, (x.shape[0],)))
     ex, ey = jnp.asarray(rng.normal(size=(4, 3, 2))), jnp.asarray(rng.normal(size=(4, 3)))
     meta = bk.meta.NIWMeta(episode_model, covariance="full", local_approximation="laplace", optimizer=optax.adam(0.05),
                            batch_size=2, num_steps=4, chunk_size=2)
@@ -142,9 +143,10 @@ def compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-# open: bk.sde.fit_vi and the NUTS path of bk.gpdp.solve build its jitted chunk and ELBO evaluator as closures per call (bayeskit/inference/sde/vi.py)
+# still open (issue 21): bk.sde.fit_vi jits closures over the data built per call (bayeskit/inference/sde/vi.py);
+# the NUTS path of bk.gpdp.solve uses NumPyro's MCMC.run, which jits a fresh loop-body closure per run
 KNOWN_RECOMPILING = {"sde.fit_vi": "fit_vi jits closures built per call (jit(chunk), jit(evaluate_fn))",
-                     "gpdp.solve(nuts)": "NumPyro's MCMC.run jits a fresh loop-body closure per run (jit(_fori_collect_loop))"}
+                     "gpdp.solve(nuts)": "NumPyro's MCMC.run jits a fresh loop body per run (jit(_fori_collect_loop))"}
 
 
 def _marks(name):
