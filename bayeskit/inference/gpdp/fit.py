@@ -12,6 +12,7 @@ r"""Posterior inference for the dynamics models of GPDP, all through NumPyro.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -63,20 +64,37 @@ class GPPosterior(NamedTuple):
         return gpm.predict_draws(self.data, self.flat_draws(num_draws), test_inputs, kernel=self.kernel)
 
 
+def _is_pytree(v) -> bool:
+    leaves = jax.tree_util.tree_leaves(v)
+    return not (len(leaves) == 1 and leaves[0] is v)
+
+
+@partial(jax.jit, static_argnames=("model", "static_kwargs"))
+def _potential_value_and_grad(params, args, dynamic_kwargs, *, model, static_kwargs):
+    from numpyro.infer.util import potential_energy
+
+    kwargs = {**dynamic_kwargs, **dict(static_kwargs)}
+    return jax.value_and_grad(lambda p: potential_energy(model, args, kwargs, p))(params)
+
+
 def _map_estimate(key, model, *args, num_starts: int = 8, **kwargs):
     """Posterior mode by L-BFGS (scipy) on NumPyro's potential in unconstrained space, the best of
     ``num_starts`` starts drawn by NumPyro's ``init_to_uniform`` (the GP posterior can have a second,
     prior-dominated mode at very long length-scales)."""
     from scipy.optimize import minimize
 
-    info, potential_fn, postprocess_fn, _ = initialize_model(key, model, model_args=args, model_kwargs=kwargs,
+    info, _, postprocess_fn, _ = initialize_model(key, model, model_args=args, model_kwargs=kwargs,
                                                              dynamic_args=False)
     flat0, unravel = jax.flatten_util.ravel_pytree(info.z)
     dtype = flat0.dtype
-    value_and_grad = jax.jit(jax.value_and_grad(lambda z: potential_fn(unravel(z))))
+    # one compiled potential per (model, callable options, shapes): the data and priors are arguments
+    static = tuple(sorted((k, v) for k, v in kwargs.items() if callable(v) and not _is_pytree(v)))
+    dynamic = {k: v for k, v in kwargs.items() if k not in dict(static)}
 
     def fun(z):
-        v, g = value_and_grad(jnp.asarray(z, dtype))
+        v, g = _potential_value_and_grad(unravel(jnp.asarray(z, dtype)), args, dynamic, model=model,
+                                         static_kwargs=static)
+        g = jax.flatten_util.ravel_pytree(g)[0]
         v = float(v)
         if not np.isfinite(v):
             return 1e30, np.zeros_like(z)

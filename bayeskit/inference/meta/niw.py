@@ -185,6 +185,33 @@ class NIWMeta:
                           prior=self.hyperprior() if dataset_size is not None else None, dataset_size=dataset_size,
                           max_grad_norm=self.max_grad_norm)
 
+    def _chunk_runner(self, mode, dataset_size, batch_size, sampler):
+        """The jitted scan of training steps ``(state, keys, *data) -> (state, info)`` for ``fit``."""
+        cache = self.__dict__.setdefault("_jit_cache", {})
+        name = ("chunk", mode, dataset_size, batch_size, sampler)
+        if name not in cache:
+            step_fn, _ = self.build(dataset_size)
+
+            def get_batch(k, data):
+                if mode != "arrays":
+                    return sampler(k, batch_size)
+                X, Y = data
+                n = X.shape[0]
+                if batch_size >= n:
+                    return X, Y
+                idx = jax.random.choice(k, n, (batch_size,), replace=False)
+                return X[idx], Y[idx]
+
+            def run_chunk(st, keys, *data):
+                def body(st, k):
+                    kb, ks = jax.random.split(k)
+                    return step_fn(ks, st, get_batch(kb, data))
+
+                return jax.lax.scan(body, st, keys)
+
+            cache[name] = jax.jit(run_chunk)
+        return cache[name]
+
     def compiled(self, name: str):
         """Jitted helpers, compiled once per configuration and cached on the instance.
 
@@ -267,28 +294,10 @@ class NIWMeta:
             seconds = np.asarray(timings)
             steps_done = len(infos)
         else:
-            if mode == "arrays":
-                X, Y = data
-                n = X.shape[0]
-
-                def get_batch(k):
-                    if B >= n:
-                        return X, Y
-                    idx = jax.random.choice(k, n, (B,), replace=False)
-                    return X[idx], Y[idx]
-            else:
-                sampler = data
-
-                def get_batch(k):
-                    return sampler(k, B)
-
-            def body(st, k):
-                kb, ks = jax.random.split(k)
-                return step_fn(ks, st, get_batch(kb))
-
-            @jax.jit
-            def run_chunk(st, keys):
-                return jax.lax.scan(body, st, keys)
+            # one compiled chunk per (configuration, data mode, dataset size, batch size), cached on the instance:
+            # the episode arrays are arguments, so a repeated fit compiles nothing
+            run_chunk = self._chunk_runner(mode, dataset_size, B, data if mode == "generator" else None)
+            chunk_data = tuple(data) if mode == "arrays" else ()
 
             chunk = min(self.chunk_size, num_steps)
             bar = None
@@ -302,7 +311,7 @@ class NIWMeta:
                 size = min(chunk, num_steps - done)
                 keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(done, done + size))
                 t0 = time.perf_counter()
-                state, info = run_chunk(state, keys)
+                state, info = run_chunk(state, keys, *chunk_data)
                 jax.block_until_ready(info.elbo)
                 seconds.extend([(time.perf_counter() - t0) / size] * size)
                 infos.append(info)

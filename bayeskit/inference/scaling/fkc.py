@@ -39,6 +39,7 @@ Only score functions are needed (no divergences, no densities).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -234,6 +235,16 @@ def fkc_feynman_kac(score_fns: Sequence[Callable], betas, sde: VESDE, num_steps:
     return FeynmanKac(num_steps + 1, init, move, log_potential), times
 
 
+@partial(jax.jit, static_argnames=("score_fns", "log_densities", "num_steps", "dim", "weighted", "num_particles",
+                                   "resampling", "threshold"))
+def _fkc_run(key, betas, sde, t_min, *, score_fns, log_densities, num_steps, dim, weighted, num_particles,
+             resampling, threshold):
+    fk, times = fkc_feynman_kac(score_fns, betas, sde, num_steps, t_min=t_min, log_densities=log_densities, dim=dim,
+                                weighted=weighted)
+    state, out = engine.run(key, fk, num_particles, strategy=adaptive(resampling, threshold))
+    return state, out, times
+
+
 def fkc_sample(key, score_fns: Sequence[Callable], betas, *, num_particles: int = 1000, num_steps: int = 200,
                sde: VESDE = VESDE(), dim: int = 2, log_densities: Sequence[Callable] | None = None,
                weighted: bool = True, resampling="systematic", ess_threshold: float = 0.5,
@@ -281,15 +292,13 @@ def fkc_sample(key, score_fns: Sequence[Callable], betas, *, num_particles: int 
     if log_densities is not None and len(log_densities) != len(score_fns):
         raise ConfigurationError("`log_densities` must hold one function per score function")
     get_scheme(resampling)
-    fk, times = fkc_feynman_kac(score_fns, b, sde, num_steps, t_min=t_min, log_densities=log_densities, dim=dim,
-                                weighted=weighted)
+    # one compiled program per (score functions, static options, shapes): pass the same score functions
+    # (built once, not a fresh lambda per call) to reuse it (docs/scaling.md)
     thr = float(ess_threshold) if weighted else 0.0
-
-    @jax.jit
-    def go(k):
-        return engine.run(k, fk, num_particles, strategy=adaptive(resampling, thr))
-
-    state, out = go(key)
+    state, out, times = _fkc_run(key, jnp.asarray(b), sde, t_min, score_fns=tuple(score_fns),
+                                 log_densities=None if log_densities is None else tuple(log_densities),
+                                 num_steps=num_steps, dim=int(dim), weighted=bool(weighted),
+                                 num_particles=num_particles, resampling=resampling, threshold=thr)
     if bool(np.any(np.asarray(out.info.nonfinite))):
         raise DegenerateWeightsError("FKC weights became non-finite (check the score functions and `num_steps`)")
     lw = np.asarray(state.log_weights)

@@ -18,6 +18,7 @@ update given the states: a user function, or any NumPyro MCMC kernel (NUTS, HMC,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -149,6 +150,57 @@ def _is_numpyro_kernel(obj) -> bool:
     return isinstance(obj, type) and issubclass(obj, MCMCKernel)
 
 
+def _numpyro_kernel(ssm, update: NumPyroUpdate):
+    """The NumPyro kernel of ``update`` on ``ssm``'s parameter posterior given the states: one object per
+    (model, kernel class, options, warm-up length), so that the jitted sweep (static in the kernel) is compiled
+    once for them. Options that cannot be hashed (arrays) get a fresh kernel, and a fresh compile, per call."""
+    kwargs = dict(update.kernel_kwargs)
+    try:
+        return _cached_kernel(ssm, update.kernel, tuple(sorted(kwargs.items())), update.num_warmup * update.num_steps)
+    except TypeError:  # unhashable options
+        return update.kernel(_theta_model(ssm), **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_kernel(ssm, kernel_cls, kwargs_items, num_warmup):
+    # num_warmup is part of the key: NumPyro's init stores the warm-up length in the kernel's sample function
+    return kernel_cls(_theta_model(ssm), **dict(kwargs_items))
+
+
+@partial(jax.jit, static_argnames=("ssm", "num_particles", "backward_sampling", "ancestor_sampling", "update",
+                                   "kernel", "num_steps"))
+def _pg_chunk(carry, keys, ys, *, ssm, num_particles, backward_sampling, ancestor_sampling, update, kernel,
+              num_steps):
+    """``num_iterations`` particle Gibbs sweeps (a scan over ``keys``) from ``carry = (path, params, kernel_state)``."""
+
+    def sweep(carry, k):
+        path, theta, ks = carry
+        k_csmc, k_par = jax.random.split(k)
+        fk = bootstrap(ssm, theta, ys)
+        path, info = csmc(k_csmc, fk, path, num_particles, backward_sampling=backward_sampling,
+                          ancestor_sampling=ancestor_sampling)
+        acc = jnp.asarray(jnp.nan)
+        if kernel is not None:
+            # the kernel's state caches the potential energy and its gradient at z for the path it was
+            # last run on: recompute both for the new path (as NumPyro's HMCGibbs does), otherwise the
+            # acceptance test compares energies of two different targets and the chain sticks
+            ks = _refresh_potential(kernel, ks, (path, ys))
+
+            def one(st, kk):
+                st = st._replace(rng_key=kk)
+                st = kernel.sample(st, (path, ys), {})
+                return st, st.mean_accept_prob if hasattr(st, "mean_accept_prob") else jnp.nan
+            ks, accs = jax.lax.scan(one, ks, jax.random.split(k_par, num_steps))
+            sites = kernel.postprocess_fn((path, ys), {})(ks.z)
+            theta = _params_from_sites(ssm, sites)
+            acc = accs[-1]
+        elif update is not None:
+            theta = update(k_par, theta, path, ys)
+        return (path, theta, ks), (path, theta, info.ess, info.reference_kept, acc)
+
+    return jax.lax.scan(sweep, carry, keys)
+
+
 # -------------------------------------------------------------------------- particle Gibbs driver
 @partial(jax.tree_util.register_dataclass,
          data_fields=["paths", "params", "final_path", "final_params", "ess", "reference_kept", "accept_prob"],
@@ -267,46 +319,22 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
                              "of the parameters)")
         from numpyro.infer.util import unconstrain_fn
 
-        kernel = parameter_update.kernel(_theta_model(ssm), **dict(parameter_update.kernel_kwargs))
+        kernel = _numpyro_kernel(ssm, parameter_update)
         sites = _prior_sites(ssm)
         init_z = unconstrain_fn(_theta_model(ssm), (initial_path, ys), {}, {k: _site_value(params, ssm, k)
                                                                             for k in sites})
         kstate = kernel.init(k_nuts, parameter_update.num_warmup * parameter_update.num_steps, init_params=init_z,
                              model_args=(initial_path, ys), model_kwargs={})
-        postprocess = kernel.postprocess_fn((initial_path, ys), {})
     elif parameter_update is not None and not callable(parameter_update):
         raise ConfigurationError("`parameter_update` must be None, a function (key, params, path, ys) -> params, a "
                                  f"NumPyro kernel class or a NumPyroUpdate, got {parameter_update!r}")
 
-    def sweep(carry, k):
-        path, theta, ks = carry
-        k_csmc, k_par = jax.random.split(k)
-        fk = bootstrap(ssm, theta, ys)
-        path, info = csmc(k_csmc, fk, path, num_particles, backward_sampling=backward_sampling,
-                          ancestor_sampling=ancestor_sampling)
-        acc = jnp.asarray(jnp.nan)
-        if kernel is not None:
-            # the kernel's state caches the potential energy and its gradient at z for the path it was
-            # last run on: recompute both for the new path (as NumPyro's HMCGibbs does), otherwise the
-            # acceptance test compares energies of two different targets and the chain sticks
-            ks = _refresh_potential(kernel, ks, (path, ys))
-
-            def one(st, kk):
-                st = st._replace(rng_key=kk)
-                st = kernel.sample(st, (path, ys), {})
-                return st, st.mean_accept_prob if hasattr(st, "mean_accept_prob") else jnp.nan
-            ks, accs = jax.lax.scan(one, ks, jax.random.split(k_par, parameter_update.num_steps))
-            sites = postprocess(ks.z)
-            theta = _params_from_sites(ssm, sites)
-            acc = accs[-1]
-        elif parameter_update is not None:
-            theta = parameter_update(k_par, theta, path, ys)
-        return (path, theta, ks), (path, theta, info.ess, info.reference_kept, acc)
-
-    @jax.jit
-    def run_chunk(carry, keys):
-        return jax.lax.scan(sweep, carry, keys)
-
+    # one compiled program per (model, update, shapes, static options): a second call with the same ones runs it
+    # without tracing or compiling again (see docs/smc.md, "Repeated calls")
+    run_chunk = partial(_pg_chunk, ys=ys, ssm=ssm, num_particles=num_particles,
+                        backward_sampling=bool(backward_sampling), ancestor_sampling=bool(ancestor_sampling),
+                        update=parameter_update if kernel is None else None, kernel=kernel,
+                        num_steps=parameter_update.num_steps if kernel is not None else 1)
     keys = jax.random.split(k_run, num_iterations)
     carry = (initial_path, params, kstate)
     carry, (paths, thetas, ess, kept, acc) = run_chunked(run_chunk, carry, keys, num_chunks=num_chunks,

@@ -25,6 +25,7 @@ whose proposal is the current :math:`q_\lambda` itself (particles move with :mat
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import partial
 from typing import Any, Callable
 
@@ -124,6 +125,76 @@ class FitResult:
                                   "num_particles": self.num_particles})
 
 
+def _q_log_density(variational, ys, lam, t, x_prev, x):
+    if x_prev is None:
+        return jnp.sum(variational.initial(lam, ys[0]).log_prob(x))
+    return jnp.sum(variational.transition(lam, x_prev, ys[t], t).log_prob(x))
+
+
+@partial(jax.jit, static_argnames=("ssm", "method", "estimator", "optimizer", "num_particles", "num_backward",
+                                   "num_trials", "variational"))
+def _fit_chunk(carry, keys, *, ys, fixed_params, bij, ssm, method, estimator, optimizer, num_particles,
+               num_backward, num_trials, variational):
+    """A scan of ``fit`` iterations over ``keys`` from ``carry = (z, opt_state, path)``."""
+    import optax
+
+    T = ys.shape[0]
+
+    def constrain(z):
+        return {k: bij[k](v) for k, v in z.items()}
+
+    def functional_for(z):
+        if method == "mle":
+            def h(t, x_prev, x):
+                return jax.grad(lambda zz: step_log_density(ssm, {**fixed_params, **constrain(zz)}, t, x_prev, x,
+                                                            ys[t]))(z)
+        else:
+            def h(t, x_prev, x):
+                return jax.grad(lambda zz: _q_log_density(variational, ys, constrain(zz), t, x_prev, x))(z)
+        return h
+
+    def model_params(z):
+        return {**fixed_params, **constrain(z)} if method == "mle" else fixed_params
+
+    def feynman_kac(z, theta):
+        if method == "mle":
+            return bootstrap(ssm, theta, ys)
+        lam = constrain(z)  # MSC: the cSMC moves with the current q_lambda and weights by m g / q_lambda
+        q = Proposal(initial=lambda _p, y0: variational.initial(lam, y0),
+                     transition=lambda _p, x_prev, y, t: variational.transition(lam, x_prev, y, t),
+                     vectorized=variational.vectorized)
+        return guided(ssm, theta, ys, q)
+
+    def iteration(carry, k):
+        z, opt_state, path = carry
+        theta = model_params(z)
+        fk = feynman_kac(z, theta)
+        h = functional_for(z)
+        bound = log_bound_fn(ssm, theta, None)
+        if estimator == "paris":
+            out = run_paris(k, fk, num_particles, h, strategy=adaptive("systematic", 0.5), num_backward=num_backward,
+                            log_bound=bound, num_trials=num_trials)
+            est, logz = out.estimate, out.state.log_evidence
+        else:
+            out = conditional_paris(k, fk, path, num_particles, h, num_backward=num_backward, log_bound=bound,
+                                    num_trials=num_trials)
+            est, path, logz = out.estimate, out.path, jnp.asarray(jnp.nan)
+        grad = jax.tree_util.tree_map(lambda g: -g / T, est)
+        updates, opt_state = optimizer.update(grad, opt_state, z)
+        z = optax.apply_updates(z, updates)
+        return (z, opt_state, path), (constrain(z), est, logz)
+
+    return jax.lax.scan(iteration, carry, keys)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_optimizer():
+    # one object, so that calls with the default optimizer share their compiled program
+    import optax
+
+    return optax.adam(1e-2)
+
+
 def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg", optimizer=None,
         num_iterations: int = 500, num_particles: int = 100, num_backward: int = 2,
         constraints: dict | None = None, fixed_params: dict | None = None, variational: Proposal | None = None,
@@ -171,8 +242,6 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
         >>> res.history["rho"].shape
         (20,)
     """
-    import optax
-
     _checks.check_key(key)
     _checks.check_choice(method, "method", {"mle", "msc"})
     _checks.check_choice(estimator, "estimator", {"ppg", "paris"})
@@ -183,7 +252,7 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
     if not isinstance(init_params, dict) or not init_params:
         raise ConfigurationError("`init_params` must be a non-empty dict of the parameters to learn")
     fixed_params = dict(fixed_params or {})
-    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    optimizer = _default_optimizer() if optimizer is None else optimizer
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise ConfigurationError("`optimizer` must be an optax.GradientTransformation")
     ys = jnp.asarray(ys)
@@ -217,61 +286,18 @@ def fit(key, ssm, init_params, ys, *, method: str = "mle", estimator: str = "ppg
         return {k: bij[k](v) for k, v in z.items()}
 
     if method == "msc":
-        def q_log_density(lam, t, x_prev, x):
-            if x_prev is None:
-                return jnp.sum(variational.initial(lam, ys[0]).log_prob(x))
-            return jnp.sum(variational.transition(lam, x_prev, ys[t], t).log_prob(x))
-
         try:
             x_ex = ssm.initial(model_params0).sample(jax.random.key(0))
-            jax.eval_shape(lambda z: q_log_density(constrain(z), 1, x_ex, x_ex), z0)
+            jax.eval_shape(lambda z: _q_log_density(variational, ys, constrain(z), 1, x_ex, x_ex), z0)
         except Exception as exc:
             raise ModelError(f"`variational` failed on a state of the model: {exc}") from exc
 
-    def functional_for(z):
-        if method == "mle":
-            def h(t, x_prev, x):
-                return jax.grad(lambda zz: step_log_density(ssm, {**fixed_params, **constrain(zz)}, t, x_prev, x,
-                                                            ys[t]))(z)
-        else:
-            def h(t, x_prev, x):
-                return jax.grad(lambda zz: q_log_density(constrain(zz), t, x_prev, x))(z)
-        return h
-
-    def model_params(z):
-        return {**fixed_params, **constrain(z)} if method == "mle" else fixed_params
-
-    def feynman_kac(z, theta):
-        if method == "mle":
-            return bootstrap(ssm, theta, ys)
-        lam = constrain(z)  # MSC: the cSMC moves with the current q_lambda and weights by m g / q_lambda
-        q = Proposal(initial=lambda _p, y0: variational.initial(lam, y0),
-                     transition=lambda _p, x_prev, y, t: variational.transition(lam, x_prev, y, t),
-                     vectorized=variational.vectorized)
-        return guided(ssm, theta, ys, q)
-
-    def iteration(carry, k):
-        z, opt_state, path = carry
-        theta = model_params(z)
-        fk = feynman_kac(z, theta)
-        h = functional_for(z)
-        bound = log_bound_fn(ssm, theta, None)
-        if estimator == "paris":
-            out = run_paris(k, fk, num_particles, h, strategy=adaptive("systematic", 0.5), num_backward=num_backward,
-                            log_bound=bound, num_trials=num_trials)
-            est, logz = out.estimate, out.state.log_evidence
-        else:
-            out = conditional_paris(k, fk, path, num_particles, h, num_backward=num_backward, log_bound=bound,
-                                    num_trials=num_trials)
-            est, path, logz = out.estimate, out.path, jnp.asarray(jnp.nan)
-        grad = jax.tree_util.tree_map(lambda g: -g / T, est)
-        updates, opt_state = optimizer.update(grad, opt_state, z)
-        z = optax.apply_updates(z, updates)
-        return (z, opt_state, path), (constrain(z), est, logz)
-
-    @jax.jit
-    def run_chunk(carry, keys):
-        return jax.lax.scan(iteration, carry, keys)
+    # one compiled program per (model, optimizer, static options, shapes): the data, the fixed parameters and
+    # the bijectors (pytrees) are arguments, so a repeated call runs it again (docs/smc.md, "Repeated calls")
+    fixed_params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype=jnp.result_type(v)), fixed_params)
+    run_chunk = partial(_fit_chunk, ys=ys, fixed_params=fixed_params, bij=bij, ssm=ssm, method=method,
+                        estimator=estimator, optimizer=optimizer, num_particles=num_particles,
+                        num_backward=num_backward, num_trials=num_trials, variational=variational)
 
     k_init, k_run = jax.random.split(key)
     path0 = initial_reference(k_init, ssm, model_params0, ys, num_particles) if estimator == "ppg" else \
