@@ -98,15 +98,18 @@ def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_paths: int = 100
     from bayeskit.inference.smc._paris import check_functional, default_functional
 
     functional = default_functional if functional is None else functional
-    _checks.check_key(key)
-    num_particles = _checks.check_positive_int(num_particles, "num_particles")
-    num_paths = _checks.check_positive_int(num_paths, "num_paths")
-    get_scheme(resampling)
-    ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
-    check_model(ssm, params, ys)
-    check_functional(functional, ssm, params)
-    check_backward_model(ssm, params, None, 0)
+    traced = _checks.is_traced(key, params, ys)
+    if not traced:  # inside jit/vmap the host-side checks (which need concrete values) are skipped
+        _checks.check_key(key)
+        num_particles = _checks.check_positive_int(num_particles, "num_particles")
+        num_paths = _checks.check_positive_int(num_paths, "num_paths")
+        get_scheme(resampling)
+        ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
+        check_model(ssm, params, ys)
+        check_functional(functional, ssm, params)
+        check_backward_model(ssm, params, None, 0)
     paths, est, logz, info = _ffbs_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
                                        num_paths=num_paths, resampling=resampling, functional=functional)
-    check_weights(info.nonfinite, "ffbs")
+    if not traced:
+        check_weights(info.nonfinite, "ffbs")
     return FFBSResult(paths, est, logz, info.ess, num_particles, num_paths)
