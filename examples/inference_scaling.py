@@ -128,13 +128,15 @@ class Runner:
         return tuple(np.asarray(a) for a in out)
 
     def pg(self, keys, prompts, budget, temperature, num_particles=PG_PARTICLES):
+        """One particle-Gibbs chain of ``budget // num_particles`` sweeps per problem: the answers and
+        final log-weights of chain 0's pool after every sweep, and the generator calls of every sweep."""
         gen, rm = self.gen, self.rm
         iters = budget // num_particles
 
         def make():
             def one(k, ini, tau):
                 summ, _ = _pg_jit(k, ini, jnp.reshape(tau, (1,)), gen, rm, 0, iters)
-                return summ[8][-1, 0], summ[0][-1, 0], jnp.sum(summ[5])
+                return summ[8][:, 0], summ[0][:, 0], jnp.sum(summ[5].reshape(iters, -1), axis=1)
 
             return jax.vmap(one, in_axes=(0, 0, None))
 
@@ -231,13 +233,19 @@ def eval_bon(runner, problems, budgets, num_answers):
 
 
 def eval_pg(runner, problems, budgets, temperature, selection, num_answers):
+    """PG at every budget from one chain of max(budgets) / N sweeps per problem: its state after the
+    first b / N sweeps is a PG run of budget b (as BoN's first b rollouts: one compile for all budgets)."""
+    usable = [b for b in budgets if b >= PG_PARTICLES]
+    if usable:
+        answers, lw, calls = runner.pg(problems.keys(0, 4), problems.prompts, max(usable), temperature)
     res = []
     for b in budgets:
         if b < PG_PARTICLES:
             res.append((np.nan, np.nan, None, np.nan))
             continue
-        answers, lw, calls = runner.pg(problems.keys(b, 4), problems.prompts, b, temperature)
-        res.append(problems.score(select(answers, lw, selection, num_answers)) + (float(np.mean(calls)),))
+        i = b // PG_PARTICLES  # sweeps
+        res.append(problems.score(select(answers[:, i - 1], lw[:, i - 1], selection, num_answers))
+                   + (float(np.mean(np.sum(calls[:, :i], 1))),))
     return res
 
 
