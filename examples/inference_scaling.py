@@ -578,7 +578,7 @@ def run_fkc(args, figs):
 # %%
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small run (a few minutes on a laptop CPU)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (wider error bars) and a smaller validation grid")
     parser.add_argument("--outdir", default="out/scaling", help="where figures and the table go")
     parser.add_argument("--prm", choices=("verifier", "learned", "both"), default="both",
                         help="PRM(s) of the learned arithmetic world: the noisy step verifier, the learned "
