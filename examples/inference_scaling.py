@@ -41,6 +41,11 @@ PF_GRID = {"temperature": (1.0, 0.25, 0.5, 2.0), "resampling": ("multinomial", "
            "weights": (("per_step", 1.0), ("accumulated", 0.5)), "selection": ("argmax", "vote")}
 BEAM_GRID = {"beam_width": (4, 2, 8), "selection": ("argmax", "vote")}
 PG_PARTICLES = 4
+# --quick validates over a smaller grid: the resampling scheme and the beam width are static (one compiled
+# program per value and budget), while temperature, weights and selection are traced (free); so quick keeps
+# every traced setting (and validates argmax vs vote for beam search) but only the default resampling
+# scheme and beam width: about half the compiled programs of the learned worlds
+QUICK_GRID = {"resampling": ("multinomial",), "beam_width": (4,)}
 
 
 def vote(answers, weights, num_answers):
@@ -124,13 +129,15 @@ class Runner:
         return tuple(np.asarray(a) for a in out)
 
     def pg(self, keys, prompts, budget, temperature, num_particles=PG_PARTICLES):
+        """One particle-Gibbs chain of ``budget // num_particles`` sweeps per problem: the answers and
+        final log-weights of chain 0's pool after every sweep, and the generator calls of every sweep."""
         gen, rm = self.gen, self.rm
         iters = budget // num_particles
 
         def make():
             def one(k, ini, tau):
                 summ, _ = _pg_jit(k, ini, jnp.reshape(tau, (1,)), gen, rm, 0, iters)
-                return summ[8][-1, 0], summ[0][-1, 0], jnp.sum(summ[5])
+                return summ[8][:, 0], summ[0][:, 0], jnp.sum(summ[5].reshape(iters, -1), axis=1)
 
             return jax.vmap(one, in_axes=(0, 0, None))
 
@@ -162,14 +169,16 @@ class ProblemSet:
         return float(per_problem.mean()), float(se), per_problem
 
 
-def pf_configs():
-    for tau, rs, (w, ess), sel in itertools.product(PF_GRID["temperature"], PF_GRID["resampling"],
-                                                    PF_GRID["weights"], PF_GRID["selection"]):
+def pf_configs(quick=False):
+    grid = dict(PF_GRID, resampling=QUICK_GRID["resampling"]) if quick else PF_GRID
+    for tau, rs, (w, ess), sel in itertools.product(grid["temperature"], grid["resampling"],
+                                                    grid["weights"], grid["selection"]):
         yield {"temperature": tau, "resampling": rs, "weights": w, "ess_threshold": ess, "selection": sel}
 
 
-def beam_configs():
-    for m, sel in itertools.product(BEAM_GRID["beam_width"], BEAM_GRID["selection"]):
+def beam_configs(quick=False):
+    widths = QUICK_GRID["beam_width"] if quick else BEAM_GRID["beam_width"]
+    for m, sel in itertools.product(widths, BEAM_GRID["selection"]):
         yield {"beam_width": m, "selection": sel}
 
 
@@ -225,13 +234,19 @@ def eval_bon(runner, problems, budgets, num_answers):
 
 
 def eval_pg(runner, problems, budgets, temperature, selection, num_answers):
+    """PG at every budget from one chain of max(budgets) / N sweeps per problem: its state after the
+    first b / N sweeps is a PG run of budget b (as BoN's first b rollouts: one compile for all budgets)."""
+    usable = [b for b in budgets if b >= PG_PARTICLES]
+    if usable:
+        answers, lw, calls = runner.pg(problems.keys(0, 4), problems.prompts, max(usable), temperature)
     res = []
     for b in budgets:
         if b < PG_PARTICLES:
             res.append((np.nan, np.nan, None, np.nan))
             continue
-        answers, lw, calls = runner.pg(problems.keys(b, 4), problems.prompts, b, temperature)
-        res.append(problems.score(select(answers, lw, selection, num_answers)) + (float(np.mean(calls)),))
+        i = b // PG_PARTICLES  # sweeps
+        res.append(problems.score(select(answers[:, i - 1], lw[:, i - 1], selection, num_answers))
+                   + (float(np.mean(np.sum(calls[:, :i], 1))),))
     return res
 
 
@@ -396,12 +411,12 @@ def learned_world(args, budgets, setup, prm="verifier"):
     runner = Runner(gen, rm)
     lines = [quality] if quality else []
     lines.append(f"\n### Learned arithmetic model, {prm_name}: validation ({num_problems} problems x {num_seeds} "
-                 f"seeds, disjoint from the test problems)\n")
+                 f"seeds, disjoint from the test problems{'; quick grid: ' + str(QUICK_GRID) if args.quick else ''})\n")
     # --- validation: choose PF and beam-search settings
-    pf_cfgs, pf_val = eval_pf_grid(runner, val, budgets, 10, pf_configs())
+    pf_cfgs, pf_val = eval_pf_grid(runner, val, budgets, 10, pf_configs(args.quick))
     i_pf, pf_means = choose(pf_cfgs, pf_val, budgets)
     per_budget = [int(np.argmax([pf_val[i][j][0] for i in range(len(pf_cfgs))])) for j in range(len(budgets))]
-    beam_cfgs, beam_val = eval_beam_grid(runner, val, budgets, 10, beam_configs())
+    beam_cfgs, beam_val = eval_beam_grid(runner, val, budgets, 10, beam_configs(args.quick))
     i_beam, beam_means = choose(beam_cfgs, beam_val, budgets)
     order = np.argsort(pf_means)[::-1]
     lines.append("| PF setting | mean val. acc. (budgets 2–128) | " + " | ".join(f"b={b}" for b in budgets) + " |")
@@ -563,7 +578,7 @@ def run_fkc(args, figs):
 # %%
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small run (a few minutes on a laptop CPU)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (wider error bars) and a smaller validation grid")
     parser.add_argument("--outdir", default="out/scaling", help="where figures and the table go")
     parser.add_argument("--prm", choices=("verifier", "learned", "both"), default="both",
                         help="PRM(s) of the learned arithmetic world: the noisy step verifier, the learned "

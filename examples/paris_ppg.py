@@ -68,7 +68,7 @@ def ppg_replicates(key, ys, params, num_particles, num_iterations, R):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (under two minutes of CPU)")
     parser.add_argument("--outdir", default="outputs/paris_ppg")
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)

@@ -87,3 +87,40 @@ def test_update_results_refuses_without_a_comparison_library(tmp_path, monkeypat
     assert "missing: no_such_comparison_library" in err and "numpy" not in err.split("missing:")[1]
     assert results.read_text() == before
     assert not (cli.REPO_ROOT / "benchmarks" / "results" / "fake.md").exists()
+
+
+def test_numpyro_example_is_registered(capsys):
+    assert cli.EXAMPLES["numpyro"] == "numpyro_models.py"
+    cli.main(["reproduce", "--list"])
+    assert "numpyro" in capsys.readouterr().out.split()
+
+
+def test_prepare_example_run_sets_quick_xla_level_and_keeps_the_users_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    cli.prepare_example_run(str(tmp_path), quick=True)
+    import os
+
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4", cli.QUICK_XLA_FLAG]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
+    cli.prepare_example_run(str(tmp_path), quick=True)
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=3"
+    monkeypatch.delenv("XLA_FLAGS")
+    cli.prepare_example_run(str(tmp_path), quick=False)
+    assert "XLA_FLAGS" not in os.environ
+
+
+def test_prepare_example_run_puts_the_compile_cache_in_the_outdir_unless_one_is_configured(tmp_path):
+    import jax
+
+    configured = jax.config.jax_compilation_cache_dir
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        if configured:  # the test suite's cache wins
+            cli.prepare_example_run(str(tmp_path), quick=False)
+            assert jax.config.jax_compilation_cache_dir == configured
+        jax.config.update("jax_compilation_cache_dir", None)
+        cli.prepare_example_run(str(tmp_path / "out"), quick=False)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "out" / "jax-cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
