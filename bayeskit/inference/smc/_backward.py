@@ -214,6 +214,7 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     accepted = jnp.zeros((total,), bool)
 
     levels = _schedule(total, n_prev, num_trials, max_trials)
+    max_budget = n_prev if max_trials is None else max_trials
     if levels and log_bound is None:
         raise ConfigurationError("sample_backward needs `log_bound` when `num_trials` > 0")
     cdf_prev = cdf(log_weights_prev) if levels else None
@@ -235,20 +236,27 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
         # proposal's value, so every draw keeps its exact law.
         fits = levels[level + 1][0] if level + 1 < len(levels) else 0
 
-        def cond(carry, rounds=rounds, fits=fits):
-            r, _, acc = carry
-            return (r < rounds) & (jnp.sum((~acc).astype(jnp.int32)) > fits)
+        # level 0 may run past its `rounds` (up to the budget the later levels leave) while each round
+        # still pays for itself: a round costs `size` pair evaluations, an exact fallback draw N, so go on
+        # while a round accepts at least size / N draws (low acceptance, d > 1: far fewer fallbacks).
+        # Again only acceptance counts decide.
+        cap = rounds + (max_budget - sum(r_ for _, r_ in levels) if level == 0 else 0)
+
+        def cond(carry, rounds=rounds, fits=fits, cap=cap, size=size):
+            r, _, acc, gain = carry
+            return ((r < cap) & (jnp.sum((~acc).astype(jnp.int32)) > fits)
+                    & ((r < rounds) | (gain.astype(jnp.float32) * n_prev >= size)))
 
         def body(carry, size=size, i_target=i_target, key_level=key_level):
-            r, Jl, acc = carry
+            r, Jl, acc, _ = carry
             k1, k2 = jax.random.split(jax.random.fold_in(key_level, r))
             prop = categorical_from_cdf(k1, cdf_prev, size)  # CDF computed once per step, not per round
             lm = pair(prop, i_target)
             ok = jnp.log(jax.random.uniform(k2, (size,), dtype=lm.dtype)) < lm - log_bound
             new = ok & ~acc
-            return r + 1, jnp.where(new, prop, Jl), acc | ok
+            return r + 1, jnp.where(new, prop, Jl), acc | ok, jnp.sum(new, dtype=jnp.int32)
 
-        _, Jl, accl = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid))
+        _, Jl, accl, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid, jnp.int32(0)))
         J = J.at[slots].set(Jl, mode="drop")
         accepted = accepted.at[slots].set(accl, mode="drop")
 
