@@ -25,7 +25,7 @@ from bayeskit.inference.smc._feynman_kac import FeynmanKac
 from bayeskit.inference.smc.resampling import categorical_from_cdf, cdf
 
 __all__ = ["log_transition_matrix", "sample_backward", "backward_sample", "transition_log_bound", "log_bound_fn",
-           "check_backward_model", "DEFAULT_NUM_TRIALS"]
+           "check_backward_model", "DEFAULT_NUM_TRIALS", "TransitionBound"]
 
 DEFAULT_NUM_TRIALS = 10
 
@@ -79,6 +79,88 @@ def transition_log_bound(ssm, params, x_prev, t):
     return jnp.max(jax.vmap(one)(x_prev))
 
 
+def _generic_pairs(fk: FeynmanKac):
+    """``pairs`` from the Feynman-Kac model's ``log_transition`` (any model)."""
+    def prepare(t, x_prev, x):
+        def pair(j, i):
+            return fk.log_transition(t, take(x_prev, j), take(x, i))
+
+        def rows(i):
+            return log_transition_matrix(fk, t, x_prev, take(x, i))
+        return pair, rows
+    return prepare
+
+
+def _shared_gaussian(ssm, params, t, x_prev):
+    """``(loc (N, d), scale_tril (d, d))`` when the transition from every particle of ``x_prev`` is a
+    ``MultivariateNormal`` with one scale shared over the cloud (decided while tracing), else ``None``."""
+    leaves = jax.tree_util.tree_leaves(x_prev)
+    if len(leaves) != 1 or leaves[0].ndim != 2:
+        return None
+    n, dim = leaves[0].shape
+    if ssm.vectorized:
+        d = ssm.transition(params, x_prev, t)
+        if type(d).__name__ != "MultivariateNormal" or tuple(d.event_shape) != (dim,):
+            return None
+        L = d.scale_tril
+        if int(np.prod(L.shape[:-2])) != 1:
+            return None
+        return jnp.broadcast_to(d.loc, (n, dim)), L.reshape(dim, dim)
+    d0 = ssm.transition(params, leaves[0][0], t)
+    if type(d0).__name__ != "MultivariateNormal" or tuple(d0.event_shape) != (dim,):
+        return None
+    try:  # out_axes=None fails while tracing if the scale depends on the particle
+        L = jax.vmap(lambda xp: ssm.transition(params, xp, t).scale_tril, out_axes=None)(x_prev)
+    except ValueError:
+        return None
+    loc = jax.vmap(lambda xp: jnp.broadcast_to(ssm.transition(params, xp, t).loc, (dim,)))(x_prev)
+    return loc, L.reshape(dim, dim)
+
+
+def _whitened(loc, L):
+    """Whitening ``W = L^{-1}`` (a d x d solve, never one with N right-hand sides: XLA's CPU triangular
+    solve with many right-hand sides is slow and erratic) and the log normaliser."""
+    dim = L.shape[-1]
+    W = jax.scipy.linalg.solve_triangular(L, jnp.eye(dim, dtype=L.dtype), lower=True)
+    const = -0.5 * dim * jnp.log(2 * jnp.pi).astype(L.dtype) - jnp.sum(jnp.log(jnp.abs(jnp.diagonal(L))))
+    return W, const
+
+
+class TransitionBound:
+    r"""``(t, x_prev) -> log bound`` of the transition density over the cloud ``x_prev`` (see
+    :func:`log_bound_fn`), with :meth:`prepare`, the ``pairs`` argument of :func:`sample_backward`: for a
+    ``MultivariateNormal`` transition with a scale shared over the cloud, :math:`\log m_t(\xi_{t-1}^j, x) =
+    c - \tfrac12 \lVert W x - W \mu(\xi_{t-1}^j)\rVert^2` with :math:`W = L^{-1}` computed once per step, so
+    a pair costs O(d) and a block of the N x N matrix is one broadcast difference (no per-pair Cholesky
+    factor or triangular solve)."""
+
+    def __init__(self, ssm, params, user_bound: Callable | None = None):
+        self.ssm, self.params, self.user_bound = ssm, params, user_bound
+
+    def __call__(self, t, x_prev):
+        if self.user_bound is not None:
+            return jnp.asarray(self.user_bound(self.params, x_prev, t))
+        g = _shared_gaussian(self.ssm, self.params, t, x_prev)
+        if g is not None:
+            return _whitened(*g)[1]  # the peak density, shared by every particle
+        return transition_log_bound(self.ssm, self.params, x_prev, t)
+
+    def prepare(self, t, x_prev, x):
+        g = _shared_gaussian(self.ssm, self.params, t, x_prev)
+        if g is None:
+            return None  # sample_backward falls back to the Feynman-Kac model's log_transition
+        W, const = _whitened(*g)
+        v = g[0] @ W.T  # (N, d)
+        u = x @ W.T     # (M, d)
+
+        def pair(j, i):
+            return const - 0.5 * jnp.sum(jnp.square(u[i] - v[j]), axis=-1)
+
+        def rows(i):
+            return const - 0.5 * jnp.sum(jnp.square(u[i][:, None, :] - v[None, :, :]), axis=-1)
+        return pair, rows
+
+
 def _schedule(total: int, n_prev: int, num_trials: int, max_trials: int | None):
     """Static rejection schedule: ``[(buffer_size, rounds), ...]``. Level 0 runs ``num_trials`` rounds on all
     draws; level l > 0 runs ``num_trials * 8**l`` rounds on (at most) ``total / 8**l`` still-unaccepted
@@ -99,7 +181,7 @@ def _schedule(total: int, n_prev: int, num_trials: int, max_trials: int | None):
 
 def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_draws: int, *,
                     log_bound=None, num_trials: int = DEFAULT_NUM_TRIALS, max_trials: int | None = None,
-                    chunk_size: int | None = None):
+                    chunk_size: int | None = None, pairs=None):
     r"""Exact draws :math:`J^{i,k} \sim \Lambda_t(i, \cdot) \propto \omega_{t-1}^j m_t(\xi_{t-1}^j, \xi_t^i)`.
 
     Hybrid sampler (Dau & Chopin 2022) with static shapes: rejection sampling with proposals from
@@ -112,6 +194,11 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     exactly the law :math:`\Lambda_t(i,\cdot)` (the switch to the exact draw never looks at the rejected
     proposals), provided ``log_bound`` bounds :math:`\log m_t(\xi_{t-1}^j, \xi_t^i)` for all :math:`i, j`.
 
+    ``pairs`` (optional, e.g. :meth:`TransitionBound.prepare`): ``pairs(t, x_prev, x) -> (pair, rows)`` (or ``None``) with
+    ``pair(j, i)`` = :math:`\log m_t(\xi_{t-1}^{j}, \xi_t^{i})` for index vectors and ``rows(i)`` the
+    ``(len(i), N)`` block of the log-transition matrix; the same density, evaluated from quantities derived
+    once per step (default: ``fk.log_transition`` on gathered pairs and :func:`log_transition_matrix`).
+
     Returns:
         ``(J, num_fallback)``: indices ``(M, num_draws)`` (``M`` = len(x)) and the number of draws that
         needed the exact O(N) fallback.
@@ -121,10 +208,13 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     total = m * num_draws
     target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws)
     key_rej, key_exact = jax.random.split(key)
+    prepared = pairs(t, x_prev, x) if pairs is not None else None
+    pair, rows = prepared if prepared is not None else _generic_pairs(fk)(t, x_prev, x)
     J = jnp.zeros((total,), jnp.int32)
     accepted = jnp.zeros((total,), bool)
 
     levels = _schedule(total, n_prev, num_trials, max_trials)
+    max_budget = n_prev if max_trials is None else max_trials
     if levels and log_bound is None:
         raise ConfigurationError("sample_backward needs `log_bound` when `num_trials` > 0")
     cdf_prev = cdf(log_weights_prev) if levels else None
@@ -138,7 +228,7 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
             slots = slots.astype(jnp.int32)
             valid = jnp.arange(size) < jnp.sum(remaining.astype(jnp.int32))
         safe = jnp.minimum(slots, total - 1)
-        x_target = take(x, target[safe])
+        i_target = target[safe]
         key_level = jax.random.fold_in(key_rej, level)
 
         # leave a level as soon as the unaccepted draws fit the next (8x smaller) buffer: its rounds
@@ -146,20 +236,27 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
         # proposal's value, so every draw keeps its exact law.
         fits = levels[level + 1][0] if level + 1 < len(levels) else 0
 
-        def cond(carry, rounds=rounds, fits=fits):
-            r, _, acc = carry
-            return (r < rounds) & (jnp.sum((~acc).astype(jnp.int32)) > fits)
+        # level 0 may run past its `rounds` (up to the budget the later levels leave) while each round
+        # still pays for itself: a round costs `size` pair evaluations, an exact fallback draw N, so go on
+        # while a round accepts at least size / N draws (low acceptance, d > 1: far fewer fallbacks).
+        # Again only acceptance counts decide.
+        cap = rounds + (max_budget - sum(r_ for _, r_ in levels) if level == 0 else 0)
 
-        def body(carry, size=size, x_target=x_target, key_level=key_level):
-            r, Jl, acc = carry
+        def cond(carry, rounds=rounds, fits=fits, cap=cap, size=size):
+            r, _, acc, gain = carry
+            return ((r < cap) & (jnp.sum((~acc).astype(jnp.int32)) > fits)
+                    & ((r < rounds) | (gain.astype(jnp.float32) * n_prev >= size)))
+
+        def body(carry, size=size, i_target=i_target, key_level=key_level):
+            r, Jl, acc, _ = carry
             k1, k2 = jax.random.split(jax.random.fold_in(key_level, r))
             prop = categorical_from_cdf(k1, cdf_prev, size)  # CDF computed once per step, not per round
-            lm = fk.log_transition(t, take(x_prev, prop), x_target)
+            lm = pair(prop, i_target)
             ok = jnp.log(jax.random.uniform(k2, (size,), dtype=lm.dtype)) < lm - log_bound
             new = ok & ~acc
-            return r + 1, jnp.where(new, prop, Jl), acc | ok
+            return r + 1, jnp.where(new, prop, Jl), acc | ok, jnp.sum(new, dtype=jnp.int32)
 
-        _, Jl, accl = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid))
+        _, Jl, accl, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid, jnp.int32(0)))
         J = J.at[slots].set(Jl, mode="drop")
         accepted = accepted.at[slots].set(accl, mode="drop")
 
@@ -173,7 +270,7 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     def exact_draws(J, start, width):
         """Exact draws for the unaccepted draws ``pos[start : start + width]``."""
         sl = jax.lax.dynamic_slice(pos, (start,), (width,))
-        L = log_weights_prev[None, :] + log_transition_matrix(fk, t, x_prev, take(x, target[jnp.minimum(sl, total - 1)]))
+        L = log_weights_prev[None, :] + rows(target[jnp.minimum(sl, total - 1)])
         draws = jax.random.categorical(jax.random.fold_in(key_exact, start), L, axis=-1).astype(jnp.int32)
         return J.at[sl].set(draws, mode="drop")
 
@@ -209,12 +306,11 @@ def check_backward_model(ssm, params, log_transition_bound, num_trials):
         _mode(d)
 
 
-def log_bound_fn(ssm, params, log_transition_bound: Callable | None = None):
+def log_bound_fn(ssm, params, log_transition_bound: Callable | None = None) -> TransitionBound:
     """``(t, x_prev) -> log bound`` of the transition density over the cloud ``x_prev``: the user's
-    ``log_transition_bound(params, x_prev, t)`` if given, else :func:`transition_log_bound`."""
-    if log_transition_bound is not None:
-        return lambda t, x_prev: jnp.asarray(log_transition_bound(params, x_prev, t))
-    return lambda t, x_prev: transition_log_bound(ssm, params, x_prev, t)
+    ``log_transition_bound(params, x_prev, t)`` if given, else :func:`transition_log_bound` (the exact peak
+    for a shared-scale ``MultivariateNormal``); its ``prepare`` gives :func:`sample_backward` its pairs."""
+    return TransitionBound(ssm, params, log_transition_bound)
 
 
 def backward_sample(key, fk: FeynmanKac, particles, log_weights, num_paths: int):

@@ -104,7 +104,8 @@ def paris_accumulator(functional: Callable, *, num_backward: int = 2, log_bound:
         k_back, k_pick = jax.random.split(key)
         bound = log_bound(t, prev.particles) if trials > 0 else None
         J, nfb = sample_backward(k_back, fk, t, prev.particles, prev.log_weights, state.particles, num_backward,
-                                 log_bound=bound, num_trials=trials, max_trials=max_trials, chunk_size=chunk_size)
+                                 log_bound=bound, num_trials=trials, max_trials=max_trials, chunk_size=chunk_size,
+                                 pairs=getattr(log_bound, "prepare", None))
         pick = None
         if pinned_slot is not None:
             J = J.at[pinned_slot, 0].set(pinned_slot)
