@@ -4,7 +4,7 @@ algorithms on the engine (:mod:`bayeskit.smc.engine`) or write a custom sweep.
 * conditional SMC and one PPG iteration: :func:`csmc`, :func:`conditional_paris`;
 * the backward kernel: :func:`sample_backward` (exact draws, hybrid rejection), :func:`backward_sample`
   (whole paths through a stored particle system), :func:`log_transition_matrix`,
-  :func:`transition_log_bound`;
+  :func:`transition_log_bound`, :func:`log_bound_fn`;
 * engine accumulators: :func:`paris_accumulator`, :func:`forward_smoother_accumulator`, and
   :func:`weighted_moments` (use it with :func:`bayeskit.smc.engine.summary`);
 * tempered SMC: :func:`run_tempered` (the whole loop, pure), :func:`solve_next_tempering`,
@@ -14,7 +14,7 @@ algorithms on the engine (:mod:`bayeskit.smc.engine`) or write a custom sweep.
   :func:`score`.
 """
 
-from bayeskit.inference.smc._backward import (backward_sample, log_transition_matrix, sample_backward,
+from bayeskit.inference.smc._backward import (backward_sample, log_bound_fn, log_transition_matrix, sample_backward,
                                              transition_log_bound)
 from bayeskit.inference.smc._csmc import CSMCInfo, csmc, path_log_density, step_log_density
 from bayeskit.inference.smc._filtering import weighted_moments
@@ -35,6 +35,7 @@ __all__ = [
     "backward_sample",
     "log_transition_matrix",
     "transition_log_bound",
+    "log_bound_fn",
     "paris_accumulator",
     "forward_smoother_accumulator",
     "run_paris",
