@@ -146,7 +146,7 @@ def test_network_and_equinox_episode_models():
 
 def test_baselines_reduce_loss():
     em = linear_model(2)
-    B = M.baselines
+    B = bk.testing.meta_baselines
     maml = B.maml(jax.random.key(0), em, sampler, num_support=2, inner_steps=2, inner_learning_rate=0.05,
                   optimizer=optax.adam(0.05), batch_size=8, num_steps=60)
     assert maml.history["loss"][-10:].mean() < maml.history["loss"][:10].mean()
