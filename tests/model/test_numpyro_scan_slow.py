@@ -1,6 +1,8 @@
 """Slow checks of ``from_numpyro``: every driver runs on converted models, and particle Gibbs with a NUTS
 update of the globals reaches the same posterior as NumPyro's NUTS on the unchanged model."""
 
+import importlib.util
+import pathlib
 import time
 
 import arviz as az
@@ -18,20 +20,12 @@ import bayeskit as bk
 pytestmark = pytest.mark.slow
 
 
-def local_trend(y):
-    s_level = numpyro.sample("s_level", dist.HalfNormal(1.0))
-    s_trend = numpyro.sample("s_trend", dist.HalfNormal(0.5))
-    level0 = numpyro.sample("level0", dist.Normal(0.0, 2.0))
-    trend0 = numpyro.sample("trend0", dist.Normal(0.0, 1.0))
-
-    def step(carry, y_t):
-        level_prev, trend_prev = carry
-        level = numpyro.sample("level", dist.Normal(level_prev + trend_prev, s_level))
-        trend = numpyro.sample("trend", dist.Normal(trend_prev, s_trend))
-        numpyro.sample("y", dist.Normal(level, 0.5), obs=y_t)
-        return (level, trend), None
-
-    scan(step, (level0, trend0), y)
+# the tuple-carry model shared with the fast tests (same folder; --import-mode=importlib has no package here)
+_spec = importlib.util.spec_from_file_location("numpyro_scan_models",
+                                               pathlib.Path(__file__).with_name("numpyro_scan_models.py"))
+_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_models)
+local_trend = _models.local_trend
 
 
 def test_every_driver_runs_on_a_converted_tuple_carry_model():
