@@ -469,3 +469,45 @@ def test_public_names_stay_functions_after_their_modules_are_imported():
         assert not isinstance(bk.smc.tempered, types.ModuleType) and callable(bk.smc.tempered)
         assert not isinstance(bk.smc.pmmh, types.ModuleType) and callable(bk.smc.pmmh)
     assert bk.smc.tempered is tempered and bk.smc.pmmh.__name__ == "pmmh"
+
+
+# --------------------------------------------------------------------------------------------------
+# no recompilation on repeated calls (issue 21)
+# --------------------------------------------------------------------------------------------------
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+_compiles: list = []
+
+
+def _listener(event, duration, **kwargs):
+    if event in _COMPILE_EVENTS:
+        _compiles.append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_listener)
+
+
+def count_compiles(fn):
+    """Number of jaxpr traces and backend compilations while ``fn()`` runs (``jax.monitoring`` events)."""
+    start = len(_compiles)
+    fn()
+    return len(_compiles) - start
+
+
+def repeat_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SD).expand([y.shape[-1]]).to_event(1))
+    numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
+
+
+def test_second_call_compiles_nothing():
+    y1, y2 = gaussian_data(3, n=2, seed=21), gaussian_data(3, n=2, seed=22)
+    opts = dict(num_particles=300, num_mcmc_steps=3)
+    first = count_compiles(lambda: tempered(jax.random.key(21), repeat_model, y1, **opts))
+    assert first > 0  # the counter sees this driver's compilations
+    # same model function, same shapes and options: new data, key and target ESS reuse the program
+    res = []
+    second = count_compiles(lambda: res.append(tempered(jax.random.key(22), repeat_model, y2, target_ess=0.6,
+                                                        **opts)))
+    assert second == 0
+    np.testing.assert_allclose(res[0].ess[:-1], 0.6 * 300, rtol=1e-4)  # the new target was used
+    log_z, mean, _ = gaussian_truth(y2)  # ... and the new data
+    assert abs(float(res[0].samples["mu"].mean(0).mean() - mean.mean())) < 0.5
