@@ -472,25 +472,71 @@ def test_public_names_stay_functions_after_their_modules_are_imported():
 
 
 # --------------------------------------------------------------------------------------------------
+# the loop on the engine is the tempered SMC algorithm, step by step
+# --------------------------------------------------------------------------------------------------
+def test_run_is_the_tempering_loop_step_by_step():
+    """``run_tempered`` (the engine's while variant over the tempered model) against the algorithm written
+    out: from the moved cloud choose lambda', weight by (lambda' - lambda) l, resample, move at lambda' with
+    the scale adapted at the previous temperature; tempering step n uses the engine's key ``fold_in(key, n)``.
+    The same particles, ladder, evidence, acceptance rates and scales, to rounding."""
+    y = gaussian_data(2, n=3, seed=5)
+    dens = log_density(gaussian_model, y)
+    fn = prior_and_likelihood_fn(dens)
+    move = rwm_move(fn, dens.dim, 3)
+    n = 200
+    key, k_prior = jax.random.split(jax.random.key(8))
+    x0 = jax.vmap(dens.flatten)(dens.sample_prior(k_prior, n))
+    state, infos, k = jax.jit(lambda kk, x: run(kk, x, fn, move, max_steps=30))(key, x0)
+
+    @jax.jit
+    def one(step_key, x, lp, ll, lam, tuning):
+        nxt = solve_next_tempering(ll, lam, 0.5)
+        lw = (nxt - lam) * ll
+        k_res, k_move = jax.random.split(step_key)
+        idx = bk.smc.resampling.systematic(k_res, lw, n)
+        x, lp, ll, acc, scale, tuning = move.apply(k_move, x[idx], lp[idx], ll[idx], nxt, tuning)
+        return x, lp, ll, nxt, tuning, jax.nn.logsumexp(lw) - jnp.log(n), acc, scale
+
+    lp, ll = jax.vmap(fn)(x0)
+    x, lam, tuning, log_z, ladder, accs, scales = x0, 0.0, move.initial_log_tuning, 0.0, [], [], []
+    while lam < 1.0:
+        x, lp, ll, lam, tuning, incr, acc, scale = one(jax.random.fold_in(key, len(ladder) + 1), x, lp, ll, lam,
+                                                       tuning)
+        lam = float(lam)
+        log_z, ladder, accs, scales = log_z + float(incr), ladder + [lam], accs + [acc], scales + [scale]
+    assert int(k) == len(ladder) >= 2
+    np.testing.assert_allclose(np.asarray(infos.tempering[: int(k)]), ladder, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(infos.acceptance_rate[: int(k)]), np.asarray(accs), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(infos.move_scale[: int(k)]), np.asarray(scales), rtol=1e-10)
+    np.testing.assert_allclose(float(state.log_evidence), log_z, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(state.particles), np.asarray(x), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(float(state.log_tuning), float(tuning), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
 # no recompilation on repeated calls (issue 21)
 # --------------------------------------------------------------------------------------------------
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
-_compiles: list = []
 
 
-def _listener(event, duration, **kwargs):
-    if event in _COMPILE_EVENTS:
-        _compiles.append(event)
+@pytest.fixture
+def count_compiles():
+    """``count(fn)``: the number of jaxpr traces and backend compilations while ``fn()`` runs
+    (``jax.monitoring`` events)."""
+    seen = []
 
+    def listener(event, duration, **kwargs):
+        if event in _COMPILE_EVENTS:
+            seen.append(event)
 
-jax.monitoring.register_event_duration_secs_listener(_listener)
+    def count(fn):
+        start = len(seen)
+        fn()
+        return len(seen) - start
 
-
-def count_compiles(fn):
-    """Number of jaxpr traces and backend compilations while ``fn()`` runs (``jax.monitoring`` events)."""
-    start = len(_compiles)
-    fn()
-    return len(_compiles) - start
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield count
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def repeat_model(y):
@@ -498,7 +544,7 @@ def repeat_model(y):
     numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
 
 
-def test_second_call_compiles_nothing():
+def test_second_call_compiles_nothing_and_uses_the_new_inputs(count_compiles):
     y1, y2 = gaussian_data(3, n=2, seed=21), gaussian_data(3, n=2, seed=22)
     opts = dict(num_particles=300, num_mcmc_steps=3)
     first = count_compiles(lambda: tempered(jax.random.key(21), repeat_model, y1, **opts))
