@@ -34,6 +34,14 @@ def rho_update(key, params, path, ys):
     return {"rho": jnp.sum(path[:-1] * path[1:]) / prec + jax.random.normal(key) / jnp.sqrt(prec)}
 
 
+def tempered_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+TY = jnp.array([0.3, -0.2, 0.8])
+
+
 def _smc_cases():
     nuts = bk.smc.NumPyroUpdate(numpyro.infer.NUTS, num_warmup=2)
     return {
@@ -51,7 +59,7 @@ def _smc_cases():
         "smc.fit(ppg)": lambda: bk.smc.fit(K, AR, {"rho": 0.3}, YS, num_iterations=2, num_particles=4),
         "smc.fit(paris)": lambda: bk.smc.fit(K, AR, {"rho": 0.3}, YS, estimator="paris", num_iterations=2,
                                              num_particles=4),
-        # TODO(issue 21): add bk.smc.tempered here once its driver caches its compiled program (another branch)
+        "smc.tempered": lambda: bk.smc.tempered(K, tempered_model, TY, num_particles=16, num_mcmc_steps=2),
     }
 
 
