@@ -132,7 +132,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small settings (a few minutes on a laptop CPU)")
     parser.add_argument("--outdir", default="bayeskit-output/fbm", help="where to write figures and tables")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(2024)
@@ -165,8 +165,7 @@ def main(argv=None):
     axes[1].set(xlabel="H", ylabel="relative L2 error", title="approximation error vs K")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "fbm_approximation_error.png", dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, outdir / "fbm_approximation_error.png", dpi=120)
 
     # ------------------------------------------------------------------ 2. bridge
     hursts = [0.1, 0.3, 0.5, 0.7, 0.9] if args.quick else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -194,8 +193,7 @@ def main(argv=None):
         ax.set(title=f"H={h}", xlabel="t")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "fbm_bridge.png", dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, outdir / "fbm_bridge.png", dpi=120)
     out()
 
     # ------------------------------------------------------------------ 3. Hurst recovery
@@ -219,8 +217,7 @@ def main(argv=None):
     ax.set(xlabel="iteration", ylabel="ELBO", ylim=(-20, None))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "fbm_elbo.png", dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, outdir / "fbm_elbo.png", dpi=120)
     (outdir / "fbm_sde.md").write_text("\n".join(lines) + "\n")
     print(f"figures and table written to {outdir}")
 

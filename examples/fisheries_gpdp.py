@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.datasets import load_gpdp
 from bayeskit.models import fisheries as fish
 
@@ -178,8 +179,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
     ax.set(xlabel="$x_t$", ylabel="$x_{t+1}$", ylim=(-1, 14))
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure2_fits.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure2_fits.png"), dpi=120)
     # figure 3: policies (escapement)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in METHODS:
@@ -190,8 +190,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
     ax.set(xlabel="stock size", ylabel="escapement", title="ours, paper conventions (solid) vs published (dashed)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure3_policies.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure3_policies.png"), dpi=120)
     # figure 5: NPV ratios
     fig, axes = plt.subplots(1, 5, figsize=(12, 3), sharey=True)
     for ax, m in zip(axes, ("GP", "Allen", "MLE", "Ricker", "Myers")):
@@ -202,8 +201,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
         ax.set_xlabel("NPV / optimal")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure5_npv.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure5_npv.png"), dpi=120)
     # trajectories under each policy (the paper's simulation figure)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in METHODS:
@@ -213,8 +211,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
     ax.set(xlabel="time", ylabel="fish stock")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure4_trajectories.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure4_trajectories.png"), dpi=120)
 
 
 # %%
@@ -222,5 +219,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outdir", default="out/gpdp")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parse_example_args(parser)
     main(args.outdir, args.quick)

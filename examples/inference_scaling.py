@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.inference.scaling.particle import WEIGHTS, _beam_jit, _pf_jit, _pg_jit
 
 S = bk.scaling
@@ -517,7 +518,7 @@ def run_scaling(args, budgets, figs):
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(args.outdir, "scaling_accuracy_vs_budget.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     figs.append(path)
     return "\n".join(out), {name: c for name, (c, _) in curves_all.items()}
 
@@ -570,7 +571,7 @@ def run_fkc(args, figs):
             ax.set_title(f"{name}: {label}", fontsize=9)
     fig.tight_layout()
     path = os.path.join(args.outdir, "fkc_gaussian_mixture.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     figs.append(path)
     return "\n".join(lines)
 
@@ -584,7 +585,7 @@ def main(argv=None):
                         help="PRM(s) of the learned arithmetic world: the noisy step verifier, the learned "
                              "(Math-Shepherd-style) PRM, or both (default; --quick runs the learned-PRM "
                              "comparison at budgets 1-16 only)")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     os.makedirs(args.outdir, exist_ok=True)
     budgets = [1, 2, 4, 8, 16, 32, 64, 128]
     figs = []

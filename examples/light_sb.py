@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.testing import gaussian_mixture_benchmark
 
 
@@ -69,8 +70,7 @@ def plot_2d(result, path):
     axes[1].scatter(*traj[-1].T, s=8, color="C2")
     axes[1].set_title("simulated bridge SDE trajectories")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, path, dpi=120)
 
 
 def main(outdir: str = "out/lightsb", quick: bool = False, seed: int = 0) -> list[dict]:
@@ -104,5 +104,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outdir", default="out/lightsb")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parse_example_args(parser)
     main(args.outdir, args.quick)

@@ -244,7 +244,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outdir", default="out/niw_meta")
     parser.add_argument("--quick", action="store_true")
-    a = parser.parse_args(argv)
+    a = parse_example_args(parser, argv)
     args = argparse.Namespace(steps=150 if a.quick else 1500, batch=8 if a.quick else 16,
                               test_tasks=40 if a.quick else 300, samples=16 if a.quick else 50, eta=2e-3)
     os.makedirs(a.outdir, exist_ok=True)
@@ -310,8 +310,7 @@ def main(argv=None):
         ax.set_yscale("log")
         ax.set_title(f"learned prior std of θ by layer, K={shots}")
     fig.tight_layout()
-    fig.savefig(os.path.join(a.outdir, "niw_sine.png"), dpi=110)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(a.outdir, "niw_sine.png"), dpi=110)
 
     lines.append("\nFew-shot classification on fixed features (5-way; accuracy ± s.e., NLL, ECE)")
     lines.append(f"{'K':>3} {'method':<15} {'accuracy':>15} {'NLL':>8} {'ECE':>7}")
@@ -327,8 +326,7 @@ def main(argv=None):
         axes[j].set_ylabel("feature")
         fig.colorbar(im, ax=axes[j])
     fig.tight_layout()
-    fig.savefig(os.path.join(a.outdir, "niw_classification.png"), dpi=110)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(a.outdir, "niw_classification.png"), dpi=110)
 
     table = "\n".join(lines)
     print(table)

@@ -32,6 +32,7 @@ from numpyro.contrib.control_flow import scan
 from numpyro.infer import NUTS, Predictive
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 
 
 # %% [markdown]
@@ -114,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer sweeps")
     parser.add_argument("--num-iterations", type=int, default=None, help="particle Gibbs sweeps per model")
     parser.add_argument("--outdir", default="results/numpyro_models", help="where the table goes")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     num_iterations = args.num_iterations or (60 if args.quick else 200)
     os.makedirs(args.outdir, exist_ok=True)
     key = jax.random.key(0)

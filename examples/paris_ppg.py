@@ -29,6 +29,7 @@ import scipy.optimize as so
 from numpyro.distributions import constraints
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.models import linear_gaussian as lg
 from bayeskit.models import stochastic_volatility as sv
 
@@ -70,7 +71,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (under two minutes of CPU)")
     parser.add_argument("--outdir", default="outputs/paris_ppg")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     jax.config.update("jax_enable_x64", True)
     os.makedirs(args.outdir, exist_ok=True)
     quick = args.quick
@@ -185,7 +186,7 @@ def main(argv=None):
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(args.outdir, "paris_ppg.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     print(f"\nfigure written to {path}")
 
     # the learned SV model: filtering and FFBS smoothing bands against the true log-volatility, and the
@@ -197,7 +198,7 @@ def main(argv=None):
                     title="stochastic volatility at the learned parameters: log-volatility x_t")
     bk.plots.smc_diagnostics(pf_sv, axes=axes[1:])
     path = os.path.join(args.outdir, "sv_states.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     print(f"figure written to {path}")
     return rows
 

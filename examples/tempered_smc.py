@@ -37,6 +37,8 @@ import numpyro
 import numpyro.distributions as dist
 from scipy import integrate, stats
 
+import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.inference.smc import tempered
 
 PRIOR_LOC, NOISE, THETA_TRUE, NUM_OBS = 0.25, 1.0, 2.0, 20
@@ -86,7 +88,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer particles and runs")
     parser.add_argument("--outdir", default="results/tempered", help="where figures and tables go")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     os.makedirs(args.outdir, exist_ok=True)
     import matplotlib
 
@@ -141,8 +143,7 @@ def main(argv=None):
         axes[1].plot(c, lw=0.5, label=f"chain {i}")
     axes[1].set(xlabel="iteration", ylabel="theta", title="NUTS chains stay in one mode")
     fig.tight_layout()
-    fig.savefig(os.path.join(args.outdir, "bimodal.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(args.outdir, "bimodal.png"), dpi=120)
 
     res = results[0]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -155,8 +156,7 @@ def main(argv=None):
     axes[1].set(xlabel="tempering step n", ylim=(0, 1.05))
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.outdir, "ladder.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(args.outdir, "ladder.png"), dpi=120)
 
     # %% [markdown]
     # ## 2. Model comparison by the evidence
@@ -185,8 +185,7 @@ def main(argv=None):
     ax.set(xlabel="polynomial degree", ylabel="log p(y | degree)", xticks=degrees, title="evidence (truth: degree 2)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.outdir, "evidence.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(args.outdir, "evidence.png"), dpi=120)
 
     table = "\n".join(lines)
     print(table)

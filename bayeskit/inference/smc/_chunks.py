@@ -1,10 +1,31 @@
-"""Run a jitted ``scan`` chunk by chunk with an optional tqdm bar between chunks (no host work per step)."""
+"""The one progress-bar convention of the long-running drivers (tqdm.auto: widgets in notebooks).
+
+Every driver that can run more than a few seconds takes ``progress_bar: bool = False`` (quiet in scripts
+and tests; the CLI turns bars on). Two loop shapes get a bar, both here:
+
+* :func:`run_chunked`: a loop of jitted ``scan`` chunks driven from Python (sweeps of particle Gibbs,
+  optimiser steps of ``fit``), the bar advanced between chunks, no host work per step;
+* :func:`progress` with :func:`tick`: a loop that runs inside one jitted program (the SMC engine's time
+  loop, PPG and PMMH iterations). ``tick`` is a ``jax.debug.callback`` traced in only when the driver's
+  static ``progress_bar`` is True, so the program without a bar is unchanged; the values computed are the
+  same either way.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+_OPEN_BARS: list = []  # bars opened by `progress`, innermost last; `tick` advances the innermost
+
+
+def _tqdm(total, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc)
 
 
 def run_chunked(run_chunk, carry, keys, *, num_chunks: int, progress_bar: bool, desc: str, postfix=None):
@@ -16,11 +37,7 @@ def run_chunked(run_chunk, carry, keys, *, num_chunks: int, progress_bar: bool, 
     total = keys.shape[0]
     n_chunks = min(num_chunks, total) if progress_bar else 1
     bounds = np.linspace(0, total, n_chunks + 1).astype(int)
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=desc)
+    bar = _tqdm(total, desc) if progress_bar else None
     outs = []
     for a, b in zip(bounds[:-1], bounds[1:]):
         if b <= a:
@@ -34,3 +51,40 @@ def run_chunked(run_chunk, carry, keys, *, num_chunks: int, progress_bar: bool, 
     if bar is not None:
         bar.close()
     return carry, jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+
+
+@contextlib.contextmanager
+def progress(enabled: bool, total: int, desc: str):
+    """Open a bar of ``total`` steps for the jitted loop run inside the ``with`` block (its :func:`tick`
+    calls advance it); a no-op unless ``enabled``. Results are blocked on before the bar closes by the
+    caller (``jax.block_until_ready``), so the bar ends at ``total``."""
+    if not enabled:
+        yield None
+        return
+    bar = _tqdm(int(total), desc)
+    _OPEN_BARS.append(bar)
+    try:
+        yield bar
+    finally:
+        _OPEN_BARS.remove(bar)
+        bar.update(max(0, bar.total - bar.n))
+        bar.close()
+
+
+def _advance(done):
+    if _OPEN_BARS:
+        bar = _OPEN_BARS[-1]
+        n = min(int(np.max(np.asarray(done))), bar.total)
+        if n > bar.n:
+            bar.update(n - bar.n)
+
+
+def tick(done, total: int, enabled: bool):
+    """Inside a jitted loop: report ``done`` of ``total`` steps to the innermost open :func:`progress`
+    bar, at most about 100 times per loop. Traces to nothing unless ``enabled`` (a static bool)."""
+    if not enabled:
+        return
+    every = max(1, int(total) // 100)
+    done = jnp.asarray(done)
+    jax.lax.cond((done % every == 0) | (done >= total), lambda d: jax.debug.callback(_advance, d), lambda d: None,
+                 done)
