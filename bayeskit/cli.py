@@ -20,6 +20,7 @@ EXAMPLES = {
     "niw": "niw_meta.py",
     "fbm": "fbm_sde.py",
     "numpyro": "numpyro_models.py",
+    "tutorial": "numpyro_to_arviz.py",
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

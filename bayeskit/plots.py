@@ -191,8 +191,12 @@ def save(fig, path, *, dpi: int = 120) -> None:
     from bayeskit.cli import in_notebook
 
     fig.savefig(path, dpi=dpi)
-    if in_notebook():
-        from IPython.display import display
+    if in_notebook():  # as a PNG, whatever the backend (the examples select Agg for scripts)
+        import io
 
-        display(fig)
+        from IPython.display import Image, display
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        display(Image(data=buf.getvalue()))
     plt.close(fig)

@@ -100,7 +100,7 @@ def bridge_sweep(key, hursts, *, num_steps, num_iterations, num_samples, num_pat
     return grid, np.asarray(paths)[:, 0, :, :, 0], np.asarray(final), elbos, exact
 
 
-def hurst_recovery(key, true_hursts, *, num_iterations):
+def hurst_recovery(key, true_hursts, *, num_iterations, progress_bar=False):
     """Learn H (logit-normal q(H), flat prior) from exactly simulated fOU data (one series, 80 noisy
     observations on (0, 2]); compare with the exact grid posterior of H from the Kalman filter (the
     augmented state is a linear Gaussian SDE). The recipe: affine control, one exact-OU step with
@@ -121,7 +121,7 @@ def hurst_recovery(key, true_hursts, *, num_iterations):
                             learn_hurst=True, hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(),
                             num_steps=times.size, refine=0, num_samples=8, num_iterations=num_iterations,
                             optimizer=optax.adam(optax.exponential_decay(0.1, num_iterations, 0.05)),
-                            num_posterior_samples=64)
+                            num_posterior_samples=64, progress_bar=progress_bar)
         logp = exact["log_evidence"]  # log p(y) with H integrated out under the flat prior
         rows.append((float(h), res.hurst, res.hurst_sd, exact, res.final_elbo, logp, time.perf_counter() - t0,
                      res.elbo))
@@ -198,7 +198,8 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ 3. Hurst recovery
     true_hursts = [0.3] if args.quick else [0.3, 0.5, 0.7]
-    rows_h = hurst_recovery(jax.random.fold_in(key, 2), true_hursts, num_iterations=1200)
+    rows_h = hurst_recovery(jax.random.fold_in(key, 2), true_hursts, num_iterations=1200,
+                            progress_bar=args.progress_bar)
     out("## Hurst recovery on exactly simulated fOU data (theta=1, sigma=1, 1 series x 80 obs, obs sd 0.1)")
     out("VI: logit-normal q(H) with an H-dependent path posterior, flat prior, affine control, one exact-OU")
     out("step with learned noise scales per observation interval, warm-up at H = 0.27, 0.5, 0.73, 1200 steps.")

@@ -43,7 +43,7 @@ def true_step(key, x, h):
     return fish.step(key, x, h, "allen", fish.TRUE_PARAMS, fish.TRUE_SIGMA)
 
 
-def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
+def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_bar: bool = False) -> dict:
     os.makedirs(outdir, exist_ok=True)
     t_start = time.perf_counter()
     warmup, samples = (150, 150) if quick else (500, 500)
@@ -59,7 +59,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
     # %% GPDP: GP posterior by NUTS -> transition tensor -> exact discounted DP (policy iteration)
     t0 = time.perf_counter()
     gp = bk.gpdp.solve(key_gp, x_obs, y_obs, grid, profit, discount=discount, pseudo_observations=[(0.0, 0.0)],
-                       num_warmup=warmup, num_samples=samples, num_posterior_draws=100)
+                       num_warmup=warmup, num_samples=samples, num_posterior_draws=100, progress_bar=progress_bar)
     t_gp = time.perf_counter() - t0
 
     # %% the true model and the parametric competitors (NUTS with the paper's uniform priors)
@@ -220,4 +220,4 @@ if __name__ == "__main__":
     parser.add_argument("--outdir", default="out/gpdp")
     parser.add_argument("--quick", action="store_true")
     args = parse_example_args(parser)
-    main(args.outdir, args.quick)
+    main(args.outdir, args.quick, progress_bar=args.progress_bar)

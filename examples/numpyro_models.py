@@ -89,7 +89,7 @@ def rotating_counts(counts=None, marks=None, num_steps=60):
 # ## From NumPyro form to particle Gibbs and ArviZ
 
 # %%
-def run(name, model, args, init_params, key, num_iterations, num_particles):
+def run(name, model, args, init_params, key, num_iterations, num_particles, progress_bar=False):
     ssm = bk.StateSpaceModel.from_numpyro(model, *args)
     st = ssm.structure
     print(f"\n== {name}: globals {st.global_sites}, initial state {st.initial_sites}, state {st.state_sites} "
@@ -98,7 +98,8 @@ def run(name, model, args, init_params, key, num_iterations, num_particles):
     t0 = time.perf_counter()
     pg = bk.smc.particle_gibbs(key, ssm, init_params, ssm.ys, num_particles=num_particles,
                                num_iterations=num_iterations, burn_in=burn_in,
-                               parameter_update=bk.smc.NumPyroUpdate(NUTS, num_warmup=burn_in))
+                               parameter_update=bk.smc.NumPyroUpdate(NUTS, num_warmup=burn_in),
+                               progress_bar=progress_bar)
     jax.block_until_ready(pg.paths)
     print(f"particle Gibbs: {num_iterations} sweeps, N = {num_particles}, {time.perf_counter() - t0:.1f} s "
           "(compile included)")
@@ -139,7 +140,8 @@ def main(argv=None):
         ("2-D nonlinear", rotating_counts, (counts, marks),
          {"omega": jnp.asarray(0.3), "sigma": jnp.asarray(0.5)}, k3),
     ]:
-        ssm, pg, idata = run(name, model, margs, init, k, num_iterations, num_particles=64)
+        ssm, pg, idata = run(name, model, margs, init, k, num_iterations, num_particles=64,
+                             progress_bar=args.progress_bar)
         summ = az.summary(idata, var_names=list(ssm.structure.global_sites))
         for var in ssm.structure.global_sites:
             rows.append(f"| {name} | {var} | {float(summ.loc[var, 'mean']):.3f} | {float(summ.loc[var, 'sd']):.3f} "

@@ -131,7 +131,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         fits[est] = bk.smc.fit(jax.random.key(3), AR, init, ys, estimator=est, num_iterations=iters,
                                num_particles=32, constraints=cons,
-                               optimizer=optax.adam(optax.exponential_decay(0.05, iters, 0.05)))
+                               optimizer=optax.adam(optax.exponential_decay(0.05, iters, 0.05)),
+                               progress_bar=args.progress_bar)
         fits[est] = (fits[est], time.perf_counter() - t0)
     print(f"\nMLE on the linear-Gaussian model (T = {T}, N = 32, {iters} iterations; Polyak mean of the last third)")
     print(f"{'parameter':<10}{'true':>8}{'Kalman MLE':>12}{'PPG':>9}{'PaRIS':>9}")
@@ -147,7 +148,8 @@ def main(argv=None):
     sv_iters = 200 if quick else 800
     sv_fit = bk.smc.fit(jax.random.key(5), sv.ssm, {"mu": 0.0, "phi": 0.5, "sigma": 1.0}, ys_sv,
                         num_iterations=sv_iters, num_particles=32,
-                        optimizer=optax.adam(optax.exponential_decay(0.05, sv_iters, 0.1)))
+                        optimizer=optax.adam(optax.exponential_decay(0.05, sv_iters, 0.1)),
+                        progress_bar=args.progress_bar)
     print(f"\nstochastic volatility (T = {ys_sv.shape[0]}, PPG MLE, constraints from the model's prior)")
     for name in ("mu", "phi", "sigma"):
         print(f"{name:<8} true {float(sv_true[name]):>7.3f}   learned {float(sv_fit.params[name]):>7.3f}")

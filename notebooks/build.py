@@ -62,25 +62,36 @@ def figures(nb) -> int:
 
 
 def execute(nb, *, timeout: int, args: str) -> float:
-    """Run ``nb`` in place in a fresh kernel, in a temporary working folder; returns the seconds taken."""
+    """Run ``nb`` in place in a fresh kernel of this Python (whatever kernels are installed elsewhere), in a
+    temporary working folder; returns the seconds taken."""
+    import json
+
     from nbclient import NotebookClient
 
-    env = {"BAYESKIT_NOTEBOOK_ARGS": args, "TQDM_DISABLE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        with tempfile.TemporaryDirectory(prefix="bayeskit-nb-") as work:
-            client = NotebookClient(nb, timeout=timeout, kernel_name=KERNELSPEC["name"],
+    with tempfile.TemporaryDirectory(prefix="bayeskit-nb-") as work:
+        spec = Path(work) / "jupyter" / "kernels" / "bayeskit-this-python"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (bayeskit)", "language": "python"}))
+        env = {"BAYESKIT_NOTEBOOK_ARGS": args, "TQDM_DISABLE": "1",
+               "JUPYTER_PATH": os.pathsep.join(filter(None, [str(spec.parent.parent), os.environ.get("JUPYTER_PATH")]))}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the kernel inherits this process's environment
+        try:
+            client = NotebookClient(nb, timeout=timeout, kernel_name=spec.name,
                                     resources={"metadata": {"path": work}})
             t0 = time.perf_counter()
             client.execute()
-            return time.perf_counter() - t0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            seconds = time.perf_counter() - t0
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    return seconds
 
 
 def is_current(path: Path, script: Path, *, executed: bool) -> bool:

@@ -169,7 +169,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
            refine_ratio: float = 2.0, num_samples: int = 16,
            num_iterations: int = 1000, optimizer: Any = None, learning_rate: float = 1e-2, solver: Any = None,
            num_posterior_samples: int = 256, chunk_size: int = 50,
-           progress_bar: bool = True, dtype=None, hurst_warmup: int | None = None,
+           progress_bar: bool = False, dtype=None, hurst_warmup: int | None = None,
            hurst_learning_rate: Any = None, hurst_start: Any = None, noise_scale: bool | None = None) -> VIResult:
     r"""Fit the variational posterior of an SDE model to observed series (Daems et al., ICLR 2024).
 
