@@ -32,6 +32,10 @@ EXAMPLES = ROOT / "examples"
 DEFAULT_OUT = ROOT / "docs" / "notebooks"
 META = "bayeskit"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+#: extra arguments of the executed (CI) run beyond ``--args``, to keep the slowest notebooks lean
+LEAN_ARGS = {
+    "inference_scaling": "--prm verifier",  # the learned-PRM comparison trains a model: the script's job
+}
 
 
 def scripts() -> dict[str, Path]:
@@ -122,7 +126,7 @@ def build(names, out: Path, *, run: bool, timeout: int, args: str) -> int:
         if run:
             print(f"== executing {name}", flush=True)
             try:
-                seconds = execute(nb, timeout=timeout, args=args)
+                seconds = execute(nb, timeout=timeout, args=f"{args} {LEAN_ARGS.get(name, '')}".strip())
             except Exception as err:  # nbclient's CellExecutionError carries the cell's traceback
                 print(f"FAILED {name}:\n{err}", file=sys.stderr, flush=True)
                 failed.append(name)

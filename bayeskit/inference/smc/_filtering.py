@@ -19,9 +19,9 @@ import numpy as np
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, DegenerateWeightsError, ModelError
 from bayeskit.inference.smc import engine
-from bayeskit.inference.smc._chunks import progress
 from bayeskit.inference.smc._feynman_kac import Proposal, bootstrap, guided
 from bayeskit.inference.smc.resampling import adaptive, get_scheme
+from bayeskit.progress import progress
 
 __all__ = ["ParticleFilterResult", "particle_filter", "weighted_moments"]
 

@@ -41,10 +41,10 @@ from bayeskit.errors import ConfigurationError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._backward import (DEFAULT_NUM_TRIALS, check_backward_model, log_bound_fn,
                                              log_transition_matrix, sample_backward)
-from bayeskit.inference.smc._chunks import progress
 from bayeskit.inference.smc._feynman_kac import FeynmanKac, bootstrap
 from bayeskit.inference.smc._filtering import check_model, check_weights
 from bayeskit.inference.smc.resampling import Strategy, adaptive, get_scheme
+from bayeskit.progress import progress
 
 __all__ = ["PaRISResult", "paris", "forward_smoother", "paris_accumulator", "forward_smoother_accumulator",
            "run_paris", "default_functional", "weighted_mean", "check_functional", "leaves_dict",

@@ -27,9 +27,9 @@ import numpy as np
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc import engine
-from bayeskit.inference.smc._chunks import progress, tick
 from bayeskit.inference.smc._feynman_kac import bootstrap
 from bayeskit.inference.smc.resampling import adaptive
+from bayeskit.progress import progress, tick
 
 __all__ = ["pmmh", "PMMHResult"]
 

@@ -30,11 +30,11 @@ from bayeskit import _checks
 from bayeskit.errors import ConfigurationError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._backward import DEFAULT_NUM_TRIALS, log_bound_fn
-from bayeskit.inference.smc._chunks import progress, tick
 from bayeskit.inference.smc._feynman_kac import FeynmanKac, bootstrap
 from bayeskit.inference.smc._paris import (default_functional, leaves_dict, paris_accumulator,
                                           validate_smoother_args, weighted_mean)
 from bayeskit.inference.smc.resampling import conditional
+from bayeskit.progress import progress, tick
 
 __all__ = ["PPGResult", "ppg", "conditional_paris", "ConditionalPaRISOutput", "initial_reference"]
 

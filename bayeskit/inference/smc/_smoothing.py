@@ -21,10 +21,10 @@ import jax.numpy as jnp
 from bayeskit import _checks
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._backward import backward_sample, check_backward_model
-from bayeskit.inference.smc._chunks import progress
 from bayeskit.inference.smc._feynman_kac import bootstrap
 from bayeskit.inference.smc._filtering import check_model, check_weights
 from bayeskit.inference.smc.resampling import adaptive, get_scheme
+from bayeskit.progress import progress
 
 __all__ = ["FFBSResult", "ffbs", "path_functional"]
 

@@ -32,10 +32,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bayeskit.inference.smc._chunks import tick
 from bayeskit.inference.smc._feynman_kac import FeynmanKac
 from bayeskit.inference.smc.resampling import Strategy, adaptive
 from bayeskit.inference.smc.resampling import ess as ess_fn
+from bayeskit.progress import tick
 
 __all__ = ["SMCState", "StepInfo", "RunOutput", "Accumulator", "init", "step", "start", "run_steps", "run",
            "summary", "take", "trace_lineage"]

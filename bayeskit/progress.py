@@ -1,14 +1,15 @@
-"""The one progress-bar convention of the long-running drivers (tqdm.auto: widgets in notebooks).
+"""Progress bars (``bayeskit.progress``): the one convention of the long-running drivers.
 
 Every driver that can run more than a few seconds takes ``progress_bar: bool = False`` (quiet in scripts
-and tests; the CLI turns bars on). Two loop shapes get a bar, both here:
+and tests; the ``bayeskit`` command line turns bars on, ``--no-progress`` off). Bars come from
+``tqdm.auto`` (widgets in a notebook). Two loop shapes get a bar, both here:
 
 * :func:`run_chunked`: a loop of jitted ``scan`` chunks driven from Python (sweeps of particle Gibbs,
   optimiser steps of ``fit``), the bar advanced between chunks, no host work per step;
 * :func:`progress` with :func:`tick`: a loop that runs inside one jitted program (the SMC engine's time
-  loop, PPG and PMMH iterations). ``tick`` is a ``jax.debug.callback`` traced in only when the driver's
-  static ``progress_bar`` is True, so the program without a bar is unchanged; the values computed are the
-  same either way.
+  loop, PPG and PMMH iterations, the inference-time-scaling drivers). ``tick`` is a
+  ``jax.debug.callback`` traced in only when the driver's static ``progress_bar`` is True, so the
+  program without a bar is unchanged; the values computed are the same either way.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+__all__ = ["run_chunked", "progress", "tick"]
 
 _OPEN_BARS: list = []  # bars opened by `progress`, innermost last; `tick` advances the innermost
 
@@ -32,7 +35,17 @@ def run_chunked(run_chunk, carry, keys, *, num_chunks: int, progress_bar: bool, 
     """Apply ``run_chunk(carry, keys[a:b]) -> (carry, outs)`` over ``num_chunks`` slices of ``keys``
     (one slice without a progress bar) and concatenate the outputs along the leading axis.
 
-    ``postfix(carry) -> dict`` is shown on the bar after each chunk. Returns ``(carry, outs)``.
+    Args:
+        run_chunk: ``(carry, keys) -> (carry, outs)``, typically a jitted ``lax.scan`` over the keys.
+        carry: the initial carry.
+        keys: one key per step, ``(total, ...)``.
+        num_chunks: slices with a bar (each a host round trip).
+        progress_bar: show a tqdm bar (else one slice, no host work).
+        desc: the bar's label.
+        postfix: ``carry -> dict`` shown on the bar after each chunk, or None.
+
+    Returns:
+        ``(carry, outs)`` with ``outs`` concatenated over the slices.
     """
     total = keys.shape[0]
     n_chunks = min(num_chunks, total) if progress_bar else 1
@@ -56,8 +69,14 @@ def run_chunked(run_chunk, carry, keys, *, num_chunks: int, progress_bar: bool, 
 @contextlib.contextmanager
 def progress(enabled: bool, total: int, desc: str):
     """Open a bar of ``total`` steps for the jitted loop run inside the ``with`` block (its :func:`tick`
-    calls advance it); a no-op unless ``enabled``. Results are blocked on before the bar closes by the
-    caller (``jax.block_until_ready``), so the bar ends at ``total``."""
+    calls advance it); a no-op unless ``enabled``. The caller blocks on the results
+    (``jax.block_until_ready``) inside the block, so the bar closes when the work is done.
+
+    Args:
+        enabled: whether to show the bar.
+        total: the number of steps the loop reports.
+        desc: the bar's label.
+    """
     if not enabled:
         yield None
         return
@@ -81,7 +100,13 @@ def _advance(done):
 
 def tick(done, total: int, enabled: bool):
     """Inside a jitted loop: report ``done`` of ``total`` steps to the innermost open :func:`progress`
-    bar, at most about 100 times per loop. Traces to nothing unless ``enabled`` (a static bool)."""
+    bar, at most about 100 times per loop. Traces to nothing unless ``enabled`` (a static bool).
+
+    Args:
+        done: the steps done so far (a traced integer; batched under ``vmap``: the maximum is shown).
+        total: the loop's number of steps (static).
+        enabled: the driver's static ``progress_bar``.
+    """
     if not enabled:
         return
     every = max(1, int(total) // 100)
