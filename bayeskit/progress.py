@@ -4,8 +4,9 @@ Every driver that can run more than a few seconds takes ``progress_bar: bool = F
 and tests; the ``bayeskit`` command line turns bars on, ``--no-progress`` off). Bars come from
 ``tqdm.auto`` (widgets in a notebook). Two loop shapes get a bar, both here:
 
-* :func:`run_chunked`: a loop of jitted ``scan`` chunks driven from Python (sweeps of particle Gibbs,
-  optimiser steps of ``fit``), the bar advanced between chunks, no host work per step;
+* :func:`chunk_loop` (and :func:`run_chunked`, the same over an array of keys): a loop of jitted
+  ``scan`` chunks driven from Python (sweeps of particle Gibbs, optimiser steps of ``fit``, LightSB,
+  NIW-Meta, SBIRR refinements), the bar advanced between chunks, no host work per step;
 * :func:`progress` with :func:`tick`: a loop that runs inside one jitted program (the SMC engine's time
   loop, PPG and PMMH iterations, the inference-time-scaling drivers). ``tick`` is a
   ``jax.debug.callback`` traced in only when the driver's static ``progress_bar`` is True, so the
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["run_chunked", "progress", "tick"]
+__all__ = ["chunk_loop", "run_chunked", "progress", "tick"]
 
 _OPEN_BARS: list = []  # bars opened by `progress`, innermost last; `tick` advances the innermost
 
@@ -29,6 +30,42 @@ def _tqdm(total, desc):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc)
+
+
+def chunk_loop(run_chunk, carry, total: int, *, chunk_size: int, progress_bar: bool, desc: str, postfix=None):
+    """The one chunked loop: ``run_chunk(carry, start, size) -> (carry, out)`` over steps
+    ``[0, total)`` in chunks of at most ``chunk_size``, with a tqdm bar advanced after each chunk.
+
+    Args:
+        run_chunk: runs steps ``start .. start + size - 1`` (typically a jitted ``lax.scan``; derive the
+            chunk's keys from ``start`` so that the result does not depend on the chunking).
+        carry: the initial carry.
+        total: the number of steps.
+        chunk_size: the most steps per chunk (>= 1).
+        progress_bar: show a tqdm bar.
+        desc: the bar's label.
+        postfix: ``(carry, out) -> dict`` shown on the bar after each chunk, or None.
+
+    Returns:
+        ``(carry, outs)``: the final carry and the list of the chunks' outputs.
+    """
+    total, chunk_size = int(total), max(1, int(chunk_size))
+    bar = _tqdm(total, desc) if progress_bar else None
+    outs, start = [], 0
+    try:
+        while start < total:
+            size = min(chunk_size, total - start)
+            carry, out = run_chunk(carry, start, size)
+            outs.append(out)
+            start += size
+            if bar is not None:
+                bar.update(size)
+                if postfix is not None:
+                    bar.set_postfix(postfix(carry, out))
+    finally:
+        if bar is not None:
+            bar.close()
+    return carry, outs
 
 
 def run_chunked(run_chunk, carry, keys, *, num_chunks: int, progress_bar: bool, desc: str, postfix=None):
@@ -49,20 +86,9 @@ def run_chunked(run_chunk, carry, keys, *, num_chunks: int, progress_bar: bool, 
     """
     total = keys.shape[0]
     n_chunks = min(num_chunks, total) if progress_bar else 1
-    bounds = np.linspace(0, total, n_chunks + 1).astype(int)
-    bar = _tqdm(total, desc) if progress_bar else None
-    outs = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b <= a:
-            continue
-        carry, out = run_chunk(carry, keys[a:b])
-        outs.append(out)
-        if bar is not None:
-            bar.update(int(b - a))
-            if postfix is not None:
-                bar.set_postfix(postfix(carry))
-    if bar is not None:
-        bar.close()
+    carry, outs = chunk_loop(lambda c, a, n: run_chunk(c, keys[a:a + n]), carry, total,
+                             chunk_size=-(-total // n_chunks), progress_bar=progress_bar, desc=desc,
+                             postfix=None if postfix is None else (lambda c, _: postfix(c)))
     return carry, jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
 
 
