@@ -132,22 +132,31 @@ def main(argv=None):
     draw = sim(jax.random.fold_in(k_data, 4))
     counts, marks = draw["count"][0], draw["mark"][0]
 
+    # the simulated states, as the models' rows (row 0: the initial state) for the figure
+    truths = {"local level": np.concatenate([[np.nan], np.asarray(level)]), "stochastic volatility": np.asarray(s),
+              "2-D nonlinear": np.concatenate([np.asarray(draw["z0"]), np.asarray(draw["z"][0])])}
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), constrained_layout=True)
     rows = []
-    for name, model, margs, init, k in [
+    for ax, (name, model, margs, init, k) in zip(axes, [
         ("local level", local_level, (y,), {"sigma": jnp.asarray(0.5), "tau": jnp.asarray(0.5)}, k1),
         ("stochastic volatility", stochastic_volatility, (returns,),
          {"sigma": jnp.asarray(0.05), "nu": jnp.asarray(5.0)}, k2),
         ("2-D nonlinear", rotating_counts, (counts, marks),
          {"omega": jnp.asarray(0.3), "sigma": jnp.asarray(0.5)}, k3),
-    ]:
+    ]):
         ssm, pg, idata = run(name, model, margs, init, k, num_iterations, num_particles=64,
                              progress_bar=args.progress_bar)
+        # smoothed states (each particle-Gibbs draw is a whole path) against the simulated truth
+        bk.plots.states(pg, labels=["particle Gibbs"], truth=truths[name], ax=ax, title=name)
         summ = az.summary(idata, var_names=list(ssm.structure.global_sites))
         for var in ssm.structure.global_sites:
             rows.append(f"| {name} | {var} | {float(summ.loc[var, 'mean']):.3f} | {float(summ.loc[var, 'sd']):.3f} "
                         f"| {float(summ.loc[var, 'ess_bulk']):.0f} |")
     table = "| model | global | posterior mean | sd | ESS (bulk) |\n|---|---|---|---|---|\n" + "\n".join(rows)
     print("\n" + table)
+    bk.plots.save(fig, os.path.join(args.outdir, "numpyro_models_states.png"))
     with open(os.path.join(args.outdir, "numpyro_models.md"), "w") as fh:
         fh.write(table + "\n")
     return table

@@ -119,6 +119,8 @@ def main(argv=None):
         results.append(tempered(jax.random.key(10 + r), bimodal_model, y, num_particles=num_particles,
                                 kernel="rwm", target_ess=0.5))
     t_smc = (time.perf_counter() - t0) / num_runs
+    fig = bk.plots.smc_diagnostics(results[0], title="tempered SMC on the bimodal posterior: ESS per tempering step")
+    bk.plots.save(fig, os.path.join(args.outdir, "tempered_ess.png"))
     w_smc = np.array([np.mean(np.asarray(res.samples["theta"]) > 0) for res in results])
     lz_smc = np.array([float(res.log_evidence) for res in results])
     se = lambda a: a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float("nan")  # noqa: E731
