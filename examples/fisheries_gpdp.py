@@ -49,20 +49,20 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_
     warmup, samples = (150, 150) if quick else (500, 500)
     key_gp, key_fit, key_sim = jax.random.split(jax.random.key(seed), 3)
 
-    # %% data: pairs (x_t, x_{t+1}); the paper's first row (0, 0) is its pseudo-observation f(0) = 0
+    # ---- data: pairs (x_t, x_{t+1}); the paper's first row (0, 0) is its pseudo-observation f(0) = 0
     td = load_gpdp("training_data")
     x_obs, y_obs = td["x"][1:], td["y"][1:]
     series = np.r_[x_obs, y_obs[-1]]
     grid = np.linspace(0.0, 15.0, 50)  # 50 stock values on [0, 1.5 K], harvest grid = stock grid
     discount = 0.99  # the paper's discount rate delta = 0.01
 
-    # %% GPDP: GP posterior by NUTS -> transition tensor -> exact discounted DP (policy iteration)
+    # ---- GPDP: GP posterior by NUTS -> transition tensor -> exact discounted DP (policy iteration)
     t0 = time.perf_counter()
     gp = bk.gpdp.solve(key_gp, x_obs, y_obs, grid, profit, discount=discount, pseudo_observations=[(0.0, 0.0)],
                        num_warmup=warmup, num_samples=samples, num_posterior_draws=100, progress_bar=progress_bar)
     t_gp = time.perf_counter() - t0
 
-    # %% the true model and the parametric competitors (NUTS with the paper's uniform priors)
+    # ---- the true model and the parametric competitors (NUTS with the paper's uniform priors)
     rewards = bk.gpdp.reward_matrix(profit, grid, grid)
     tensors = {"True": bk.gpdp.parametric_transition_tensor("allen", fish.TRUE_PARAMS, fish.TRUE_SIGMA, grid, grid)}
     fits = {}
@@ -86,7 +86,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_
         sol = bk.gpdp.solve_mdp(tensors_paper[name], rewards, 1.0, horizon=999)
         policies["paper"][name] = grid[np.asarray(sol.policy)]
 
-    # %% forward simulation under the true model, common random numbers across policies
+    # ---- forward simulation under the true model, common random numbers across policies
     t0 = time.perf_counter()
     sims, ratios = {}, {}
     for conv in ("exact", "paper"):
@@ -97,7 +97,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_
     t_sim = time.perf_counter() - t0
     total = time.perf_counter() - t_start
 
-    # %% tables
+    # ---- tables
     pub_pol = load_gpdp("figure3")
     pub5 = load_gpdp("figure5")
     print(f"GPDP pipeline: {total:.1f} s total (GP NUTS + DP {t_gp:.1f} s, 3 parametric NUTS fits {t_fit:.1f} s,"
@@ -129,7 +129,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_
     print("selected: " + ", ".join(f"{c.upper()} -> {v}" for c, v in sel["selected"].items())
           + "   (published: every criterion picks Ricker)")
 
-    # %% GP fit vs the published figure 2 (mean of its 50 posterior draws; band = 2 sqrt(E Var f))
+    # ---- GP fit vs the published figure 2 (mean of its 50 posterior draws; band = 2 sqrt(E Var f))
     f2 = load_gpdp("figure2")
     s = f2["variable"] == "GP"
     ndraw = int(np.max(f2["L1"]))

@@ -100,10 +100,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     lines = []
 
-    # %% [markdown]
-    # ## 1. Bimodal posterior: NUTS vs tempered SMC
-
-    # %%
+    # ---- 1. Bimodal posterior: NUTS vs tempered SMC
     y = jnp.asarray(rng.normal(THETA_TRUE**2, NOISE, NUM_OBS))
     w_true, log_z_true, density, norm = bimodal_truth(y)
 
@@ -160,10 +157,7 @@ def main(argv=None):
     fig.tight_layout()
     bk.plots.save(fig, os.path.join(args.outdir, "ladder.png"), dpi=120)
 
-    # %% [markdown]
-    # ## 2. Model comparison by the evidence
-
-    # %%
+    # ---- 2. Model comparison by the evidence
     x = jnp.asarray(np.linspace(-1.5, 1.5, 30))
     y_reg = jnp.asarray(1.0 + 0.5 * np.asarray(x) - 0.8 * np.asarray(x) ** 2 + rng.normal(0, 0.3, 30))
     degrees = [1, 2, 3, 4]
