@@ -14,7 +14,8 @@ is committed as a notebook, so a script and its notebook cannot drift. This file
   from the script. With ``BAYESKIT_DOCS_EXECUTED_NOTEBOOKS=1`` (CI) a missing or stale executed
   notebook fails the build instead, so the site CI builds shows every notebook's figures.
 
-Run: ``python notebooks/build.py --execute [NAME ...]`` (names are script stems, e.g. ``paris_ppg``).
+Run: ``python notebooks/build.py --execute [--jobs 2] [NAME ...]`` (names are script stems, e.g.
+``paris_ppg``).
 """
 
 from __future__ import annotations
@@ -111,7 +112,20 @@ def is_current(path: Path, script: Path, *, executed: bool) -> bool:
     return meta.get("source_sha256") == _sha(script) and (meta.get("executed", False) or not executed)
 
 
-def build(names, out: Path, *, run: bool, timeout: int, args: str) -> int:
+def _run_one(name: str, script: Path, timeout: int, args: str):
+    """Convert and execute one notebook (in a worker process): ``(name, notebook, seconds, error)``."""
+    nb = convert(script)
+    try:
+        seconds = execute(nb, timeout=timeout, args=f"{args} {LEAN_ARGS.get(name, '')}".strip())
+    except Exception as err:  # nbclient's CellExecutionError carries the cell's traceback
+        return name, nb, None, str(err)
+    return name, nb, seconds, None
+
+
+def build(names, out: Path, *, run: bool, timeout: int, args: str, jobs: int = 1) -> int:
+    """Write the notebooks of ``names`` (default: all) to ``out``; with ``run``, execute them first,
+    ``jobs`` at a time (each in its own kernel), and print a table of run times and figures.
+    Returns the exit status: 1 if a notebook failed or showed no figure."""
     import nbformat
 
     out.mkdir(parents=True, exist_ok=True)
@@ -120,29 +134,36 @@ def build(names, out: Path, *, run: bool, timeout: int, args: str) -> int:
     if unknown:
         print(f"unknown notebook(s) {unknown}; valid names: {', '.join(available)}", file=sys.stderr)
         return 2
+    names = list(names) or list(available)
+    if not run:
+        for name in names:
+            nbformat.write(convert(available[name]), out / f"{name}.ipynb")
+        return 0
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     failed, rows = [], []
-    for name in names or list(available):
-        nb = convert(available[name])
-        if run:
-            print(f"== executing {name}", flush=True)
-            try:
-                seconds = execute(nb, timeout=timeout, args=f"{args} {LEAN_ARGS.get(name, '')}".strip())
-            except Exception as err:  # nbclient's CellExecutionError carries the cell's traceback
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(_run_one, name, available[name], timeout, args) for name in names]
+        for fut in as_completed(futures):
+            name, nb, seconds, err = fut.result()
+            if err is not None:
                 print(f"FAILED {name}:\n{err}", file=sys.stderr, flush=True)
                 failed.append(name)
                 continue
             n_fig = figures(nb)
             nb.metadata[META].update(executed=True, seconds=round(seconds, 1), figures=n_fig)
             rows.append((name, seconds, n_fig))
+            print(f"== {name}: {seconds:.0f} s, {n_fig} figures", flush=True)
             if n_fig == 0:
                 print(f"FAILED {name}: no figure shown", file=sys.stderr)
                 failed.append(name)
-        nbformat.write(nb, out / f"{name}.ipynb")
+            nbformat.write(nb, out / f"{name}.ipynb")
     if rows:
         print("\n| notebook | run time (s) | figures |\n|---|---|---|")
-        for name, seconds, n_fig in rows:
+        for name, seconds, n_fig in sorted(rows):
             print(f"| {name} | {seconds:.0f} | {n_fig} |")
-        print(f"| total | {sum(r[1] for r in rows):.0f} | {sum(r[2] for r in rows)} |")
+        print(f"| all ({jobs} at a time): wall time | {time.perf_counter() - t0:.0f} | {sum(r[2] for r in rows)} |")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -176,10 +197,11 @@ def main(argv=None) -> int:
     parser.add_argument("--execute", action="store_true", help="run each notebook (quick configuration)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the .ipynb files")
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at a time")
     parser.add_argument("--args", default=os.environ.get("BAYESKIT_NOTEBOOK_ARGS", "--quick --no-progress"),
                         help="the examples' arguments inside the kernel")
     a = parser.parse_args(argv)
-    return build(a.names, Path(a.out), run=a.execute, timeout=a.timeout, args=a.args)
+    return build(a.names, Path(a.out), run=a.execute, timeout=a.timeout, args=a.args, jobs=a.jobs)
 
 
 if __name__ == "__main__":
