@@ -340,6 +340,10 @@ def markov_world(args, budgets):
     bon = eval_bon(runner, problems, budgets, m)
     curves = {"PF": pf[0], "PF-vote": pf[1], "PG (N=4)": eval_pg(runner, problems, budgets, 1.0, "argmax", m),
               "BoN": bon["BoN"], "WMV": bon["WMV"], "Beam (M=min(4,B))": beam[0]}
+    # one run up close: the particle filter's ESS and resampling over the reasoning steps
+    one = S.particle_filtering(jax.random.key(2), gen, rm, target, budget=16, progress_bar=args.progress_bar)
+    fig = bk.plots.smc_diagnostics(one, title="Markov reasoner: one particle-filtering run (budget 16)")
+    bk.plots.save(fig, os.path.join(args.outdir, "scaling_pf_ess.png"))
     name = (f"Markov reasoner (P(correct) unguided = {world.success_probability(target):.3f}, noisy PRM, "
             f"{num_rep} replications, paper defaults)")
     return name, curves, scaling_table(name, budgets, curves, "PF")
