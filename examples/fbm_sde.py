@@ -39,6 +39,7 @@ import numpyro.distributions as dist  # noqa: E402
 import optax  # noqa: E402
 
 import bayeskit as bk  # noqa: E402
+from bayeskit.cli import parse_example_args  # noqa: E402
 from bayeskit.model.sde import make_grid  # noqa: E402
 from bayeskit.models import fractional_ou as fou  # noqa: E402
 

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import bayeskit as bk  # noqa: E402
+from bayeskit.cli import parse_example_args  # noqa: E402
 
 M = bk.meta
 B = bk.testing.meta_baselines
