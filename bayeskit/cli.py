@@ -20,6 +20,7 @@ EXAMPLES = {
     "niw": "niw_meta.py",
     "fbm": "fbm_sde.py",
     "numpyro": "numpyro_models.py",
+    "tutorial": "numpyro_to_arviz.py",
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,51 @@ def prepare_example_run(outdir: str, quick: bool) -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(outdir), "jax-cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+#: what an example runs with inside a Jupyter kernel (no command line there): quick settings by default;
+#: set ``BAYESKIT_NOTEBOOK_ARGS`` (e.g. ``"--outdir out"`` for the full sizes) before starting the kernel.
+NOTEBOOK_ARGS_ENV = "BAYESKIT_NOTEBOOK_ARGS"
+
+
+def in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel (IPython's ``ZMQInteractiveShell``)."""
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def parse_example_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse an example's command line, adding ``--no-progress`` (``args.progress_bar`` is its negation).
+
+    In a script, ``argv`` (default ``sys.argv[1:]``) is parsed as usual. In a Jupyter kernel, with
+    ``argv`` None, the arguments come from the ``BAYESKIT_NOTEBOOK_ARGS`` environment variable (default
+    ``"--quick"`` where the example has that flag) and :func:`prepare_example_run` is called, as
+    ``bayeskit reproduce`` does: the same script runs top to bottom as a notebook.
+
+    Args:
+        parser: the example's parser (with an ``--outdir`` option; ``--quick`` optional).
+        argv: the arguments, or None for the command line (or the notebook default).
+
+    Returns:
+        The parsed ``argparse.Namespace`` with ``progress_bar`` set.
+    """
+    import os
+    import shlex
+
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    notebook = argv is None and in_notebook()
+    if notebook:
+        quick = any(a.option_strings == ["--quick"] for a in parser._actions)
+        argv = shlex.split(os.environ.get(NOTEBOOK_ARGS_ENV, "--quick" if quick else ""))
+    args = parser.parse_args(argv)
+    args.progress_bar = not args.no_progress
+    if notebook:
+        prepare_example_run(args.outdir, bool(getattr(args, "quick", False)))
+    return args
 
 
 def _run_script(path: Path, argv: list[str]) -> None:
@@ -146,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="short end-to-end particle-filter job on simulated data")
     demo.add_argument("--outdir", default="bayeskit-output/demo", help="folder for the plot and ArviZ output")
     demo.add_argument("--num-particles", type=int, default=2000)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars (shown by default)")
 
     rep = sub.add_parser("reproduce", help="run one paper's example",
                          epilog="names: " + ", ".join(sorted(EXAMPLES)))
@@ -153,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--list", action="store_true", help="print the example names and exit")
     rep.add_argument("--quick", action="store_true", help="small sizes, under two minutes of CPU (wider error bars)")
     rep.add_argument("--outdir", default=None, help="folder for figures and tables")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars (shown by default)")
 
     bench = sub.add_parser(
         "bench", help="run a side-by-side benchmark script",
@@ -171,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from bayeskit.demo import run_demo
 
-            run_demo(outdir=args.outdir, num_particles=args.num_particles)
+            run_demo(outdir=args.outdir, num_particles=args.num_particles, progress_bar=not args.no_progress)
         elif args.command == "reproduce":
             if args.list:
                 print("\n".join(sorted(EXAMPLES)))
@@ -180,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise _UsageError(f"reproduce needs a NAME; valid names: {', '.join(sorted(EXAMPLES))}")
             _check_name("example", args.name, EXAMPLES)
             outdir = args.outdir or f"bayeskit-output/{args.name}"
-            extra = ["--outdir", outdir] + (["--quick"] if args.quick else [])
+            extra = (["--outdir", outdir] + (["--quick"] if args.quick else [])
+                     + (["--no-progress"] if args.no_progress else []))
             prepare_example_run(outdir, args.quick)
             _run_script(_script("examples", EXAMPLES[args.name]), extra)
         elif args.command == "bench":

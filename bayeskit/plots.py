@@ -5,7 +5,9 @@
 * :func:`smc_diagnostics`: the effective sample size per step with the resampling steps marked, and the
   log-evidence increments.
 
-Both take a result (anything with ``to_arviz()``) or its ArviZ ``DataTree`` laid out as in the docs page
+* :func:`save`: write a figure to a file, and show it inline when running in a Jupyter notebook.
+
+The first two take a result (anything with ``to_arviz()``) or its ArviZ ``DataTree`` laid out as in the docs page
 "ArviZ output", label their axes, and return the matplotlib ``Figure``. matplotlib is imported lazily.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from bayeskit.errors import ConfigurationError, DataError
 
-__all__ = ["states", "smc_diagnostics"]
+__all__ = ["states", "smc_diagnostics", "save"]
 
 
 def _tree(result):
@@ -171,3 +173,30 @@ def smc_diagnostics(result: Any, *, axes=None, title: str | None = None):
     if title:
         fig.suptitle(title)
     return fig
+
+
+def save(fig, path, *, dpi: int = 120) -> None:
+    """Write ``fig`` to ``path``; in a Jupyter notebook also show it inline; then close it.
+
+    The examples end every figure with this, so the same script writes PNGs when run from the command
+    line and shows its figures when run as a notebook (where a closed figure would not be shown).
+
+    Args:
+        fig: a matplotlib ``Figure``.
+        path: the output file (its suffix picks the format).
+        dpi: resolution of raster formats.
+    """
+    import matplotlib.pyplot as plt
+
+    from bayeskit.cli import in_notebook
+
+    fig.savefig(path, dpi=dpi)
+    if in_notebook():  # as a PNG, whatever the backend (the examples select Agg for scripts)
+        import io
+
+        from IPython.display import Image, display
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        display(Image(data=buf.getvalue()))
+    plt.close(fig)

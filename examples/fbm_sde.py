@@ -39,6 +39,7 @@ import numpyro.distributions as dist  # noqa: E402
 import optax  # noqa: E402
 
 import bayeskit as bk  # noqa: E402
+from bayeskit.cli import parse_example_args  # noqa: E402
 from bayeskit.model.sde import make_grid  # noqa: E402
 from bayeskit.models import fractional_ou as fou  # noqa: E402
 
@@ -100,7 +101,7 @@ def bridge_sweep(key, hursts, *, num_steps, num_iterations, num_samples, num_pat
     return grid, np.asarray(paths)[:, 0, :, :, 0], np.asarray(final), elbos, exact
 
 
-def hurst_recovery(key, true_hursts, *, num_iterations):
+def hurst_recovery(key, true_hursts, *, num_iterations, progress_bar=False):
     """Learn H (logit-normal q(H), flat prior) from exactly simulated fOU data (one series, 80 noisy
     observations on (0, 2]); compare with the exact grid posterior of H from the Kalman filter (the
     augmented state is a linear Gaussian SDE). The recipe: affine control, one exact-OU step with
@@ -121,7 +122,7 @@ def hurst_recovery(key, true_hursts, *, num_iterations):
                             learn_hurst=True, hurst_prior=dist.Uniform(0.0, 1.0), control=bk.sde.AffineControl(),
                             num_steps=times.size, refine=0, num_samples=8, num_iterations=num_iterations,
                             optimizer=optax.adam(optax.exponential_decay(0.1, num_iterations, 0.05)),
-                            num_posterior_samples=64)
+                            num_posterior_samples=64, progress_bar=progress_bar)
         logp = exact["log_evidence"]  # log p(y) with H integrated out under the flat prior
         rows.append((float(h), res.hurst, res.hurst_sd, exact, res.final_elbo, logp, time.perf_counter() - t0,
                      res.elbo))
@@ -132,7 +133,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small settings (a few minutes on a laptop CPU)")
     parser.add_argument("--outdir", default="bayeskit-output/fbm", help="where to write figures and tables")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(2024)
@@ -165,8 +166,7 @@ def main(argv=None):
     axes[1].set(xlabel="H", ylabel="relative L2 error", title="approximation error vs K")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "fbm_approximation_error.png", dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, outdir / "fbm_approximation_error.png", dpi=120)
 
     # ------------------------------------------------------------------ 2. bridge
     hursts = [0.1, 0.3, 0.5, 0.7, 0.9] if args.quick else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -194,13 +194,13 @@ def main(argv=None):
         ax.set(title=f"H={h}", xlabel="t")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "fbm_bridge.png", dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, outdir / "fbm_bridge.png", dpi=120)
     out()
 
     # ------------------------------------------------------------------ 3. Hurst recovery
     true_hursts = [0.3] if args.quick else [0.3, 0.5, 0.7]
-    rows_h = hurst_recovery(jax.random.fold_in(key, 2), true_hursts, num_iterations=1200)
+    rows_h = hurst_recovery(jax.random.fold_in(key, 2), true_hursts, num_iterations=1200,
+                            progress_bar=args.progress_bar)
     out("## Hurst recovery on exactly simulated fOU data (theta=1, sigma=1, 1 series x 80 obs, obs sd 0.1)")
     out("VI: logit-normal q(H) with an H-dependent path posterior, flat prior, affine control, one exact-OU")
     out("step with learned noise scales per observation interval, warm-up at H = 0.27, 0.5, 0.73, 1200 steps.")
@@ -219,8 +219,7 @@ def main(argv=None):
     ax.set(xlabel="iteration", ylabel="ELBO", ylim=(-20, None))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(outdir / "fbm_elbo.png", dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, outdir / "fbm_elbo.png", dpi=120)
     (outdir / "fbm_sde.md").write_text("\n".join(lines) + "\n")
     print(f"figures and table written to {outdir}")
 

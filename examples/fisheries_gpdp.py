@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.datasets import load_gpdp
 from bayeskit.models import fisheries as fish
 
@@ -42,26 +43,26 @@ def true_step(key, x, h):
     return fish.step(key, x, h, "allen", fish.TRUE_PARAMS, fish.TRUE_SIGMA)
 
 
-def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
+def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_bar: bool = False) -> dict:
     os.makedirs(outdir, exist_ok=True)
     t_start = time.perf_counter()
     warmup, samples = (150, 150) if quick else (500, 500)
     key_gp, key_fit, key_sim = jax.random.split(jax.random.key(seed), 3)
 
-    # %% data: pairs (x_t, x_{t+1}); the paper's first row (0, 0) is its pseudo-observation f(0) = 0
+    # ---- data: pairs (x_t, x_{t+1}); the paper's first row (0, 0) is its pseudo-observation f(0) = 0
     td = load_gpdp("training_data")
     x_obs, y_obs = td["x"][1:], td["y"][1:]
     series = np.r_[x_obs, y_obs[-1]]
     grid = np.linspace(0.0, 15.0, 50)  # 50 stock values on [0, 1.5 K], harvest grid = stock grid
     discount = 0.99  # the paper's discount rate delta = 0.01
 
-    # %% GPDP: GP posterior by NUTS -> transition tensor -> exact discounted DP (policy iteration)
+    # ---- GPDP: GP posterior by NUTS -> transition tensor -> exact discounted DP (policy iteration)
     t0 = time.perf_counter()
     gp = bk.gpdp.solve(key_gp, x_obs, y_obs, grid, profit, discount=discount, pseudo_observations=[(0.0, 0.0)],
-                       num_warmup=warmup, num_samples=samples, num_posterior_draws=100)
+                       num_warmup=warmup, num_samples=samples, num_posterior_draws=100, progress_bar=progress_bar)
     t_gp = time.perf_counter() - t0
 
-    # %% the true model and the parametric competitors (NUTS with the paper's uniform priors)
+    # ---- the true model and the parametric competitors (NUTS with the paper's uniform priors)
     rewards = bk.gpdp.reward_matrix(profit, grid, grid)
     tensors = {"True": bk.gpdp.parametric_transition_tensor("allen", fish.TRUE_PARAMS, fish.TRUE_SIGMA, grid, grid)}
     fits = {}
@@ -85,7 +86,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
         sol = bk.gpdp.solve_mdp(tensors_paper[name], rewards, 1.0, horizon=999)
         policies["paper"][name] = grid[np.asarray(sol.policy)]
 
-    # %% forward simulation under the true model, common random numbers across policies
+    # ---- forward simulation under the true model, common random numbers across policies
     t0 = time.perf_counter()
     sims, ratios = {}, {}
     for conv in ("exact", "paper"):
@@ -96,7 +97,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
     t_sim = time.perf_counter() - t0
     total = time.perf_counter() - t_start
 
-    # %% tables
+    # ---- tables
     pub_pol = load_gpdp("figure3")
     pub5 = load_gpdp("figure5")
     print(f"GPDP pipeline: {total:.1f} s total (GP NUTS + DP {t_gp:.1f} s, 3 parametric NUTS fits {t_fit:.1f} s,"
@@ -128,7 +129,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0) -> dict:
     print("selected: " + ", ".join(f"{c.upper()} -> {v}" for c, v in sel["selected"].items())
           + "   (published: every criterion picks Ricker)")
 
-    # %% GP fit vs the published figure 2 (mean of its 50 posterior draws; band = 2 sqrt(E Var f))
+    # ---- GP fit vs the published figure 2 (mean of its 50 posterior draws; band = 2 sqrt(E Var f))
     f2 = load_gpdp("figure2")
     s = f2["variable"] == "GP"
     ndraw = int(np.max(f2["L1"]))
@@ -178,8 +179,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
     ax.set(xlabel="$x_t$", ylabel="$x_{t+1}$", ylim=(-1, 14))
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure2_fits.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure2_fits.png"), dpi=120)
     # figure 3: policies (escapement)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in METHODS:
@@ -190,8 +190,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
     ax.set(xlabel="stock size", ylabel="escapement", title="ours, paper conventions (solid) vs published (dashed)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure3_policies.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure3_policies.png"), dpi=120)
     # figure 5: NPV ratios
     fig, axes = plt.subplots(1, 5, figsize=(12, 3), sharey=True)
     for ax, m in zip(axes, ("GP", "Allen", "MLE", "Ricker", "Myers")):
@@ -202,8 +201,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
         ax.set_xlabel("NPV / optimal")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure5_npv.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure5_npv.png"), dpi=120)
     # trajectories under each policy (the paper's simulation figure)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in METHODS:
@@ -213,8 +211,7 @@ def _figures(outdir, grid, gp, fits, policies, pub_pol, ratios, pub5, x_obs, y_o
     ax.set(xlabel="time", ylabel="fish stock")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "figure4_trajectories.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(outdir, "figure4_trajectories.png"), dpi=120)
 
 
 # %%
@@ -222,5 +219,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outdir", default="out/gpdp")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    main(args.outdir, args.quick)
+    args = parse_example_args(parser)
+    main(args.outdir, args.quick, progress_bar=args.progress_bar)

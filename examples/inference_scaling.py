@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.inference.scaling.particle import WEIGHTS, _beam_jit, _pf_jit, _pg_jit
 
 S = bk.scaling
@@ -339,6 +340,10 @@ def markov_world(args, budgets):
     bon = eval_bon(runner, problems, budgets, m)
     curves = {"PF": pf[0], "PF-vote": pf[1], "PG (N=4)": eval_pg(runner, problems, budgets, 1.0, "argmax", m),
               "BoN": bon["BoN"], "WMV": bon["WMV"], "Beam (M=min(4,B))": beam[0]}
+    # one run up close: the particle filter's ESS and resampling over the reasoning steps
+    one = S.particle_filtering(jax.random.key(2), gen, rm, target, budget=16, progress_bar=args.progress_bar)
+    fig = bk.plots.smc_diagnostics(one, title="Markov reasoner: one particle-filtering run (budget 16)")
+    bk.plots.save(fig, os.path.join(args.outdir, "scaling_pf_ess.png"))
     name = (f"Markov reasoner (P(correct) unguided = {world.success_probability(target):.3f}, noisy PRM, "
             f"{num_rep} replications, paper defaults)")
     return name, curves, scaling_table(name, budgets, curves, "PF")
@@ -517,7 +522,7 @@ def run_scaling(args, budgets, figs):
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(args.outdir, "scaling_accuracy_vs_budget.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     figs.append(path)
     return "\n".join(out), {name: c for name, (c, _) in curves_all.items()}
 
@@ -570,7 +575,7 @@ def run_fkc(args, figs):
             ax.set_title(f"{name}: {label}", fontsize=9)
     fig.tight_layout()
     path = os.path.join(args.outdir, "fkc_gaussian_mixture.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     figs.append(path)
     return "\n".join(lines)
 
@@ -584,7 +589,7 @@ def main(argv=None):
                         help="PRM(s) of the learned arithmetic world: the noisy step verifier, the learned "
                              "(Math-Shepherd-style) PRM, or both (default; --quick runs the learned-PRM "
                              "comparison at budgets 1-16 only)")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     os.makedirs(args.outdir, exist_ok=True)
     budgets = [1, 2, 4, 8, 16, 32, 64, 128]
     figs = []

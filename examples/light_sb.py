@@ -20,18 +20,20 @@ import jax
 import numpy as np
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.testing import gaussian_mixture_benchmark
 
 
 def run_instance(dim: int, epsilon: float, *, num_train: int, num_steps: int, num_test: int, seed: int = 0,
-                 covariance: str = "diag", num_components: int = 10):
+                 covariance: str = "diag", num_components: int = 10, progress_bar: bool = False):
     keys = jax.random.split(jax.random.key(seed + 1000 * dim + int(100 * epsilon)), 5)
     bench = gaussian_mixture_benchmark(keys[0], dim, epsilon)
     x0 = bench.sample_source(keys[1], num_train)
     x1 = bench.sample_target(keys[2], num_train)
     start = time.perf_counter()
     sb = bk.bridges.LightSB.fit(keys[3], x0, x1, epsilon=epsilon, num_components=num_components,
-                                covariance=covariance, num_steps=num_steps, batch_size=128, learning_rate=1e-2)
+                                covariance=covariance, num_steps=num_steps, batch_size=128, learning_rate=1e-2,
+                                progress_bar=progress_bar)
     jax.block_until_ready(sb.params)
     seconds = time.perf_counter() - start
     xt = bench.sample_source(keys[4], num_test)
@@ -69,11 +71,10 @@ def plot_2d(result, path):
     axes[1].scatter(*traj[-1].T, s=8, color="C2")
     axes[1].set_title("simulated bridge SDE trajectories")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, path, dpi=120)
 
 
-def main(outdir: str = "out/lightsb", quick: bool = False, seed: int = 0) -> list[dict]:
+def main(outdir: str = "out/lightsb", quick: bool = False, seed: int = 0, progress_bar: bool = False) -> list[dict]:
     os.makedirs(outdir, exist_ok=True)
     if quick:
         grid = [(2, 0.1), (2, 1.0), (16, 1.0)]
@@ -83,7 +84,7 @@ def main(outdir: str = "out/lightsb", quick: bool = False, seed: int = 0) -> lis
         settings = dict(num_train=10000, num_steps=5000, num_test=500)
     rows = []
     for dim, eps in grid:
-        res = run_instance(dim, eps, seed=seed, **settings)
+        res = run_instance(dim, eps, seed=seed, progress_bar=progress_bar, **settings)
         rows.append(res)
         print(f"D={dim:3d} eps={eps:5.1f}  cBW2-UVP={res['cbw2_uvp']:7.3f}%  BW2-UVP={res['bw2_uvp']:7.3f}%  "
               f"fit {res['seconds']:6.1f} s", flush=True)
@@ -104,5 +105,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outdir", default="out/lightsb")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    main(args.outdir, args.quick)
+    args = parse_example_args(parser)
+    main(args.outdir, args.quick, progress_bar=args.progress_bar)

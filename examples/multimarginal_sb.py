@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.datasets import load_sbirr
 
 TASKS = {
@@ -104,8 +105,7 @@ def plot_task(res, path):
         ax.set_xlabel("x1")
     axes[0].set_ylabel("x2")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, path, dpi=120)
 
 
 def main(outdir: str = "out/sbirr", quick: bool = False, seed: int = 0) -> dict:
@@ -145,5 +145,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outdir", default="out/sbirr")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parse_example_args(parser)
     main(args.outdir, args.quick)

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import bayeskit as bk  # noqa: E402
+from bayeskit.cli import parse_example_args  # noqa: E402
 
 M = bk.meta
 B = bk.testing.meta_baselines
@@ -134,7 +135,8 @@ def sine_experiment(key, shots, args, outdir):
     niw = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=args.eta,
                     sgld_temperature=0.01, num_burnin=2, num_sgld_samples=3, max_grad_norm=1000.0,
                     optimizer=optax.adam(1e-2), batch_size=batch,
-                    num_steps=num_steps, chunk_size=max(1, num_steps // 10), init_prior_std=1.0)
+                    num_steps=num_steps, chunk_size=max(1, num_steps // 10), init_prior_std=1.0,
+                    progress_bar=args.progress_bar)
     niw_fit = niw.fit(k_niw, train_sampler)
     t_niw = time.perf_counter() - t0
     mamls = {}
@@ -218,7 +220,7 @@ def classification_experiment(key, shots, args):
     steps = max(50, args.steps // 2)
     niw = M.NIWMeta(model, covariance="diag", local_approximation="laplace", num_inner_steps=5,
                     inner_step_size=0.05, optimizer=optax.adam(3e-2), batch_size=args.batch, num_steps=steps,
-                    chunk_size=max(1, steps // 5))
+                    chunk_size=max(1, steps // 5), progress_bar=args.progress_bar)
     niw_fit = niw.fit(k_niw, sampler)
     maml = B.maml(k_maml, model, sampler, num_support=ways * shots, inner_steps=5, inner_learning_rate=0.1,
                   optimizer=optax.adam(1e-2), batch_size=args.batch, num_steps=steps)
@@ -244,9 +246,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outdir", default="out/niw_meta")
     parser.add_argument("--quick", action="store_true")
-    a = parser.parse_args(argv)
+    a = parse_example_args(parser, argv)
     args = argparse.Namespace(steps=150 if a.quick else 1500, batch=8 if a.quick else 16,
-                              test_tasks=40 if a.quick else 300, samples=16 if a.quick else 50, eta=2e-3)
+                              test_tasks=40 if a.quick else 300, samples=16 if a.quick else 50, eta=2e-3,
+                              progress_bar=a.progress_bar)
     os.makedirs(a.outdir, exist_ok=True)
     # JAX's persistent compilation cache: the second MAML (another learning rate, same program through
     # optax.inject_hyperparams) and the repeated adaptation calls reuse compiled programs, and a re-run skips
@@ -310,8 +313,7 @@ def main(argv=None):
         ax.set_yscale("log")
         ax.set_title(f"learned prior std of θ by layer, K={shots}")
     fig.tight_layout()
-    fig.savefig(os.path.join(a.outdir, "niw_sine.png"), dpi=110)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(a.outdir, "niw_sine.png"), dpi=110)
 
     lines.append("\nFew-shot classification on fixed features (5-way; accuracy ± s.e., NLL, ECE)")
     lines.append(f"{'K':>3} {'method':<15} {'accuracy':>15} {'NLL':>8} {'ECE':>7}")
@@ -327,8 +329,7 @@ def main(argv=None):
         axes[j].set_ylabel("feature")
         fig.colorbar(im, ax=axes[j])
     fig.tight_layout()
-    fig.savefig(os.path.join(a.outdir, "niw_classification.png"), dpi=110)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(a.outdir, "niw_classification.png"), dpi=110)
 
     table = "\n".join(lines)
     print(table)

@@ -32,6 +32,7 @@ from numpyro.contrib.control_flow import scan
 from numpyro.infer import NUTS, Predictive
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 
 
 # %% [markdown]
@@ -88,7 +89,7 @@ def rotating_counts(counts=None, marks=None, num_steps=60):
 # ## From NumPyro form to particle Gibbs and ArviZ
 
 # %%
-def run(name, model, args, init_params, key, num_iterations, num_particles):
+def run(name, model, args, init_params, key, num_iterations, num_particles, progress_bar=False):
     ssm = bk.StateSpaceModel.from_numpyro(model, *args)
     st = ssm.structure
     print(f"\n== {name}: globals {st.global_sites}, initial state {st.initial_sites}, state {st.state_sites} "
@@ -97,7 +98,8 @@ def run(name, model, args, init_params, key, num_iterations, num_particles):
     t0 = time.perf_counter()
     pg = bk.smc.particle_gibbs(key, ssm, init_params, ssm.ys, num_particles=num_particles,
                                num_iterations=num_iterations, burn_in=burn_in,
-                               parameter_update=bk.smc.NumPyroUpdate(NUTS, num_warmup=burn_in))
+                               parameter_update=bk.smc.NumPyroUpdate(NUTS, num_warmup=burn_in),
+                               progress_bar=progress_bar)
     jax.block_until_ready(pg.paths)
     print(f"particle Gibbs: {num_iterations} sweeps, N = {num_particles}, {time.perf_counter() - t0:.1f} s "
           "(compile included)")
@@ -114,7 +116,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer sweeps")
     parser.add_argument("--num-iterations", type=int, default=None, help="particle Gibbs sweeps per model")
     parser.add_argument("--outdir", default="results/numpyro_models", help="where the table goes")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     num_iterations = args.num_iterations or (60 if args.quick else 200)
     os.makedirs(args.outdir, exist_ok=True)
     key = jax.random.key(0)
@@ -130,21 +132,31 @@ def main(argv=None):
     draw = sim(jax.random.fold_in(k_data, 4))
     counts, marks = draw["count"][0], draw["mark"][0]
 
+    # the simulated states, as the models' rows (row 0: the initial state) for the figure
+    truths = {"local level": np.concatenate([[np.nan], np.asarray(level)]), "stochastic volatility": np.asarray(s),
+              "2-D nonlinear": np.concatenate([np.asarray(draw["z0"]), np.asarray(draw["z"][0])])}
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), constrained_layout=True)
     rows = []
-    for name, model, margs, init, k in [
+    for ax, (name, model, margs, init, k) in zip(axes, [
         ("local level", local_level, (y,), {"sigma": jnp.asarray(0.5), "tau": jnp.asarray(0.5)}, k1),
         ("stochastic volatility", stochastic_volatility, (returns,),
          {"sigma": jnp.asarray(0.05), "nu": jnp.asarray(5.0)}, k2),
         ("2-D nonlinear", rotating_counts, (counts, marks),
          {"omega": jnp.asarray(0.3), "sigma": jnp.asarray(0.5)}, k3),
-    ]:
-        ssm, pg, idata = run(name, model, margs, init, k, num_iterations, num_particles=64)
+    ]):
+        ssm, pg, idata = run(name, model, margs, init, k, num_iterations, num_particles=64,
+                             progress_bar=args.progress_bar)
+        # smoothed states (each particle-Gibbs draw is a whole path) against the simulated truth
+        bk.plots.states(pg, labels=["particle Gibbs"], truth=truths[name], ax=ax, title=name)
         summ = az.summary(idata, var_names=list(ssm.structure.global_sites))
         for var in ssm.structure.global_sites:
             rows.append(f"| {name} | {var} | {float(summ.loc[var, 'mean']):.3f} | {float(summ.loc[var, 'sd']):.3f} "
                         f"| {float(summ.loc[var, 'ess_bulk']):.0f} |")
     table = "| model | global | posterior mean | sd | ESS (bulk) |\n|---|---|---|---|---|\n" + "\n".join(rows)
     print("\n" + table)
+    bk.plots.save(fig, os.path.join(args.outdir, "numpyro_models_states.png"))
     with open(os.path.join(args.outdir, "numpyro_models.md"), "w") as fh:
         fh.write(table + "\n")
     return table

@@ -29,6 +29,7 @@ import scipy.optimize as so
 from numpyro.distributions import constraints
 
 import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.models import linear_gaussian as lg
 from bayeskit.models import stochastic_volatility as sv
 
@@ -70,7 +71,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (under two minutes of CPU)")
     parser.add_argument("--outdir", default="outputs/paris_ppg")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     jax.config.update("jax_enable_x64", True)
     os.makedirs(args.outdir, exist_ok=True)
     quick = args.quick
@@ -130,7 +131,8 @@ def main(argv=None):
         t0 = time.perf_counter()
         fits[est] = bk.smc.fit(jax.random.key(3), AR, init, ys, estimator=est, num_iterations=iters,
                                num_particles=32, constraints=cons,
-                               optimizer=optax.adam(optax.exponential_decay(0.05, iters, 0.05)))
+                               optimizer=optax.adam(optax.exponential_decay(0.05, iters, 0.05)),
+                               progress_bar=args.progress_bar)
         fits[est] = (fits[est], time.perf_counter() - t0)
     print(f"\nMLE on the linear-Gaussian model (T = {T}, N = 32, {iters} iterations; Polyak mean of the last third)")
     print(f"{'parameter':<10}{'true':>8}{'Kalman MLE':>12}{'PPG':>9}{'PaRIS':>9}")
@@ -146,7 +148,8 @@ def main(argv=None):
     sv_iters = 200 if quick else 800
     sv_fit = bk.smc.fit(jax.random.key(5), sv.ssm, {"mu": 0.0, "phi": 0.5, "sigma": 1.0}, ys_sv,
                         num_iterations=sv_iters, num_particles=32,
-                        optimizer=optax.adam(optax.exponential_decay(0.05, sv_iters, 0.1)))
+                        optimizer=optax.adam(optax.exponential_decay(0.05, sv_iters, 0.1)),
+                        progress_bar=args.progress_bar)
     print(f"\nstochastic volatility (T = {ys_sv.shape[0]}, PPG MLE, constraints from the model's prior)")
     for name in ("mu", "phi", "sigma"):
         print(f"{name:<8} true {float(sv_true[name]):>7.3f}   learned {float(sv_fit.params[name]):>7.3f}")
@@ -185,7 +188,7 @@ def main(argv=None):
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(args.outdir, "paris_ppg.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     print(f"\nfigure written to {path}")
 
     # the learned SV model: filtering and FFBS smoothing bands against the true log-volatility, and the
@@ -197,7 +200,7 @@ def main(argv=None):
                     title="stochastic volatility at the learned parameters: log-volatility x_t")
     bk.plots.smc_diagnostics(pf_sv, axes=axes[1:])
     path = os.path.join(args.outdir, "sv_states.png")
-    fig.savefig(path, dpi=120)
+    bk.plots.save(fig, path, dpi=120)
     print(f"figure written to {path}")
     return rows
 

@@ -37,6 +37,8 @@ import numpyro
 import numpyro.distributions as dist
 from scipy import integrate, stats
 
+import bayeskit as bk
+from bayeskit.cli import parse_example_args
 from bayeskit.inference.smc import tempered
 
 PRIOR_LOC, NOISE, THETA_TRUE, NUM_OBS = 0.25, 1.0, 2.0, 20
@@ -86,7 +88,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer particles and runs")
     parser.add_argument("--outdir", default="results/tempered", help="where figures and tables go")
-    args = parser.parse_args(argv)
+    args = parse_example_args(parser, argv)
     os.makedirs(args.outdir, exist_ok=True)
     import matplotlib
 
@@ -98,10 +100,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     lines = []
 
-    # %% [markdown]
-    # ## 1. Bimodal posterior: NUTS vs tempered SMC
-
-    # %%
+    # ---- 1. Bimodal posterior: NUTS vs tempered SMC
     y = jnp.asarray(rng.normal(THETA_TRUE**2, NOISE, NUM_OBS))
     w_true, log_z_true, density, norm = bimodal_truth(y)
 
@@ -117,6 +116,8 @@ def main(argv=None):
         results.append(tempered(jax.random.key(10 + r), bimodal_model, y, num_particles=num_particles,
                                 kernel="rwm", target_ess=0.5))
     t_smc = (time.perf_counter() - t0) / num_runs
+    fig = bk.plots.smc_diagnostics(results[0], title="tempered SMC on the bimodal posterior: ESS per tempering step")
+    bk.plots.save(fig, os.path.join(args.outdir, "tempered_ess.png"))
     w_smc = np.array([np.mean(np.asarray(res.samples["theta"]) > 0) for res in results])
     lz_smc = np.array([float(res.log_evidence) for res in results])
     se = lambda a: a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else float("nan")  # noqa: E731
@@ -141,8 +142,7 @@ def main(argv=None):
         axes[1].plot(c, lw=0.5, label=f"chain {i}")
     axes[1].set(xlabel="iteration", ylabel="theta", title="NUTS chains stay in one mode")
     fig.tight_layout()
-    fig.savefig(os.path.join(args.outdir, "bimodal.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(args.outdir, "bimodal.png"), dpi=120)
 
     res = results[0]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -155,13 +155,9 @@ def main(argv=None):
     axes[1].set(xlabel="tempering step n", ylim=(0, 1.05))
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.outdir, "ladder.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(args.outdir, "ladder.png"), dpi=120)
 
-    # %% [markdown]
-    # ## 2. Model comparison by the evidence
-
-    # %%
+    # ---- 2. Model comparison by the evidence
     x = jnp.asarray(np.linspace(-1.5, 1.5, 30))
     y_reg = jnp.asarray(1.0 + 0.5 * np.asarray(x) - 0.8 * np.asarray(x) ** 2 + rng.normal(0, 0.3, 30))
     degrees = [1, 2, 3, 4]
@@ -185,8 +181,7 @@ def main(argv=None):
     ax.set(xlabel="polynomial degree", ylabel="log p(y | degree)", xticks=degrees, title="evidence (truth: degree 2)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.outdir, "evidence.png"), dpi=120)
-    plt.close(fig)
+    bk.plots.save(fig, os.path.join(args.outdir, "evidence.png"), dpi=120)
 
     table = "\n".join(lines)
     print(table)

@@ -8,8 +8,10 @@ from bayeskit import __version__, cli
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    cli.main(["demo", "--outdir", str(out), "--num-particles", "256"])
-    text = capsys.readouterr().out
+    cli.main(["demo", "--outdir", str(out), "--num-particles", "256", "--no-progress"])
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "bayeskit demo" not in captured.err and "repeated filters" not in captured.err  # --no-progress
     assert "Kalman log-lik (exact)" in text and "stochastic volatility" in text
     assert (out / "filtered_states.png").stat().st_size > 10_000
     import arviz as az
@@ -124,3 +126,16 @@ def test_prepare_example_run_puts_the_compile_cache_in_the_outdir_unless_one_is_
     finally:
         jax.config.update("jax_compilation_cache_dir", configured)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
+
+
+def test_example_args_add_no_progress_and_parse_the_given_argv():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--outdir", default="out")
+    args = cli.parse_example_args(parser, ["--quick", "--no-progress"])
+    assert args.quick and args.progress_bar is False and args.outdir == "out"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--outdir", default="out")
+    assert cli.parse_example_args(parser, []).progress_bar is True

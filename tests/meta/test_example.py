@@ -15,7 +15,7 @@ def test_niw_meta_example_quick(tmp_path):
     spec = importlib.util.spec_from_file_location("niw_meta_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    results = module.main(["--quick", "--outdir", str(tmp_path)])
+    results = module.main(["--quick", "--no-progress", "--outdir", str(tmp_path)])
     assert {"sine_K5", "sine_K10", "class_K1", "class_K5"} <= set(results)
     assert np.isfinite(results["sine_K5"]["NIW-Meta"]["mse"])
     for name in ("niw_sine.png", "niw_classification.png", "niw_meta_table.txt"):

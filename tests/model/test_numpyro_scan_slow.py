@@ -145,7 +145,7 @@ def test_numpyro_models_example_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("numpyro_models_example", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    table = mod.main(["--quick", "--num-iterations", "20", "--outdir", str(tmp_path)])
+    table = mod.main(["--quick", "--no-progress", "--num-iterations", "20", "--outdir", str(tmp_path)])
     rows = [r for r in table.splitlines()[2:] if r.startswith("|")]
     assert len(rows) == 6
     means = [float(r.split("|")[3]) for r in rows]

@@ -231,7 +231,7 @@ def test_example_runs_quick(tmp_path):
     spec = importlib.util.spec_from_file_location("paris_ppg_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rows = module.main(["--quick", "--outdir", str(tmp_path)])
+    rows = module.main(["--quick", "--no-progress", "--outdir", str(tmp_path)])
     assert (tmp_path / "paris_ppg.png").exists() and len(rows) == 3
 
 

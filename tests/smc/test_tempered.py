@@ -452,7 +452,7 @@ def test_example_quick(tmp_path):
     spec = importlib.util.spec_from_file_location("tempered_smc_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.main(["--quick", "--outdir", str(tmp_path)])
+    out = module.main(["--quick", "--no-progress", "--outdir", str(tmp_path)])
     for name in ("bimodal.png", "ladder.png", "evidence.png", "results.md"):
         assert (tmp_path / name).exists()
     # per-run sd of the SMC mode weight at N=1000 is 0.017 (measured over 16 runs): 4 se of a 2-run mean ~ 0.05

@@ -46,6 +46,7 @@ import optax
 from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
 from bayeskit.inference.bridges.gaussian import gaussian_bridge
+from bayeskit.progress import chunk_loop
 
 __all__ = [
     "LightSBParams",
@@ -383,24 +384,15 @@ class LightSB:
             params = init_params(key_init, x1, num_components, covariance=covariance, init_scale=init_scale)
         opt_state = optimizer.init(params)
         eps = jnp.asarray(epsilon, x0.dtype)
-        losses = []
-        bar = None
-        if progress_bar:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=num_steps, desc="LightSB")
-        done = 0
-        while done < num_steps:
-            n = min(chunk_size, num_steps - done)
-            params, opt_state, chunk = _train_chunk(jax.random.fold_in(key_train, done), params, opt_state, x0, x1,
-                                                    eps, optimizer=optimizer, num_steps=n, batch_size=batch_size)
-            losses.append(np.asarray(chunk))
-            done += n
-            if bar is not None:
-                bar.update(n)
-                bar.set_postfix(loss=float(chunk[-1]))
-        if bar is not None:
-            bar.close()
+        def run_chunk(carry, done, n):
+            params, opt_state, chunk = _train_chunk(jax.random.fold_in(key_train, done), *carry, x0, x1, eps,
+                                                    optimizer=optimizer, num_steps=n, batch_size=batch_size)
+            return (params, opt_state), np.asarray(chunk)
+
+        (params, opt_state), losses = chunk_loop(run_chunk, (params, opt_state), num_steps, chunk_size=chunk_size,
+                                                 progress_bar=progress_bar, desc="LightSB",
+                                                 postfix=lambda c, out: {"loss": float(out[-1])})
         history = np.concatenate(losses) if losses else np.zeros(0)
         if not np.all(np.isfinite(history[-min(10, len(history)):])) or not all(
                 bool(jnp.all(jnp.isfinite(p))) for p in params if p is not None):

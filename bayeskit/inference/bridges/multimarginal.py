@@ -57,6 +57,7 @@ from bayeskit.inference.bridges.linear import LinearLightSB, bridge_step_matrice
 from bayeskit.inference.bridges.metrics import emd as _emd
 from bayeskit.inference.bridges.reference import Brownian, Reference
 from bayeskit.inference.bridges.reference import simulate as _simulate_reference
+from bayeskit.progress import chunk_loop
 
 __all__ = ["GPDrift", "MultiMarginalResult", "multimarginal", "vanilla_sb", "ipf_interval", "gp_fit", "gp_predict"]
 
@@ -427,25 +428,19 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
     opts = dict(lengthscale=float(lengthscale), kernel=kernel, gp_mean=gp_mean, kernel_variance=kernel_variance,
                 num_ipf_iterations=num_ipf_iterations, max_gp_points=max_gp_points, lightsb_options=lsb_opts)
     one_pass = _one_pass_lightsb if solver == "lightsb" else _one_pass
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_refinements, desc="SBIRR")
     initial = reference
-    history = []
-    traj = None
-    for r in range(num_refinements):
+
+    def refine(carry, r, _):
+        reference, _ = carry
         traj = one_pass(jax.random.fold_in(key, r), snaps, times, reference, steps, dts, opts)
         if not np.all(np.isfinite(traj)):
             raise ConvergenceError(f"non-finite bridge trajectories at refinement {r}; decrease `time_step` "
                                    "or rescale the data")
         reference = reference.fit(traj, grid, num_iterations=fit_iterations)
-        history.append(reference.to_dict())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        return (reference, traj), reference.to_dict()
+
+    (reference, traj), history = chunk_loop(refine, (reference, None), num_refinements, chunk_size=1,
+                                            progress_bar=progress_bar, desc="SBIRR")
     return MultiMarginalResult(traj, grid, times, reference, tuple(history), snapshot_grid_index, initial)
 
 

@@ -25,6 +25,7 @@ from bayeskit.inference.meta.predictive import linearized_batch, sample_local_pr
 from bayeskit.inference.meta.result import NIWMetaResult
 from bayeskit.inference.meta.training import TrainState, build_step
 from bayeskit.inference.meta.validation import as_pair, batch_episodes, check_pd
+from bayeskit.progress import chunk_loop
 
 __all__ = ["NIWMeta"]
 
@@ -299,28 +300,19 @@ class NIWMeta:
             run_chunk = self._chunk_runner(mode, dataset_size, B, data if mode == "generator" else None)
             chunk_data = tuple(data) if mode == "arrays" else ()
 
-            chunk = min(self.chunk_size, num_steps)
-            bar = None
-            if self.progress_bar:
-                from tqdm.auto import tqdm
+            seconds = []
 
-                bar = tqdm(total=num_steps, desc="NIW-Meta")
-            infos, seconds = [], []
-            done = 0
-            while done < num_steps:
-                size = min(chunk, num_steps - done)
+            def timed_chunk(state, done, size):
                 keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(done, done + size))
                 t0 = time.perf_counter()
                 state, info = run_chunk(state, keys, *chunk_data)
                 jax.block_until_ready(info.elbo)
                 seconds.extend([(time.perf_counter() - t0) / size] * size)
-                infos.append(info)
-                done += size
-                if bar is not None:
-                    bar.update(size)
-                    bar.set_postfix(elbo=float(info.elbo[-1]))
-            if bar is not None:
-                bar.close()
+                return state, info
+
+            state, infos = chunk_loop(timed_chunk, state, num_steps, chunk_size=min(self.chunk_size, num_steps),
+                                      progress_bar=self.progress_bar, desc="NIW-Meta",
+                                      postfix=lambda _, info: {"elbo": float(info.elbo[-1])})
             info = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *infos)
             seconds = np.asarray(seconds)
             steps_done = num_steps

@@ -51,6 +51,7 @@ from bayeskit.errors import ConfigurationError, DegenerateWeightsError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._feynman_kac import FeynmanKac
 from bayeskit.inference.smc.resampling import adaptive, get_scheme
+from bayeskit.progress import progress
 
 __all__ = ["VESDE", "GaussianMixture", "product_of_mixtures", "FKCResult", "fkc_sample", "mmd"]
 
@@ -236,19 +237,19 @@ def fkc_feynman_kac(score_fns: Sequence[Callable], betas, sde: VESDE, num_steps:
 
 
 @partial(jax.jit, static_argnames=("score_fns", "log_densities", "num_steps", "dim", "weighted", "num_particles",
-                                   "resampling", "threshold"))
+                                   "resampling", "threshold", "progress_bar"))
 def _fkc_run(key, betas, sde, t_min, *, score_fns, log_densities, num_steps, dim, weighted, num_particles,
-             resampling, threshold):
+             resampling, threshold, progress_bar=False):
     fk, times = fkc_feynman_kac(score_fns, betas, sde, num_steps, t_min=t_min, log_densities=log_densities, dim=dim,
                                 weighted=weighted)
-    state, out = engine.run(key, fk, num_particles, strategy=adaptive(resampling, threshold))
+    state, out = engine.run(key, fk, num_particles, strategy=adaptive(resampling, threshold), progress_bar=progress_bar)
     return state, out, times
 
 
 def fkc_sample(key, score_fns: Sequence[Callable], betas, *, num_particles: int = 1000, num_steps: int = 200,
                sde: VESDE = VESDE(), dim: int = 2, log_densities: Sequence[Callable] | None = None,
                weighted: bool = True, resampling="systematic", ess_threshold: float = 0.5,
-               t_min: float = 1e-3) -> FKCResult:
+               t_min: float = 1e-3, progress_bar: bool = False) -> FKCResult:
     r"""Sample :math:`p_0 \propto \prod_i (q^i_0)^{\beta_i}` from score models with Feynman–Kac correctors.
 
     Args:
@@ -266,6 +267,7 @@ def fkc_sample(key, score_fns: Sequence[Callable], betas, *, num_particles: int 
         resampling: SMC resampling scheme.
         ess_threshold: resample when ESS < threshold × N.
         t_min: final diffusion time.
+        progress_bar: show a tqdm bar of the diffusion steps.
 
     Returns:
         :class:`FKCResult`.
@@ -295,10 +297,13 @@ def fkc_sample(key, score_fns: Sequence[Callable], betas, *, num_particles: int 
     # one compiled program per (score functions, static options, shapes): pass the same score functions
     # (built once, not a fresh lambda per call) to reuse it (docs/scaling.md)
     thr = float(ess_threshold) if weighted else 0.0
-    state, out, times = _fkc_run(key, jnp.asarray(b), sde, t_min, score_fns=tuple(score_fns),
-                                 log_densities=None if log_densities is None else tuple(log_densities),
-                                 num_steps=num_steps, dim=int(dim), weighted=bool(weighted),
-                                 num_particles=num_particles, resampling=resampling, threshold=thr)
+    with progress(progress_bar, num_steps, "FKC"):
+        state, out, times = _fkc_run(key, jnp.asarray(b), sde, t_min, score_fns=tuple(score_fns),
+                                     log_densities=None if log_densities is None else tuple(log_densities),
+                                     num_steps=num_steps, dim=int(dim), weighted=bool(weighted),
+                                     num_particles=num_particles, resampling=resampling, threshold=thr,
+                                     progress_bar=bool(progress_bar))
+        jax.block_until_ready(state.log_weights)
     if bool(np.any(np.asarray(out.info.nonfinite))):
         raise DegenerateWeightsError("FKC weights became non-finite (check the score functions and `num_steps`)")
     lw = np.asarray(state.log_weights)

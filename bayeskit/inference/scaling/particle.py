@@ -79,6 +79,7 @@ from bayeskit.inference.smc import engine as smc_engine
 from bayeskit.inference.smc import FeynmanKac
 from bayeskit.inference.smc.resampling import ess as ess_fn
 from bayeskit.inference.smc.resampling import adaptive, conditional, frozen, get_scheme
+from bayeskit.progress import progress, tick
 
 __all__ = [
     "Particles",
@@ -165,7 +166,7 @@ class _Slot(NamedTuple):
 
 def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states, *, weights: str = "per_step",
               temperature=1.0, ess_threshold: float = 1.0, resampling="systematic", reference=None,
-              resample: bool = True) -> SweepOutput:
+              resample: bool = True, progress_bar: bool = False) -> SweepOutput:
     """One (conditional) SMC sweep over a generator; pure, call inside ``jit`` / ``vmap``.
 
     Args:
@@ -228,7 +229,7 @@ def smc_sweep(key, generator: Generator, reward_model: RewardModel, init_states,
                 jnp.sum(particles.live).astype(jnp.int32), jnp.any(bad), jnp.argmax(bad).astype(jnp.int32))
 
     stf, out = smc_engine.run(key, fk, n, strategy=strategy, accumulators=(smc_engine.summary(record),),
-                              keep_ancestors=True)
+                              keep_ancestors=True, progress_bar=progress_bar)
     ((hist, hlw, phi, calls, bad, bad_idx),) = out.records
     xf = Particles(stf.particles.state, stf.particles.reward)
     return SweepOutput(xf, stf.log_weights, hist, hlw, phi, out.info.ancestors, out.info.resampled,
@@ -425,12 +426,12 @@ def _history(out: SweepOutput, generator):
     return {k: np.asarray(v) for k, v in h.items()}
 
 
-@partial(jax.jit, static_argnames=("generator", "reward_model", "resampling"))
+@partial(jax.jit, static_argnames=("generator", "reward_model", "resampling", "progress_bar"))
 def _pf_jit(key, init_states, temperature, generator, reward_model, weights, ess_threshold, resampling,
-            selection, resample=True):
+            selection, resample=True, progress_bar=False):
     k_run, k_sel = jax.random.split(key)
     out = smc_sweep(k_run, generator, reward_model, init_states, weights=weights, temperature=temperature,
-                    ess_threshold=ess_threshold, resampling=resampling, resample=resample)
+                    ess_threshold=ess_threshold, resampling=resampling, resample=resample, progress_bar=progress_bar)
     answers = generator.answer(out.particles.state)
     outcome = reward_model.outcome_fn()(out.particles.state)
     ans, idx = select_answer(k_sel, answers, out.log_weights, selection)
@@ -440,7 +441,7 @@ def _pf_jit(key, init_states, temperature, generator, reward_model, weights, ess
 def particle_filtering(key, generator: Generator, reward_model: RewardModel, prompt, *, num_particles=None,
                        budget=None, weights: str = "per_step", temperature: float = 1.0,
                        ess_threshold: float = 1.0, resampling="multinomial",
-                       selection: str = "argmax") -> ScalingResult:
+                       selection: str = "argmax", progress_bar: bool = False) -> ScalingResult:
     """Particle filtering over a generator weighted by a process reward model (Puri et al. 2025).
 
     Args:
@@ -459,6 +460,7 @@ def particle_filtering(key, generator: Generator, reward_model: RewardModel, pro
             samples multinomially.
         selection: ``"argmax"`` (highest final weight), ``"vote"`` (weighted majority vote) or
             ``"sample"``.
+        progress_bar: show a tqdm bar of the generation steps.
 
     Returns:
         :class:`ScalingResult` with the final pool, per-step history, budget and generator calls.
@@ -476,9 +478,11 @@ def particle_filtering(key, generator: Generator, reward_model: RewardModel, pro
     _check_common(key, generator, reward_model, prompt, temperature, selection, weights, ess_threshold, n)
     get_scheme(resampling)
     init_states = _initial_states(generator, prompt, n)
-    out, answers, outcome, ans, idx = _pf_jit(key, init_states, float(temperature), generator, reward_model,
-                                               WEIGHTS.index(weights), float(ess_threshold), resampling,
-                                               SELECTIONS.index(selection))
+    with progress(progress_bar, generator.max_steps, "particle filtering"):
+        out, answers, outcome, ans, idx = _pf_jit(key, init_states, float(temperature), generator, reward_model,
+                                                   WEIGHTS.index(weights), float(ess_threshold), resampling,
+                                                   SELECTIONS.index(selection), progress_bar=bool(progress_bar))
+        jax.block_until_ready(out.log_weights)
     _finish(generator, reward_model, out)
     calls = int(np.sum(out.calls))
     return ScalingResult("particle_filtering", int(ans), int(idx), np.asarray(answers), np.asarray(out.log_weights),
@@ -515,8 +519,8 @@ def weighted_majority_vote(key, generator, reward_model, prompt, *, budget: int)
 # ------------------------------------------------------------------------------- particle Gibbs
 
 
-@partial(jax.jit, static_argnames=("generator", "reward_model", "num_iterations"))
-def _pg_jit(key, init_states, temperatures, generator, reward_model, weights, num_iterations):
+@partial(jax.jit, static_argnames=("generator", "reward_model", "num_iterations", "progress_bar"))
+def _pg_jit(key, init_states, temperatures, generator, reward_model, weights, num_iterations, progress_bar=False):
     """Particle Gibbs / parallel tempering: ``temperatures`` (K,) chains (K = 1: particle Gibbs)."""
     num_chains = temperatures.shape[0]
 
@@ -559,6 +563,7 @@ def _pg_jit(key, init_states, temperatures, generator, reward_model, weights, nu
         refs, scores = carry
         it, k = inp
         k_sw, k_run, k_pick = jax.random.split(k, 3)
+        tick(it + 1, num_iterations, progress_bar)
         out = jax.vmap(sweep)(jax.random.split(k_run, num_chains), temperatures, refs)
         new_refs, new_scores, _ = jax.vmap(pick)(jax.random.split(k_pick, num_chains), out)
         acc = jnp.zeros((num_chains,), bool)
@@ -593,12 +598,14 @@ def _pg_jit(key, init_states, temperatures, generator, reward_model, weights, nu
 
 
 def _pg_driver(method, key, generator, reward_model, prompt, num_particles, num_iterations, budget, weights,
-               temperatures, selection):
+               temperatures, selection, progress_bar=False):
     k_run, k_sel = jax.random.split(key)
     init_states = _initial_states(generator, prompt, num_particles)
     temps = jnp.asarray(temperatures, jnp.result_type(float))
-    summ, final_states = _pg_jit(k_run, init_states, temps, generator, reward_model, WEIGHTS.index(weights),
-                                 num_iterations)
+    with progress(progress_bar, num_iterations, method.replace("_", " ")):
+        summ, final_states = _pg_jit(k_run, init_states, temps, generator, reward_model, WEIGHTS.index(weights),
+                                     num_iterations, progress_bar=bool(progress_bar))
+        jax.block_until_ready(summ)
     raise_pending_errors(generator, reward_model)
     (lw, hlw, anc, rew, ess, calls, bad, bad_idx, answers, outcome, ref_ans, acc) = (np.asarray(a) for a in summ)
     _raise_bad_reward(bad, bad_idx, rew)
@@ -625,7 +632,7 @@ def _pg_driver(method, key, generator, reward_model, prompt, num_particles, num_
 
 def particle_gibbs(key, generator: Generator, reward_model: RewardModel, prompt, *, num_particles: int = 4,
                    num_iterations=None, budget=None, weights: str = "per_step", temperature: float = 1.0,
-                   selection: str = "argmax") -> ScalingResult:
+                   selection: str = "argmax", progress_bar: bool = False) -> ScalingResult:
     """Particle Gibbs over a generator (iterated conditional SMC, Puri et al. 2025 §3.2).
 
     Budget = ``num_iterations`` × ``num_particles`` rollouts; give ``budget`` (then
@@ -633,7 +640,8 @@ def particle_gibbs(key, generator: Generator, reward_model: RewardModel, prompt,
     drawn :math:`\\propto W_T` at the end of an iteration is pinned to the last slot of the next
     iteration and survives its resampling; the answer is chosen (``selection``) from the last
     iteration's pool. ``extras["reference_answers"]`` holds the reference's answer after every
-    iteration: a Markov chain that leaves the Feynman–Kac target invariant.
+    iteration: a Markov chain that leaves the Feynman–Kac target invariant. ``progress_bar`` shows a
+    tqdm bar of the iterations (default False).
     """
     num_particles = check_positive_int(num_particles, "num_particles", minimum=2)
     if num_iterations is None:
@@ -642,18 +650,20 @@ def particle_gibbs(key, generator: Generator, reward_model: RewardModel, prompt,
     num_iterations = check_positive_int(num_iterations, "num_iterations")
     _check_common(key, generator, reward_model, prompt, temperature, selection, weights, 1.0, num_particles)
     return _pg_driver("particle_gibbs", key, generator, reward_model, prompt, num_particles, num_iterations,
-                      budget, weights, [float(temperature)], selection)
+                      budget, weights, [float(temperature)], selection, progress_bar)
 
 
 def parallel_tempering(key, generator: Generator, reward_model: RewardModel, prompt, *, num_particles: int = 4,
                        temperatures=(1.0, 2.0, 4.0), num_iterations=None, budget=None,
-                       weights: str = "per_step", selection: str = "argmax") -> ScalingResult:
+                       weights: str = "per_step", selection: str = "argmax",
+                       progress_bar: bool = False) -> ScalingResult:
     """Parallel tempering of particle-Gibbs chains at several softmax temperatures.
 
     Chain ``k`` targets :math:`\\pi_k(x) \\propto p(x)\\prod_t G_t^{1/\\tau_k}`; after each sweep,
     adjacent chains swap references with the Metropolis probability of the module docstring. The
     first temperature is the target (the answer is read from it). Budget = iterations ×
-    len(temperatures) × num_particles rollouts.
+    len(temperatures) × num_particles rollouts. ``progress_bar`` shows a tqdm bar of the iterations
+    (default False).
     """
     num_particles = check_positive_int(num_particles, "num_particles", minimum=2)
     temps = [float(check_in_interval(t, "temperatures", 0.0, np.inf, closed="right")) for t in temperatures]
@@ -665,7 +675,7 @@ def parallel_tempering(key, generator: Generator, reward_model: RewardModel, pro
     num_iterations = check_positive_int(num_iterations, "num_iterations")
     _check_common(key, generator, reward_model, prompt, temps[0], selection, weights, 1.0, num_particles)
     return _pg_driver("parallel_tempering", key, generator, reward_model, prompt, num_particles, num_iterations,
-                      budget, weights, temps, selection)
+                      budget, weights, temps, selection, progress_bar)
 
 
 # ------------------------------------------------------------------------------- beam search

@@ -21,6 +21,7 @@ from bayeskit.errors import ConfigurationError, ConvergenceError, DataError, Mod
 from bayeskit.inference.sde.elbo import build_elbo
 from bayeskit.inference.sde.hurst import at_hurst, hurst_optimizer, profile_start, recenter_hurst
 from bayeskit.model.sde import SDE, validate_times
+from bayeskit.progress import chunk_loop
 
 __all__ = ["VIState", "VIInfo", "VIResult", "init", "step", "fit_vi"]
 
@@ -169,7 +170,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
            refine_ratio: float = 2.0, num_samples: int = 16,
            num_iterations: int = 1000, optimizer: Any = None, learning_rate: float = 1e-2, solver: Any = None,
            num_posterior_samples: int = 256, chunk_size: int = 50,
-           progress_bar: bool = True, dtype=None, hurst_warmup: int | None = None,
+           progress_bar: bool = False, dtype=None, hurst_warmup: int | None = None,
            hurst_learning_rate: Any = None, hurst_start: Any = None, noise_scale: bool | None = None) -> VIResult:
     r"""Fit the variational posterior of an SDE model to observed series (Daems et al., ICLR 2024).
 
@@ -199,7 +200,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         num_posterior_samples: posterior paths per series stored in the result; the final ELBO
             estimate (and its standard error) uses the same paths.
         chunk_size: the loop runs in jitted chunks of ``chunk_size`` steps.
-        progress_bar: show a tqdm bar, updated between chunks.
+        progress_bar: show a tqdm bar, updated between chunks (one bar per warm-up start, then the run).
         dtype: floating dtype of the variational parameters (default: JAX's default float).
         hurst_warmup: with ``learn_hurst``, the first steps (default ``num_iterations // 4``) fit the path
             posterior with H held fixed, at each of the ``hurst_start`` values at once; the run then
@@ -269,25 +270,13 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         state, info = step(k, state, elbo_fn, optimizer, num_samples)
         return state._replace(params=recenter_hurst(state.params)), info
 
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_iterations + (len(start_nodes) - 1) * (warmup if len(start_nodes) > 1 else 0),
-                   desc="fit_vi")
-
     def run(chunk_j, state, start, stop):
-        infos = []
-        while start < stop:
-            n = min(chunk_size, stop - start)
-            keys = jax.vmap(lambda i: jax.random.fold_in(k_loop, i))(jnp.arange(start, start + n))
-            state, info = chunk_j(state, keys)
-            infos.append(info)
-            start += n
-            if bar is not None:
-                bar.update(n)
-                bar.set_postfix(elbo=f"{float(np.mean(np.asarray(info.elbo)[-1])):.3f}")
-        return state, infos
+        def body(state, a, n):
+            keys = jax.vmap(lambda i: jax.random.fold_in(k_loop, i))(jnp.arange(start + a, start + a + n))
+            return chunk_j(state, keys)
+
+        return chunk_loop(body, state, stop - start, chunk_size=chunk_size, progress_bar=progress_bar, desc="fit_vi",
+                          postfix=lambda _, info: {"elbo": f"{float(np.mean(np.asarray(info.elbo)[-1])):.3f}"})
 
     chunk_j = jax.jit(lambda s, ks: jax.lax.scan(one, s, ks))
     infos = []
@@ -310,8 +299,6 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         state = init(vp0, optimizer)
     state, more = run(chunk_j, state, done, num_iterations)
     infos += more
-    if bar is not None:
-        bar.close()
     if infos:
         info = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *infos)
     else:

@@ -29,11 +29,11 @@ import numpy as np
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc import engine
-from bayeskit.inference.smc._chunks import run_chunked
 from bayeskit.inference.smc._backward import backward_sample, check_backward_model
 from bayeskit.inference.smc._feynman_kac import FeynmanKac, bootstrap
 from bayeskit.inference.smc._filtering import check_model
 from bayeskit.inference.smc.resampling import conditional
+from bayeskit.progress import run_chunked
 
 __all__ = [
     "CSMCInfo",

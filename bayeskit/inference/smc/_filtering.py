@@ -21,6 +21,7 @@ from bayeskit.errors import ConfigurationError, DegenerateWeightsError, ModelErr
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._feynman_kac import Proposal, bootstrap, guided
 from bayeskit.inference.smc.resampling import adaptive, get_scheme
+from bayeskit.progress import progress
 
 __all__ = ["ParticleFilterResult", "particle_filter", "weighted_moments"]
 
@@ -111,12 +112,14 @@ def weighted_moments(particles, log_weights):
     return mean, var
 
 
-@partial(jax.jit, static_argnames=("ssm", "num_particles", "resampling", "history", "proposal", "sharding"))
+@partial(jax.jit, static_argnames=("ssm", "num_particles", "resampling", "history", "proposal", "sharding",
+                                   "progress_bar"))
 def _run_filter(key, ssm, params, ys, ess_threshold, *, num_particles, resampling, history, proposal,
-                sharding):
+                sharding, progress_bar=False):
     fk = bootstrap(ssm, params, ys) if proposal is None else guided(ssm, params, ys, proposal)
     state, out = engine.run(key, fk, num_particles, strategy=adaptive(resampling, ess_threshold),
-                            accumulators=(engine.summary(weighted_moments),), history=history, sharding=sharding)
+                            accumulators=(engine.summary(weighted_moments),), history=history, sharding=sharding,
+                            progress_bar=progress_bar)
     return state, out
 
 
@@ -204,7 +207,7 @@ def check_model_params(ssm, params, name: str = "params"):
 
 def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampling: str = "systematic",
                     ess_threshold: float = 0.5, proposal: Proposal | None = None, history: bool = False,
-                    sharding=None) -> ParticleFilterResult:
+                    sharding=None, progress_bar: bool = False) -> ParticleFilterResult:
     """Run a bootstrap (or guided) particle filter on ``ys`` under ``ssm`` at ``params``.
 
     Args:
@@ -220,6 +223,7 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
         history: keep the particles, log-weights and ancestors of every step (O(TN) memory).
         sharding: a ``jax.sharding.Sharding`` for the particle axis (see
             :func:`bayeskit.distributed.particle_sharding`).
+        progress_bar: show a tqdm bar of the time steps (ignored when called inside ``jit``/``vmap``).
 
     Returns:
         :class:`ParticleFilterResult`.
@@ -250,8 +254,13 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
                 raise ConfigurationError(
                     f"`num_particles` ({num_particles}) must be divisible by the number of devices in "
                     f"`sharding` ({n_dev})")
-    state, out = _run_filter(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
-                             resampling=resampling, history=history, proposal=proposal, sharding=sharding)
+    progress_bar = bool(progress_bar) and not traced
+    with progress(progress_bar, jnp.shape(ys)[0], "particle filter"):
+        state, out = _run_filter(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
+                                 resampling=resampling, history=history, proposal=proposal, sharding=sharding,
+                                 progress_bar=progress_bar)
+        if progress_bar:
+            jax.block_until_ready(state.log_evidence)
     ((mean, var),) = out.records
     result = ParticleFilterResult(
         log_evidence=state.log_evidence,

@@ -35,7 +35,6 @@ import numpy as np
 
 from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, ConvergenceError, ModelError
-from bayeskit.inference.smc._chunks import run_chunked
 from bayeskit.inference.smc._csmc import step_log_density
 from bayeskit.inference.smc._feynman_kac import Proposal, bootstrap, guided
 from bayeskit.inference.smc._filtering import check_model_params
@@ -43,6 +42,7 @@ from bayeskit.inference.smc._backward import DEFAULT_NUM_TRIALS, check_backward_
 from bayeskit.inference.smc._paris import leaves_dict, run_paris
 from bayeskit.inference.smc._ppg import conditional_paris, initial_reference
 from bayeskit.inference.smc.resampling import adaptive
+from bayeskit.progress import run_chunked
 
 __all__ = ["FitResult", "fit", "score"]
 

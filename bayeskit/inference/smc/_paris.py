@@ -44,6 +44,7 @@ from bayeskit.inference.smc._backward import (DEFAULT_NUM_TRIALS, check_backward
 from bayeskit.inference.smc._feynman_kac import FeynmanKac, bootstrap
 from bayeskit.inference.smc._filtering import check_model, check_weights
 from bayeskit.inference.smc.resampling import Strategy, adaptive, get_scheme
+from bayeskit.progress import progress
 
 __all__ = ["PaRISResult", "paris", "forward_smoother", "paris_accumulator", "forward_smoother_accumulator",
            "run_paris", "default_functional", "weighted_mean", "check_functional", "leaves_dict",
@@ -166,13 +167,13 @@ class PaRISOutput(NamedTuple):
 def run_paris(key, fk: FeynmanKac, num_particles: int, functional: Callable, *, strategy: Strategy | None = None,
               num_backward: int = 2, log_bound: Callable | None = None, num_trials: int = DEFAULT_NUM_TRIALS,
               max_trials: int | None = None, chunk_size: int | None = None, online: bool = False,
-              exact: bool = False) -> PaRISOutput:
+              exact: bool = False, progress_bar: bool = False) -> PaRISOutput:
     """PaRIS on the engine (``exact=True``: the O(N²) forward-only smoother on the same particle system).
     Pure and jittable; memory O(N)."""
     acc = (forward_smoother_accumulator(functional, online=online) if exact else
            paris_accumulator(functional, num_backward=num_backward, log_bound=log_bound, num_trials=num_trials,
                              max_trials=max_trials, chunk_size=chunk_size, online=online))
-    state, out = engine.run(key, fk, num_particles, strategy=strategy, accumulators=(acc,))
+    state, out = engine.run(key, fk, num_particles, strategy=strategy, accumulators=(acc,), progress_bar=progress_bar)
     (stats,), (rec,) = out.carries, out.records
     return PaRISOutput(state, stats, weighted_mean(state.log_weights, stats), out.info, rec)
 
@@ -294,13 +295,16 @@ def validate_smoother_args(key, ssm, params, ys, num_particles, num_backward, nu
 
 
 @partial(jax.jit, static_argnames=("ssm", "num_particles", "functional", "num_backward", "resampling", "num_trials",
-                                   "max_trials", "log_transition_bound", "chunk_size", "online", "exact"))
+                                   "max_trials", "log_transition_bound", "chunk_size", "online", "exact",
+                                   "progress_bar"))
 def _paris_jit(key, ssm, params, ys, ess_threshold, *, num_particles, functional, num_backward, resampling,
-               num_trials, log_transition_bound, chunk_size, online, max_trials=None, exact=False):
+               num_trials, log_transition_bound, chunk_size, online, max_trials=None, exact=False,
+               progress_bar=False):
     fk = bootstrap(ssm, params, ys)
     return run_paris(key, fk, num_particles, functional, strategy=adaptive(resampling, ess_threshold),
                      num_backward=num_backward, log_bound=log_bound_fn(ssm, params, log_transition_bound),
-                     num_trials=num_trials, max_trials=max_trials, chunk_size=chunk_size, online=online, exact=exact)
+                     num_trials=num_trials, max_trials=max_trials, chunk_size=chunk_size, online=online, exact=exact,
+                     progress_bar=progress_bar)
 
 
 def _result(out: PaRISOutput, online, num_particles, num_backward, num_trials) -> "PaRISResult":
@@ -315,7 +319,8 @@ def _result(out: PaRISOutput, online, num_particles, num_backward, num_trials) -
 def paris(key, ssm, params, ys, num_particles: int = 1000, *, num_backward: int = 2, functional: Callable | None = None,
           num_trials: int = DEFAULT_NUM_TRIALS, max_trials: int | None = None,
           log_transition_bound: Callable | None = None, resampling: str | Callable = "systematic",
-          ess_threshold: float = 1.0, online: bool = False, chunk_size: int | None = None) -> PaRISResult:
+          ess_threshold: float = 1.0, online: bool = False, chunk_size: int | None = None,
+          progress_bar: bool = False) -> PaRISResult:
     r"""PaRIS online additive smoothing (Olsson & Westerborn 2017) with the hybrid exact backward sampler.
 
     Estimates :math:`\mathbb E[\sum_{t=0}^{T-1} \tilde h_t(X_{t-1}, X_t) \mid y_{0:T-1}]` in one forward pass,
@@ -344,6 +349,7 @@ def paris(key, ssm, params, ys, num_particles: int = 1000, *, num_backward: int 
             and the cost stops being linear in N (``benchmarks/smoothing.py``).
         online: also return the estimate at every t (``online_estimates``).
         chunk_size: rows of the backward kernel computed at once by the exact fallback.
+        progress_bar: show a tqdm bar of the time steps (ignored when called inside ``jit``/``vmap``).
 
     Returns:
         :class:`PaRISResult`.
@@ -365,10 +371,14 @@ def paris(key, ssm, params, ys, num_particles: int = 1000, *, num_backward: int 
             max_trials=max_trials)
         get_scheme(resampling)
         ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
-    out = _paris_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
-                     functional=functional, num_backward=num_backward, resampling=resampling, num_trials=num_trials,
-                     log_transition_bound=log_transition_bound, chunk_size=chunk_size, online=online,
-                     max_trials=max_trials)
+    progress_bar = bool(progress_bar) and not traced
+    with progress(progress_bar, jnp.shape(ys)[0], "PaRIS"):
+        out = _paris_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
+                         functional=functional, num_backward=num_backward, resampling=resampling,
+                         num_trials=num_trials, log_transition_bound=log_transition_bound, chunk_size=chunk_size,
+                         online=online, max_trials=max_trials, progress_bar=progress_bar)
+        if progress_bar:
+            jax.block_until_ready(out.state.log_evidence)
     if not traced:
         check_weights(out.info.nonfinite, "paris")
     return _result(out, online, num_particles, num_backward, num_trials)

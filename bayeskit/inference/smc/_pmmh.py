@@ -29,6 +29,7 @@ from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._feynman_kac import bootstrap
 from bayeskit.inference.smc.resampling import adaptive
+from bayeskit.progress import progress, tick
 
 __all__ = ["pmmh", "PMMHResult"]
 
@@ -68,8 +69,8 @@ def _prior_density(prior: Callable):
     return log_density(model)
 
 
-@partial(jax.jit, static_argnames=("ssm", "dens", "num_particles", "num_iterations", "resampling"))
-def _run(key, z0, scale, ys, *, ssm, dens, num_particles, num_iterations, resampling):
+@partial(jax.jit, static_argnames=("ssm", "dens", "num_particles", "num_iterations", "resampling", "progress_bar"))
+def _run(key, z0, scale, ys, *, ssm, dens, num_particles, num_iterations, resampling, progress_bar=False):
     def loglik(k, z):
         params = dens.constrain(z, deterministic=False)
         fk = bootstrap(ssm, params, ys)
@@ -83,7 +84,9 @@ def _run(key, z0, scale, ys, *, ssm, dens, num_particles, num_iterations, resamp
         ll0 = loglik(k0, z_init)
         lp0 = dens.log_joint(z_init)
 
-        def body(carry, k):
+        def body(carry, inp):
+            k, i = inp
+            tick(i + 1, num_iterations, progress_bar)  # chains are vmapped: the bar shows the furthest
             v, ll, lp = carry
             kp, kf, ku = jax.random.split(k, 3)
             v_new = v + scale * jax.random.normal(kp, v.shape, v.dtype)
@@ -95,7 +98,8 @@ def _run(key, z0, scale, ys, *, ssm, dens, num_particles, num_iterations, resamp
             carry = (jnp.where(accept, v_new, v), jnp.where(accept, ll_new, ll), jnp.where(accept, lp_new, lp))
             return carry, (carry[0], carry[1], accept)
 
-        _, (vs, lls, acc) = jax.lax.scan(body, (v0, ll0, lp0), jax.random.split(kloop, num_iterations))
+        _, (vs, lls, acc) = jax.lax.scan(body, (v0, ll0, lp0),
+                                         (jax.random.split(kloop, num_iterations), jnp.arange(num_iterations)))
         return vs, lls, acc, ll0
 
     keys = jax.random.split(key, z0[next(iter(z0))].shape[0])
@@ -104,7 +108,7 @@ def _run(key, z0, scale, ys, *, ssm, dens, num_particles, num_iterations, resamp
 
 def pmmh(key, ssm, ys, *, prior: Callable | None = None, num_particles: int = 256, num_iterations: int = 1000,
          num_chains: int = 4, step_size: float | Any = 0.1, num_warmup: int = 0, init_params: dict | None = None,
-         resampling: str = "systematic") -> PMMHResult:
+         resampling: str = "systematic", progress_bar: bool = False) -> PMMHResult:
     """Run ``num_chains`` PMMH chains in parallel (one batched particle filter per iteration).
 
     Args:
@@ -118,6 +122,8 @@ def pmmh(key, ssm, ys, *, prior: Callable | None = None, num_particles: int = 25
         step_size: random-walk scale in unconstrained space (a scalar or a vector of ``dim`` scales).
         num_warmup: iterations discarded at the start.
         init_params: constrained starting parameters (default: prior draws, one per chain).
+        resampling: the particle filters' resampling scheme (as in :func:`~bayeskit.smc.particle_filter`).
+        progress_bar: show a tqdm bar of the iterations (warm-up included).
     """
     _checks.check_key(key)
     num_particles = _checks.check_positive_int(num_particles, "num_particles")
@@ -142,8 +148,11 @@ def pmmh(key, ssm, ys, *, prior: Callable | None = None, num_particles: int = 25
     scale = jnp.asarray(step_size, dtype=jnp.result_type(float))
     if scale.ndim not in (0, 1) or (scale.ndim == 1 and scale.shape[0] != dens.dim) or not bool(jnp.all(scale > 0)):
         raise ConfigurationError(f"`step_size` must be positive, a scalar or a vector of length {dens.dim}")
-    vs, lls, acc, ll0 = _run(k_run, z0, scale, jnp.asarray(ys), ssm=ssm, dens=dens, num_particles=num_particles,
-                             num_iterations=num_iterations + num_warmup, resampling=resampling)
+    with progress(progress_bar, num_iterations + num_warmup, "PMMH"):
+        vs, lls, acc, ll0 = _run(k_run, z0, scale, jnp.asarray(ys), ssm=ssm, dens=dens, num_particles=num_particles,
+                                 num_iterations=num_iterations + num_warmup, resampling=resampling,
+                                 progress_bar=bool(progress_bar))
+        jax.block_until_ready(vs)
     vs, lls, acc = vs[:, num_warmup:], lls[:, num_warmup:], acc[:, num_warmup:]
     samples = jax.vmap(jax.vmap(lambda v: dens.constrain(dens.unflatten(v), deterministic=False)))(vs)
     samples = {k: np.asarray(v) for k, v in samples.items()}

@@ -34,6 +34,7 @@ from bayeskit.inference.smc._feynman_kac import FeynmanKac, bootstrap
 from bayeskit.inference.smc._paris import (default_functional, leaves_dict, paris_accumulator,
                                           validate_smoother_args, weighted_mean)
 from bayeskit.inference.smc.resampling import conditional
+from bayeskit.progress import progress, tick
 
 __all__ = ["PPGResult", "ppg", "conditional_paris", "ConditionalPaRISOutput", "initial_reference"]
 
@@ -115,20 +116,23 @@ class PPGResult:
 
 
 @partial(jax.jit, static_argnames=("ssm", "num_particles", "functional", "num_backward", "num_trials", "max_trials",
-                                   "log_transition_bound", "chunk_size", "num_iterations", "keep_paths"))
+                                   "log_transition_bound", "chunk_size", "num_iterations", "keep_paths",
+                                   "progress_bar"))
 def _ppg_jit(key, ssm, params, ys, initial_path, *, num_particles, functional, num_backward, num_trials,
-             log_transition_bound, chunk_size, num_iterations, keep_paths, max_trials=None):
+             log_transition_bound, chunk_size, num_iterations, keep_paths, max_trials=None, progress_bar=False):
     fk = bootstrap(ssm, params, ys)
     bound = log_bound_fn(ssm, params, log_transition_bound)
 
-    def it(path, k):
+    def it(path, inp):
+        k, i = inp
         out = conditional_paris(k, fk, path, num_particles, functional, num_backward=num_backward,
                                 log_bound=bound, num_trials=num_trials, max_trials=max_trials,
                                 chunk_size=chunk_size)
+        tick(i + 1, num_iterations, progress_bar)
         return out.path, (out.estimate, out.path if keep_paths else None, jnp.sum(out.num_fallback))
 
     keys = jax.random.split(key, num_iterations)
-    final, (ests, paths, nfb) = jax.lax.scan(it, initial_path, keys)
+    final, (ests, paths, nfb) = jax.lax.scan(it, initial_path, (keys, jnp.arange(num_iterations)))
     return final, ests, paths, nfb
 
 
@@ -143,7 +147,7 @@ def ppg(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int =
         num_backward: int = 2, functional: Callable | None = None, initial_path=None,
         num_trials: int = DEFAULT_NUM_TRIALS, max_trials: int | None = None,
         log_transition_bound: Callable | None = None, keep_paths: bool = False,
-        chunk_size: int | None = None) -> PPGResult:
+        chunk_size: int | None = None, progress_bar: bool = False) -> PPGResult:
     r"""The Parisian particle Gibbs sampler (Cardoso et al., ICML 2023): PaRIS driven by conditional SMC.
 
     Runs ``num_iterations`` conditional PaRIS passes, each with the frozen path drawn by the previous
@@ -171,6 +175,7 @@ def ppg(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int =
         initial_path: the first frozen path (T, *state_shape); default: a draw from a bootstrap filter
             with N particles (backward sampling).
         keep_paths: return every frozen path (O(k T) memory).
+        progress_bar: show a tqdm bar of the iterations (ignored when called inside ``jit``/``vmap``).
 
     Returns:
         :class:`PPGResult`.
@@ -193,10 +198,15 @@ def ppg(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int =
         _checks.check_finite_array(initial_path, "initial_path",
                                    shape=(ys.shape[0],) + tuple(ssm.state_shape(params)))
     initial_path = jnp.asarray(initial_path)
-    final, ests, paths, nfb = _ppg_jit(k_run, ssm, params, ys, initial_path, num_particles=num_particles,
-                                       functional=functional, num_backward=num_backward, num_trials=num_trials,
-                                       log_transition_bound=log_transition_bound, chunk_size=chunk_size,
-                                       num_iterations=num_iterations, keep_paths=keep_paths, max_trials=max_trials)
+    progress_bar = bool(progress_bar) and not traced
+    with progress(progress_bar, num_iterations, "PPG"):
+        final, ests, paths, nfb = _ppg_jit(k_run, ssm, params, ys, initial_path, num_particles=num_particles,
+                                           functional=functional, num_backward=num_backward, num_trials=num_trials,
+                                           log_transition_bound=log_transition_bound, chunk_size=chunk_size,
+                                           num_iterations=num_iterations, keep_paths=keep_paths,
+                                           max_trials=max_trials, progress_bar=progress_bar)
+        if progress_bar:
+            jax.block_until_ready(final)
     estimate = jax.tree_util.tree_map(lambda e: jnp.mean(e[burn_in:], axis=0), ests)
     return PPGResult(estimate=estimate, estimates=ests, paths=paths, final_path=final, num_fallback=nfb,
                      num_particles=num_particles, num_backward=num_backward, num_iterations=num_iterations,

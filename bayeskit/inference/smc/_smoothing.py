@@ -24,6 +24,7 @@ from bayeskit.inference.smc._backward import backward_sample, check_backward_mod
 from bayeskit.inference.smc._feynman_kac import bootstrap
 from bayeskit.inference.smc._filtering import check_model, check_weights
 from bayeskit.inference.smc.resampling import adaptive, get_scheme
+from bayeskit.progress import progress
 
 __all__ = ["FFBSResult", "ffbs", "path_functional"]
 
@@ -70,22 +71,26 @@ class FFBSResult:
                            attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles})
 
 
-@partial(jax.jit, static_argnames=("ssm", "num_particles", "num_paths", "resampling", "functional"))
-def _ffbs_jit(key, ssm, params, ys, ess_threshold, *, num_particles, num_paths, resampling, functional):
+@partial(jax.jit, static_argnames=("ssm", "num_particles", "num_paths", "resampling", "functional", "progress_bar"))
+def _ffbs_jit(key, ssm, params, ys, ess_threshold, *, num_particles, num_paths, resampling, functional,
+              progress_bar=False):
     fk = bootstrap(ssm, params, ys)
     k_f, k_b = jax.random.split(key)
-    state, out = engine.run(k_f, fk, num_particles, strategy=adaptive(resampling, ess_threshold), history=True)
+    state, out = engine.run(k_f, fk, num_particles, strategy=adaptive(resampling, ess_threshold), history=True,
+                            progress_bar=progress_bar)
     paths, _ = backward_sample(k_b, fk, out.particles, out.log_weights, num_paths)
     est = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), path_functional(functional, paths))
     return paths, est, state.log_evidence, out.info
 
 
 def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_paths: int = 100, functional: Callable | None = None,
-         resampling: str | Callable = "systematic", ess_threshold: float = 0.5) -> FFBSResult:
+         resampling: str | Callable = "systematic", ess_threshold: float = 0.5,
+         progress_bar: bool = False) -> FFBSResult:
     """Forward filtering backward sampling: ``num_paths`` paths from a bootstrap filter's backward kernel.
 
     ``functional`` (``h(t, x_prev, x)`` per particle, as in :func:`~bayeskit.smc.paris`) gives ``estimate``,
-    the average over paths of :math:`\\sum_t \\tilde h_t`. O(T N M) time, O(T N) memory.
+    the average over paths of :math:`\\sum_t \\tilde h_t`. O(T N M) time, O(T N) memory. ``progress_bar``
+    shows a tqdm bar of the forward filter's time steps (default False; ignored inside ``jit``/``vmap``).
 
     Example:
         >>> import jax, bayeskit as bk
@@ -108,8 +113,13 @@ def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_paths: int = 100
         check_model(ssm, params, ys)
         check_functional(functional, ssm, params)
         check_backward_model(ssm, params, None, 0)
-    paths, est, logz, info = _ffbs_jit(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
-                                       num_paths=num_paths, resampling=resampling, functional=functional)
+    progress_bar = bool(progress_bar) and not traced
+    with progress(progress_bar, jnp.shape(ys)[0], "FFBS (forward filter)"):
+        paths, est, logz, info = _ffbs_jit(key, ssm, params, jnp.asarray(ys), ess_threshold,
+                                           num_particles=num_particles, num_paths=num_paths, resampling=resampling,
+                                           functional=functional, progress_bar=progress_bar)
+        if progress_bar:
+            jax.block_until_ready(paths)
     if not traced:
         check_weights(info.nonfinite, "ffbs")
     return FFBSResult(paths, est, logz, info.ess, num_particles, num_paths)

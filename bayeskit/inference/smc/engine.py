@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from bayeskit.inference.smc._feynman_kac import FeynmanKac
 from bayeskit.inference.smc.resampling import Strategy, adaptive
 from bayeskit.inference.smc.resampling import ess as ess_fn
+from bayeskit.progress import tick
 
 __all__ = ["SMCState", "StepInfo", "RunOutput", "Accumulator", "init", "step", "start", "run_steps", "run",
            "summary", "take", "trace_lineage", "AuxFeynmanKac", "WhileRun", "init_aux", "step_aux", "start_while",
@@ -224,9 +225,11 @@ def start(key, fk: FeynmanKac, num_particles: int, *, strategy: Strategy | None 
 
 
 def run_steps(state: SMCState, carries: tuple, fk: FeynmanKac, ts, keys, *, strategy: Strategy | None = None,
-              accumulators=(), history: bool = False, keep_ancestors: bool = False, sharding=None):
+              accumulators=(), history: bool = False, keep_ancestors: bool = False, sharding=None,
+              progress_bar: bool = False):
     """Steps ``ts`` (a 1-D array of t >= 1, with one key each in ``keys``) from ``state`` and the
-    accumulators' ``carries``. Returns ``(state, carries, outputs)`` with outputs stacked along ``ts``."""
+    accumulators' ``carries``. Returns ``(state, carries, outputs)`` with outputs stacked along ``ts``.
+    With ``progress_bar`` each step reports ``t + 1`` of ``fk.num_steps`` to the open progress bar."""
     strategy = adaptive() if strategy is None else strategy
 
     def body(carry, inp):
@@ -239,6 +242,7 @@ def run_steps(state: SMCState, carries: tuple, fk: FeynmanKac, ts, keys, *, stra
             new_cs.append(c)
             records.append(r)
         hist = (new.particles, new.log_weights) if history else (None, None)
+        tick(t + 1, fk.num_steps, progress_bar)
         return (new, tuple(new_cs)), (_keep(info, history or keep_ancestors), tuple(records), hist)
 
     (state, carries), outs = jax.lax.scan(body, (state, carries), (ts, keys))
@@ -246,7 +250,7 @@ def run_steps(state: SMCState, carries: tuple, fk: FeynmanKac, ts, keys, *, stra
 
 
 def run(key, fk: FeynmanKac, num_particles: int, *, strategy: Strategy | None = None, accumulators=(),
-        history: bool = False, keep_ancestors: bool = False, sharding=None):
+        history: bool = False, keep_ancestors: bool = False, sharding=None, progress_bar: bool = False):
     """Run the SMC engine over all ``fk.num_steps`` steps.
 
     Args:
@@ -259,6 +263,8 @@ def run(key, fk: FeynmanKac, num_particles: int, *, strategy: Strategy | None = 
         history: store particles and log-weights at every step (needed for backward sampling).
         keep_ancestors: store every step's ancestors (needed to trace lineages); implied by ``history``.
         sharding: optional ``jax.sharding.Sharding`` for arrays with a leading particle axis.
+        progress_bar: advance the progress bar that the calling driver opened as the time loop runs
+            (static; traces to nothing when False).
 
     Returns:
         ``(final SMCState, RunOutput)``. Pure and traceable: call it inside ``jax.jit`` (with ``fk`` built
@@ -274,7 +280,8 @@ def run(key, fk: FeynmanKac, num_particles: int, *, strategy: Strategy | None = 
     state, carries, out0 = start(k0, fk, num_particles, **opts)
     if fk.num_steps > 1:
         keys = jax.random.split(kloop, fk.num_steps - 1)
-        state, carries, outs = run_steps(state, carries, fk, jnp.arange(1, fk.num_steps), keys, **opts)
+        state, carries, outs = run_steps(state, carries, fk, jnp.arange(1, fk.num_steps), keys, **opts,
+                                         progress_bar=progress_bar)
         outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b], axis=0), out0, outs)
     else:
         outs = jax.tree_util.tree_map(lambda a: a[None], out0)
