@@ -111,7 +111,7 @@ def _other_cases():
         "gpdp.solve(map)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, method="map"),
         "gpdp.solve(nuts)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, num_warmup=2,
                                                   num_samples=2, num_posterior_draws=2),
-        "bridges.LightSB.fit": lambda: bk.bridges.LightSB.fit(K, x0, x1, epsilon=0.5, num_components=2, num_steps=3,
+        "bridges.LightSB.fit": lambda: bk.bridges.LightSB.fit(K, x0, x1, epsilon=0.5, num_components=2, num_iterations=3,
                                                               batch_size=8),
         "bridges.multimarginal": lambda: bk.bridges.multimarginal(K, snaps, [0.0, 0.5, 1.0], reference=ou,
                                                                   num_refinements=1, num_ipf_iterations=1,
