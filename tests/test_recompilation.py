@@ -90,7 +90,7 @@ def _other_cases():
         sample_fn=lambda k, th, x: x @ th + sigma * jax.random.normal(k, (x.shape[0],)))
     ex, ey = jnp.asarray(rng.normal(size=(4, 3, 2))), jnp.asarray(rng.normal(size=(4, 3)))
     meta = bk.meta.NIWMeta(episode_model, covariance="full", local_approximation="laplace", optimizer=optax.adam(0.05),
-                           batch_size=2, num_steps=4, chunk_size=2)
+                           batch_size=2, num_iterations=4, chunk_size=2)
     fitted = {}
 
     def meta_predict():

@@ -98,6 +98,11 @@ def _one_pass(key, snaps, times, reference, steps, dts, opts):
             reference.params, jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell,
             num_steps=steps[i], num_ipf_iterations=opts["num_ipf_iterations"], max_gp_points=opts["max_gp_points"],
             linear_basis=linear_basis, **static))
+    # the stitching simulations read the reference only through a GP prior mean: without one, they get neither
+    # its drift function nor its parameters, so every reference family (and the vanilla pass) shares one program
+    use_mean = static["use_reference_mean"]
+    push_static = {**static, "drift_fn": static["drift_fn"] if use_mean else None}
+    push_params = reference.params if use_mean else None
     pieces = []
     for j in range(m + 1):
         x0 = jnp.asarray(snaps[j], dtype)
@@ -105,17 +110,17 @@ def _one_pass(key, snaps, times, reference, steps, dts, opts):
         x = x0
         back = []
         for i in range(j - 1, -1, -1):  # backward through intervals j-1..0
-            p = simulate_gp_drift(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i)), models[i][1], x, reference.params,
-                      jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell, num_steps=steps[i],
-                      direction="backward", **static)
+            p = simulate_gp_drift(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i)), models[i][1], x, push_params,
+                                  jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell,
+                                  num_steps=steps[i], direction="backward", **push_static)
             back.append(p[::-1][:-1])  # real-time order, drop the duplicate endpoint
             x = p[-1]
         segs.extend(back[::-1])
         x = x0
         for i in range(j, m):
-            p = simulate_gp_drift(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i) + 1), models[i][0], x, reference.params,
-                      jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell, num_steps=steps[i],
-                      direction="forward", **static)
+            p = simulate_gp_drift(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i) + 1), models[i][0], x,
+                                  push_params, jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell,
+                                  num_steps=steps[i], direction="forward", **push_static)
             segs.append(p[:-1])
             x = p[-1]
         segs.append(x[None])
