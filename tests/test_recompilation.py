@@ -173,3 +173,42 @@ def test_counter_sees_a_compile(compiles):
 
     jax.jit(fresh)(np.ones(7)).block_until_ready()
     assert compiles == ["jit(fresh)"]
+
+
+@pytest.mark.slow
+def test_bridges_refinements_and_repeated_fits_compile_nothing(compiles):
+    """SBIRR with a nonlinear reference and the closed-form solver, and LightSB with another ``epsilon`` and other
+    data of the same shapes, compile nothing on a second call; the vanilla pass after SBIRR compiles only its own
+    (Brownian-reference) IPF program: the stitching simulation and the reference refit are shared."""
+    rng = np.random.default_rng(0)
+    times = [0.0, 0.5, 1.0]
+    snaps = [rng.normal(m, 0.2, (12, 2)) for m in (1.0, 1.5, 2.0)]
+    lv = bk.bridges.LotkaVolterra(sigma=0.1)
+    kw = dict(num_ipf_iterations=1, time_step=0.25, max_gp_points=16, fit_iterations=3)
+
+    def sbirr(key):
+        return bk.bridges.multimarginal(key, snaps, times, reference=lv, num_refinements=2, **kw)
+
+    def closed_form(key):
+        return bk.bridges.multimarginal(key, snaps, times, reference=bk.bridges.OU(sigma=0.3), num_refinements=2,
+                                        time_step=0.25, solver="lightsb",
+                                        lightsb_options=dict(num_components=2, num_iterations=4, batch_size=8))
+
+    x0, x1 = rng.normal(size=(16, 2)), rng.normal(size=(16, 2)) + 1.0
+
+    def lightsb(key, eps, shift):
+        return bk.bridges.LightSB.fit(key, x0 + shift, x1, epsilon=eps, num_components=2, num_iterations=4,
+                                      batch_size=8).params
+
+    for first, second in ((lambda: sbirr(K), lambda: sbirr(jax.random.key(2))),
+                          (lambda: closed_form(K), lambda: closed_form(jax.random.key(2))),
+                          (lambda: lightsb(K, 0.5, 0.0), lambda: lightsb(jax.random.key(2), 0.3, 1.0))):
+        jax.block_until_ready(jax.tree_util.tree_leaves(first()))
+        compiles.clear()
+        jax.block_until_ready(jax.tree_util.tree_leaves(second()))
+        assert compiles == [], compiles
+    sbirr(K)
+    compiles.clear()
+    bk.bridges.vanilla_sb(K, snaps, times, reference=lv, **kw)
+    assert "jit(ipf_interval)" in compiles  # the counter sees the vanilla pass's own program
+    assert "jit(simulate_gp_drift)" not in compiles and "jit(_lbfgs_fit)" not in compiles, compiles

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
+from bayeskit._linalg import single_threaded_blas
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
 from bayeskit.inference.bridges._gp import ipf_interval, simulate_gp_drift
 from bayeskit.inference.bridges._linear import LinearLightSB, bridge_step_matrices, fill_bridge
@@ -255,7 +256,8 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
     history = []
     traj = None
     for r in range(num_refinements):
-        traj = one_pass(jax.random.fold_in(key, r), snaps, times, reference, steps, dts, opts)
+        with single_threaded_blas():  # many small Cholesky factorisations (GP regressions); see the helper
+            traj = one_pass(jax.random.fold_in(key, r), snaps, times, reference, steps, dts, opts)
         if not np.all(np.isfinite(traj)):
             raise ConvergenceError(f"non-finite bridge trajectories at refinement {r}; decrease `time_step` "
                                    "or rescale the data")
