@@ -193,6 +193,32 @@ def test_shapes_keys_jit_vmap_arviz():
     assert dt["optimization"]["loss"].shape == (50,)
 
 
+def test_renamed_and_moved_names_warn_and_give_the_same_result():
+    """Glossary renames keep the old name for one release, with a warning, and give the same result:
+    ``LightSB.fit(num_steps=...)`` (optimiser iterations) is ``num_iterations``; ``kernels.log_normaliser``
+    (the plan's log normalising constant) is ``kernels.log_evidence``; the closed forms moved from
+    ``bk.bridges`` to ``bk.bridges.kernels``."""
+    x0 = jax.random.normal(jax.random.key(0), (64, 2))
+    x1 = jax.random.normal(jax.random.key(1), (64, 2)) + 1.0
+    kw = dict(epsilon=0.5, num_components=2, batch_size=16, chunk_size=10)
+    new = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_iterations=20, **kw)
+    with pytest.warns(DeprecationWarning, match="`num_steps` of LightSB.fit is renamed `num_iterations`"):
+        old = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_steps=20, **kw)
+    np.testing.assert_array_equal(old.loss_history, new.loss_history)
+    np.testing.assert_array_equal(old.params.r, new.params.r)
+    with pytest.raises(TypeError, match="num_step"):
+        bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_step=20, **kw)
+    K = bk.bridges.kernels
+    with pytest.warns(FutureWarning, match="kernels.log_normaliser is renamed log_evidence"):
+        old_fn = K.log_normaliser
+    np.testing.assert_array_equal(old_fn(new.params, x0, 0.5), K.log_evidence(new.params, x0, 0.5))
+    for name, target in [("log_normaliser", "log_evidence"), ("drift", "drift"), ("loss", "loss"),
+                         ("conditional_sample", "conditional_sample"), ("ipf_interval", "ipf_interval")]:
+        with pytest.warns(FutureWarning, match=f"bayeskit.bridges.{name} moved to bayeskit.bridges.kernels.{target}"):
+            assert getattr(bk.bridges, name) is getattr(K, target)
+    assert "drift" not in bk.bridges.__all__ and "kernels" in bk.bridges.__all__
+
+
 def test_log_prob_normalised():
     # pi(y|x) integrates to one (grid quadrature in 1D)
     bench = gaussian_mixture_benchmark(jax.random.key(0), 1, 0.5)
