@@ -200,6 +200,9 @@ def test_bridges_refinements_and_repeated_fits_compile_nothing(compiles):
         return bk.bridges.LightSB.fit(key, x0 + shift, x1, epsilon=eps, num_components=2, num_iterations=4,
                                       batch_size=8).params
 
+    compiles.clear()
+    sbirr(jax.random.key(3))  # within one call, the refinements share one IPF program and one refit program
+    assert compiles.count("jit(ipf_interval)") <= 1 and compiles.count("jit(_lbfgs_fit)") <= 1, compiles
     for first, second in ((lambda: sbirr(K), lambda: sbirr(jax.random.key(2))),
                           (lambda: closed_form(K), lambda: closed_form(jax.random.key(2))),
                           (lambda: lightsb(K, 0.5, 0.0), lambda: lightsb(jax.random.key(2), 0.3, 1.0))):

@@ -57,6 +57,11 @@ def _check_sigma(sigma) -> float:
     return s
 
 
+def _strongly_typed(leaf):
+    leaf = jnp.asarray(leaf)
+    return jnp.asarray(leaf, dtype=leaf.dtype)
+
+
 def em_residual_loss(drift_fn, params, xs, ts):
     """Mean over particles and steps of :math:`\\|\\Delta x - b_\\theta(x, t)\\Delta t\\|^2/\\Delta t`.
 
@@ -138,6 +143,9 @@ class Reference:
 
     def __post_init__(self):
         object.__setattr__(self, "sigma", _check_sigma(self.sigma))
+        # strongly typed leaves: a refit returns strongly typed arrays, so a weakly typed first reference
+        # (``jnp.asarray(1e-5)``) would compile every jitted piece of a pass twice (first refinement, later ones)
+        object.__setattr__(self, "params", jax.tree_util.tree_map(_strongly_typed, self.params))
 
     def drift(self, x, t=0.0) -> jax.Array:
         """Drift at points x of shape (..., D)."""
