@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
 import numpy as np
 
 from bayeskit.errors import ConfigurationError, DataError
+
+
+def renamed_kwargs(where: str, kwargs: dict, renames: dict[str, str]) -> dict:
+    """Keyword arguments renamed in this release, under their new names, each with a DeprecationWarning.
+
+    The old names stay accepted for one release: a function takes them in ``**kwargs`` and reads the new value
+    from the returned dict; a keyword that was never a name of the function raises ``TypeError`` as Python does.
+
+    Args:
+        where: the function's public name, for the messages (``"LightSB.fit"``).
+        kwargs: the extra keyword arguments the function received.
+        renames: old name -> new name.
+    """
+    out = {}
+    for old, value in kwargs.items():
+        if old not in renames:
+            raise TypeError(f"{where}() got an unexpected keyword argument {old!r}")
+        warnings.warn(f"`{old}` of {where} is renamed `{renames[old]}`; the old name will be removed in the next "
+                      "release", DeprecationWarning, stacklevel=3)
+        out[renames[old]] = value
+    return out
 
 
 def check_key(key: Any, name: str = "key") -> jax.Array:

@@ -1,9 +1,28 @@
-"""Small dense linear-algebra helpers shared by the models and backends (NumPy / SciPy, float64)."""
+"""Small dense linear-algebra helpers shared by the models and backends (NumPy / SciPy, float64), and the BLAS
+thread setting for loops of small factorisations."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.linalg
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the block with one BLAS / LAPACK thread; the previous setting comes back afterwards.
+
+    JAX's CPU Cholesky, triangular solves and eigendecompositions call the OpenBLAS that SciPy ships, which
+    splits a factorisation of a few hundred rows over all cores and busy-waits for them. For the many small
+    factorisations of a loop (SBIRR's GP regressions: one Cholesky of at most ``max_gp_points`` rows per IPF
+    half-step) that costs more than it gains, and on a machine whose cores are busy it is ruinous: a 300 x 300
+    Cholesky measured 66 ms of CPU with two OpenBLAS threads on two shared cores, 0.6 ms with one.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def linear_sde_transition(drift_matrix, noise_cov, dt: float):

@@ -94,15 +94,15 @@ def main(argv=None):
 
     # accuracy after equal training budgets
     sampler = lambda k, b: sample_sine(k, b, 2 * shots)  # noqa: E731
-    fit = niw.fit(jax.random.key(3), sampler, num_steps=train_steps)
+    fit = niw.fit(jax.random.key(3), sampler, num_iterations=train_steps)
     maml = B.maml(jax.random.key(4), model, sampler, num_support=shots, inner_steps=5, inner_learning_rate=0.01,
-                  optimizer=optax.adam(1e-2), batch_size=batch, num_steps=train_steps, loss_fn=loss, max_grad_norm=50.0)
+                  optimizer=optax.adam(1e-2), batch_size=batch, num_iterations=train_steps, loss_fn=loss, max_grad_norm=50.0)
     tx, ty = sample_sine(jax.random.key(5), 200, shots + 50)
     sup, qx, qy = (tx[:, :shots], ty[:, :shots]), tx[:, shots:], ty[:, shots:]
     mse_niw = float(jnp.mean((fit.predict(jax.random.key(6), sup, qx, num_samples=20).mean - qy) ** 2))
     mse_maml = float(jnp.mean((maml.predict(sup, qx) - qy) ** 2))
     fomaml = B.maml(jax.random.key(4), model, sampler, num_support=shots, inner_steps=5, inner_learning_rate=0.01,
-                    optimizer=optax.adam(1e-2), batch_size=batch, num_steps=train_steps, loss_fn=loss,
+                    optimizer=optax.adam(1e-2), batch_size=batch, num_iterations=train_steps, loss_fn=loss,
                     max_grad_norm=50.0, first_order=True)
     mse_fomaml = float(jnp.mean((fomaml.predict(sup, qx) - qy) ** 2))
 
@@ -126,8 +126,8 @@ def main(argv=None):
     chunk = 20 if a.quick else 100
     cfg = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=2e-3, sgld_temperature=0.01,
                     max_grad_norm=1000.0, optimizer=optax.adam(1e-2), batch_size=batch, chunk_size=chunk)
-    r1 = cfg.fit(jax.random.key(7), sampler, num_steps=2 * chunk)
-    r2 = cfg.fit(jax.random.key(8), sampler, num_steps=4 * chunk, init=r1)
+    r1 = cfg.fit(jax.random.key(7), sampler, num_iterations=2 * chunk)
+    r2 = cfg.fit(jax.random.key(8), sampler, num_iterations=4 * chunk, init=r1)
     size = lambda st: sum(np.asarray(l).nbytes for l in jax.tree_util.tree_leaves(st))  # noqa: E731
     early = float(np.min(r1.history["seconds_per_step"][chunk:]))
     late = float(np.min(r2.history["seconds_per_step"][-chunk:]))

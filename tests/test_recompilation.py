@@ -98,7 +98,7 @@ def _other_cases():
         sample_fn=lambda k, th, x: x @ th + sigma * jax.random.normal(k, (x.shape[0],)))
     ex, ey = jnp.asarray(rng.normal(size=(4, 3, 2))), jnp.asarray(rng.normal(size=(4, 3)))
     meta = bk.meta.NIWMeta(episode_model, covariance="full", local_approximation="laplace", optimizer=optax.adam(0.05),
-                           batch_size=2, num_steps=4, chunk_size=2)
+                           batch_size=2, num_iterations=4, chunk_size=2)
     fitted = {}
 
     def meta_predict():
@@ -119,7 +119,7 @@ def _other_cases():
         "gpdp.solve(map)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, method="map"),
         "gpdp.solve(nuts)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, num_warmup=2,
                                                   num_samples=2, num_posterior_draws=2),
-        "bridges.LightSB.fit": lambda: bk.bridges.LightSB.fit(K, x0, x1, epsilon=0.5, num_components=2, num_steps=3,
+        "bridges.LightSB.fit": lambda: bk.bridges.LightSB.fit(K, x0, x1, epsilon=0.5, num_components=2, num_iterations=3,
                                                               batch_size=8),
         "bridges.multimarginal": lambda: bk.bridges.multimarginal(K, snaps, [0.0, 0.5, 1.0], reference=ou,
                                                                   num_refinements=1, num_ipf_iterations=1,
@@ -181,3 +181,45 @@ def test_counter_sees_a_compile(compiles):
 
     jax.jit(fresh)(np.ones(7)).block_until_ready()
     assert compiles == ["jit(fresh)"]
+
+
+@pytest.mark.slow
+def test_bridges_refinements_and_repeated_fits_compile_nothing(compiles):
+    """SBIRR with a nonlinear reference and the closed-form solver, and LightSB with another ``epsilon`` and other
+    data of the same shapes, compile nothing on a second call; the vanilla pass after SBIRR compiles only its own
+    (Brownian-reference) IPF program: the stitching simulation and the reference refit are shared."""
+    rng = np.random.default_rng(0)
+    times = [0.0, 0.5, 1.0]
+    snaps = [rng.normal(m, 0.2, (12, 2)) for m in (1.0, 1.5, 2.0)]
+    lv = bk.bridges.LotkaVolterra(sigma=0.1)
+    kw = dict(num_ipf_iterations=1, time_step=0.25, max_gp_points=16, fit_iterations=3)
+
+    def sbirr(key):
+        return bk.bridges.multimarginal(key, snaps, times, reference=lv, num_refinements=2, **kw)
+
+    def closed_form(key):
+        return bk.bridges.multimarginal(key, snaps, times, reference=bk.bridges.OU(sigma=0.3), num_refinements=2,
+                                        time_step=0.25, solver="lightsb",
+                                        lightsb_options=dict(num_components=2, num_iterations=4, batch_size=8))
+
+    x0, x1 = rng.normal(size=(16, 2)), rng.normal(size=(16, 2)) + 1.0
+
+    def lightsb(key, eps, shift):
+        return bk.bridges.LightSB.fit(key, x0 + shift, x1, epsilon=eps, num_components=2, num_iterations=4,
+                                      batch_size=8).params
+
+    compiles.clear()
+    sbirr(jax.random.key(3))  # within one call, the refinements share one IPF program and one refit program
+    assert compiles.count("jit(ipf_interval)") <= 1 and compiles.count("jit(_lbfgs_fit)") <= 1, compiles
+    for first, second in ((lambda: sbirr(K), lambda: sbirr(jax.random.key(2))),
+                          (lambda: closed_form(K), lambda: closed_form(jax.random.key(2))),
+                          (lambda: lightsb(K, 0.5, 0.0), lambda: lightsb(jax.random.key(2), 0.3, 1.0))):
+        jax.block_until_ready(jax.tree_util.tree_leaves(first()))
+        compiles.clear()
+        jax.block_until_ready(jax.tree_util.tree_leaves(second()))
+        assert compiles == [], compiles
+    sbirr(K)
+    compiles.clear()
+    bk.bridges.vanilla_sb(K, snaps, times, reference=lv, **kw)
+    assert "jit(ipf_interval)" in compiles  # the counter sees the vanilla pass's own program
+    assert "jit(simulate_gp_drift)" not in compiles and "jit(_lbfgs_fit)" not in compiles, compiles

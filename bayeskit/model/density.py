@@ -115,6 +115,14 @@ def log_density(model: Callable, *args, key=None, **kwargs) -> LogDensity:
     Discrete latent sites are rejected with a :class:`~bayeskit.errors.ModelError` (enumerate them
     out in the model, or use a backend that handles them).
 
+    Args:
+        model: a NumPyro model.
+        *args: the model's positional arguments.
+        key: ``jax.random`` key of the one traced run of the model that reads its sites, and of the shape
+            template ``init_params``; no density depends on it, so it may be omitted (then ``key(0)``: a
+            structural trace, not a random result).
+        **kwargs: the model's keyword arguments.
+
     Example:
         >>> import numpyro, numpyro.distributions as dist, jax.numpy as jnp
         >>> def model(y):

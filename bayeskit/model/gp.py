@@ -37,7 +37,7 @@ __all__ = [
     "make_gp_data",
     "default_priors",
     "noise_variances",
-    "log_marginal_likelihood",
+    "log_evidence",
     "predict",
     "predict_draws",
     "gp_regression_model",
@@ -137,10 +137,10 @@ def _mean(mean_fn, x):
     return jnp.zeros_like(x) if mean_fn is None else mean_fn(x)
 
 
-def log_marginal_likelihood(data: GPData, hyperparameters: Mapping, *, kernel: Kernel = squared_exponential,
-                            mean_fn=None, jitter: float = 1e-6) -> jax.Array:
-    r"""Log marginal likelihood :math:`\log N(y; m(S), K_\theta + \Sigma)` (``hyperparameters`` holds
-    ``noise`` and the kernel's keyword arguments)."""
+def log_evidence(data: GPData, hyperparameters: Mapping, *, kernel: Kernel = squared_exponential,
+                 mean_fn=None, jitter: float = 1e-6) -> jax.Array:
+    r"""Log evidence (log marginal likelihood) :math:`\log N(y; m(S), K_\theta + \Sigma)` (``hyperparameters``
+    holds ``noise`` and the kernel's keyword arguments); ``log_marginal_likelihood`` before this release."""
     cov = kernel(data.inputs, data.inputs, **_kernel_params(hyperparameters))
     cov = cov + jnp.diag(noise_variances(data, hyperparameters["noise"]) + jitter)
     resid = data.targets - _mean(mean_fn, data.inputs)
@@ -199,3 +199,18 @@ def gp_regression_model(data: GPData, *, kernel: Kernel = squared_exponential, p
     cov = cov + jnp.diag(noise_variances(data, hyper["noise"]) + jitter)
     loc = _mean(mean_fn, data.inputs)
     numpyro.sample("y", dist.MultivariateNormal(loc, covariance_matrix=cov), obs=data.targets)
+
+
+def log_marginal_likelihood(*args, **kwargs) -> jax.Array:
+    """Deprecated name of :func:`log_evidence` (glossary: ``log_evidence`` everywhere); removed in the next
+    release.
+
+    Args:
+        *args: as :func:`log_evidence`.
+        **kwargs: as :func:`log_evidence`.
+    """
+    import warnings
+
+    warnings.warn("bayeskit.model.gp.log_marginal_likelihood is renamed log_evidence; the old name will be removed "
+                  "in the next release", FutureWarning, stacklevel=2)
+    return log_evidence(*args, **kwargs)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit._checks import check_choice, check_in_interval, check_key, check_positive_int
+from bayeskit._checks import check_choice, check_in_interval, check_key, check_positive_int, renamed_kwargs
 from bayeskit.errors import DataError
 from bayeskit.model.fbm import (
     approximate_covariance,
@@ -168,9 +168,12 @@ class FractionalBM:
         v = self.exact_variance(t, hurst)
         return jnp.sqrt(jnp.trapezoid((v_hat - v) ** 2, t) / jnp.trapezoid(v**2, t))
 
-    def sample(self, key, times, num_paths: int = 1, hurst=None):
-        """Exact samples of the approximate process at ``times`` (see :func:`sample_paths`)."""
-        return sample_paths(key, self, times, num_paths, hurst=hurst)
+    def sample(self, key, times, num_samples: int = 1, hurst=None, **deprecated):
+        """``num_samples`` exact sample paths of the approximate process at ``times`` (see :func:`sample_paths`;
+        ``num_paths``, the old name of ``num_samples``, warns for one release)."""
+        num_samples = renamed_kwargs("FractionalBM.sample", deprecated, {"num_paths": "num_samples"}).get(
+            "num_samples", num_samples)
+        return sample_paths(key, self, times, num_samples, hurst=hurst)
 
 
 @partial(jax.jit, static_argnames=("num_paths", "kind"))
@@ -196,16 +199,19 @@ def _sample_paths(key, gammas, omega, times, num_paths, kind):
     return jnp.einsum("tpk,k->pt", ys - y0[None], omega)
 
 
-def sample_paths(key, noise: FractionalBM, times, num_paths: int = 1, hurst=None):
-    r"""Draw ``num_paths`` paths of :math:`\hat B_H` at the increasing ``times`` (all > 0), exactly.
+def sample_paths(key, noise: FractionalBM, times, num_samples: int = 1, hurst=None, **deprecated):
+    r"""Draw ``num_samples`` paths of :math:`\hat B_H` at the increasing ``times`` (all > 0), exactly.
 
     The OU vector is propagated with its exact joint Gaussian transition (module docstring), so there
-    is no time-discretisation error whatever the speeds. Returns an array ``(num_paths, len(times))``;
+    is no time-discretisation error whatever the speeds. Returns an array ``(num_samples, len(times))``;
     the path starts at :math:`\hat B_H(0) = 0` (not included unless 0 is in ``times``).
-    Jitted; cost O(len(times) * K^3) for the transition square roots plus O(num_paths * len(times) * K^2).
+    Jitted; cost O(len(times) * K^3) for the transition square roots plus O(num_samples * len(times) * K^2).
+    ``num_paths``, the old name of ``num_samples``, warns for one release.
     """
+    num_samples = renamed_kwargs("sample_paths", deprecated, {"num_paths": "num_samples"}).get(
+        "num_samples", num_samples)
     check_key(key)
-    num_paths = check_positive_int(num_paths, "num_paths")
+    num_paths = check_positive_int(num_samples, "num_samples")
     times_np = np.asarray(times, dtype=float)
     if times_np.ndim != 1 or times_np.size == 0:
         raise DataError(f"`times` must be a non-empty 1-d array, got shape {times_np.shape}")
@@ -216,8 +222,11 @@ def sample_paths(key, noise: FractionalBM, times, num_paths: int = 1, hurst=None
     return _sample_paths(key, noise.gammas(dtype), om, jnp.asarray(times_np, dtype), num_paths, noise.kind)
 
 
-def sample_exact_fbm(key, times, hurst, num_paths: int = 1, *, convention: str = "mvn"):
-    """Exact fBM samples at ``times`` by Cholesky factorisation of :func:`fbm_covariance` (for tests)."""
+def sample_exact_fbm(key, times, hurst, num_samples: int = 1, *, convention: str = "mvn", **deprecated):
+    """``num_samples`` exact fBM paths at ``times`` by Cholesky factorisation of :func:`fbm_covariance` (for
+    tests); ``num_paths``, the old name of ``num_samples``, warns for one release."""
+    num_paths = renamed_kwargs("sample_exact_fbm", deprecated, {"num_paths": "num_samples"}).get(
+        "num_samples", num_samples)
     check_key(key)
     check_in_interval(hurst, "hurst", 0.0, 1.0, closed="neither")
     times = jnp.asarray(times)

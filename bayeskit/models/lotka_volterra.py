@@ -58,6 +58,6 @@ def snapshots(key, params: dict, x0, times, *, sigma: float = 0.1, steps_per_uni
 
 def reference(sigma: float = 0.1, **init):
     """The Lotka–Volterra reference family for :func:`bayeskit.bridges.multimarginal` (SBIRR init 1e-5)."""
-    from bayeskit.inference.bridges.reference import LotkaVolterra
+    from bayeskit.inference.bridges import LotkaVolterra
 
     return LotkaVolterra(sigma=sigma, **init)

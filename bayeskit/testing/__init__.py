@@ -7,9 +7,9 @@ examples check the backends against, kept apart from the inference API.
 * Meta-learning baselines: :mod:`meta_baselines` (no adaptation, fine-tuning, a compact MAML).
 """
 
-from bayeskit.inference.bridges.benchmark import GaussianMixtureBenchmark, gaussian_mixture_benchmark
-from bayeskit.inference.bridges.gaussian import GaussianBridge, gaussian_bridge
-from bayeskit.inference.bridges.metrics import bw2, bw2_uvp, cbw2_uvp, emd, gaussian_moments
+from bayeskit.inference.bridges._benchmark import GaussianMixtureBenchmark, gaussian_mixture_benchmark
+from bayeskit.inference.bridges._gaussian import GaussianBridge, gaussian_bridge
+from bayeskit.inference.bridges._metrics import bw2, bw2_uvp, cbw2_uvp, emd, gaussian_moments
 import bayeskit.inference.meta._baselines as meta_baselines
 
 __all__ = [

@@ -8,7 +8,6 @@ import pytest
 
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError
-from bayeskit.inference.bridges import lightsb as L
 from bayeskit.testing import gaussian_bridge, gaussian_mixture_benchmark
 
 
@@ -21,23 +20,23 @@ def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
     bench = gaussian_mixture_benchmark(jax.random.key(dim), dim, epsilon, diagonal=covariance == "diag")
     params = bench.lightsb_params(covariance)
     x = bench.sample_source(jax.random.key(1), 200)
-    lw, means, covs = L.conditional_components(params, x, epsilon)
+    lw, means, covs = bk.bridges.kernels.conditional_components(params, x, epsilon)
     lw_true, means_true, covs_true = bench.conditional_components(x)
     np.testing.assert_allclose(lw, lw_true, atol=1e-10)
     np.testing.assert_allclose(means, means_true, atol=1e-10)
     np.testing.assert_allclose(covs, covs_true, atol=1e-10)
     # the sampler: same key, same draws as the exact sampler
-    y = L.conditional_sample(jax.random.key(2), params, x, epsilon)
+    y = bk.bridges.kernels.conditional_sample(jax.random.key(2), params, x, epsilon)
     y_true = bench.sample_conditional(jax.random.key(2), x)
     # (the exact sampler uses Cholesky factors, LightSB eigen-factors: compare the distributions' log-densities)
-    lp = L.conditional_log_prob(params, x, y, epsilon)
+    lp = bk.bridges.kernels.conditional_log_prob(params, x, y, epsilon)
     lp_true = jax.scipy.special.logsumexp(lw_true + jax.vmap(
         lambda m, c: jax.scipy.stats.multivariate_normal.logpdf(y, m, c), in_axes=(1, 0), out_axes=1)(
             means_true, covs_true), axis=1)
     np.testing.assert_allclose(lp, lp_true, atol=1e-10)
     assert y.shape == y_true.shape
     for t in (0.0, 0.25, 0.5, 0.9, 1.0):
-        np.testing.assert_allclose(L.drift(params, x, t, epsilon), bench.drift(x, t), atol=1e-10)
+        np.testing.assert_allclose(bk.bridges.kernels.drift(params, x, t, epsilon), bench.drift(x, t), atol=1e-10)
 
 
 def test_sampler_matches_exact_components_draw_by_draw():
@@ -46,7 +45,7 @@ def test_sampler_matches_exact_components_draw_by_draw():
     params = bench.lightsb_params("full")
     x = bench.sample_source(jax.random.key(4), 50)
     key = jax.random.key(5)
-    y = L.conditional_sample(key, params, x, 0.5)
+    y = bk.bridges.kernels.conditional_sample(key, params, x, 0.5)
     kk, kz = jax.random.split(key)
     lw, means, covs = bench.conditional_components(x)
     k = jax.random.categorical(kk, lw, axis=-1)
@@ -61,9 +60,9 @@ def test_sampler_matches_exact_components_draw_by_draw():
 def test_drift_is_gradient_of_log_h():
     # independent check of the closed form: eps * grad log( int N(y|x,(1-t)eps) e^{|y|^2/2eps} v(y) dy )
     bench = gaussian_mixture_benchmark(jax.random.key(6), 3, 0.7)
-    params = L.LightSBParams(*bench.lightsb_params("full"))
+    params = bk.bridges.LightSBParams(*bench.lightsb_params("full"))
     params = params._replace(r=params.r + 0.3)  # not an exact solution any more: generic parameters
-    smat = L.covariances(params)
+    smat = bk.bridges.kernels.covariances(params)
     eps, t = 0.7, 0.4
 
     def log_phi(x):
@@ -72,7 +71,7 @@ def test_drift_is_gradient_of_log_h():
         return x @ x / (2 * eps * t) + jax.scipy.special.logsumexp(params.log_alpha + comp)
 
     x = bench.sample_source(jax.random.key(7), 20)
-    np.testing.assert_allclose(L.drift(params, x, t, eps), eps * jax.vmap(jax.grad(log_phi))(x), atol=1e-10)
+    np.testing.assert_allclose(bk.bridges.kernels.drift(params, x, t, eps), eps * jax.vmap(jax.grad(log_phi))(x), atol=1e-10)
 
 
 def test_gaussian_closed_form_fitted_and_simulated():
@@ -86,7 +85,7 @@ def test_gaussian_closed_form_fitted_and_simulated():
     x0 = rng.multivariate_normal(m0, c0, n)
     x1 = rng.multivariate_normal(m1, c1, n)
     sb = bk.bridges.LightSB.fit(jax.random.key(0), x0, x1, epsilon=eps, num_components=1, covariance="full",
-                                num_steps=3000, batch_size=512, learning_rate=2e-2)
+                                num_iterations=3000, batch_size=512, learning_rate=2e-2)
     # a single full-covariance component represents the Gaussian SB exactly: compare the plan's moments
     mean, cov = sb.conditional_moments(x0[:200])
     mean_true, cov_true = gb.conditional(x0[:200])
@@ -121,7 +120,7 @@ def test_exact_gaussian_drift_reproduces_closed_form_marginals():
     # pi(y|x) = N(r + S x, eps S): S = A, eps S = cond  (consistency of the closed form: A == cond / eps)
     np.testing.assert_allclose(a, cond / eps, atol=1e-10)
     evals, evecs = np.linalg.eigh(0.5 * (a + a.T))
-    params = L.LightSBParams(jnp.zeros(1), jnp.asarray(m1 - a @ m0)[None], jnp.log(jnp.asarray(evals))[None],
+    params = bk.bridges.LightSBParams(jnp.zeros(1), jnp.asarray(m1 - a @ m0)[None], jnp.log(jnp.asarray(evals))[None],
                              jnp.asarray(evecs)[None])
     sb = bk.bridges.LightSB.from_params(params, eps)
     n = 20000
@@ -140,14 +139,14 @@ def test_fit_learns_benchmark_plan_small():
     bench = gaussian_mixture_benchmark(jax.random.key(11), 2, eps)
     x0 = bench.sample_source(jax.random.key(12), 4096)
     x1 = bench.sample_target(jax.random.key(13), 4096)
-    sb = bk.bridges.LightSB.fit(jax.random.key(14), x0, x1, epsilon=eps, num_components=5, num_steps=2000)
+    sb = bk.bridges.LightSB.fit(jax.random.key(14), x0, x1, epsilon=eps, num_components=5, num_iterations=2000)
     xt = bench.sample_source(jax.random.key(15), 500)
     mean, cov = sb.conditional_moments(xt)
     mean_t, cov_t = bench.conditional_moments(xt)
     var1 = float(np.trace(np.cov(np.asarray(x1), rowvar=False)))
     score = bk.testing.cbw2_uvp(mean, cov, mean_t, cov_t, var1)
     assert score < 5.0, score  # the paper reports < 1-2 % on this scale; an untrained model gives > 50 %
-    untrained = bk.bridges.LightSB.fit(jax.random.key(14), x0, x1, epsilon=eps, num_components=5, num_steps=1,
+    untrained = bk.bridges.LightSB.fit(jax.random.key(14), x0, x1, epsilon=eps, num_components=5, num_iterations=1,
                                        learning_rate=1e-8)
     mean_u, cov_u = untrained.conditional_moments(xt)
     assert bk.testing.cbw2_uvp(mean_u, cov_u, mean_t, cov_t, var1) > 20.0
@@ -171,7 +170,7 @@ def test_save_load_roundtrip(tmp_path):
 def test_shapes_keys_jit_vmap_arviz():
     x0 = jax.random.normal(jax.random.key(0), (128, 3))
     x1 = jax.random.normal(jax.random.key(1), (128, 3)) + 2.0
-    sb = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.5, num_components=3, num_steps=50,
+    sb = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.5, num_components=3, num_iterations=50,
                                 chunk_size=20)
     assert sb.loss_history.shape == (50,)
     y = sb.sample(jax.random.key(3), x0)
@@ -181,17 +180,43 @@ def test_shapes_keys_jit_vmap_arviz():
     assert sb.sample(jax.random.key(3), x0, num_samples=4).shape == (4, 128, 3)
     assert sb.log_prob(x0, y).shape == (128,)
     assert sb.sample_trajectory(jax.random.key(5), x0[:7], num_steps=10).shape == (11, 7, 3)
-    f = jax.jit(lambda p, x: L.conditional_log_prob(p, x, x, 0.5))
-    np.testing.assert_allclose(f(sb.params, x0), L.conditional_log_prob(sb.params, x0, x0, 0.5), rtol=1e-10)
-    vm = jax.vmap(lambda t: L.drift(sb.params, x0, t, 0.5))(jnp.linspace(0, 1, 3))
+    f = jax.jit(lambda p, x: bk.bridges.kernels.conditional_log_prob(p, x, x, 0.5))
+    np.testing.assert_allclose(f(sb.params, x0), bk.bridges.kernels.conditional_log_prob(sb.params, x0, x0, 0.5), rtol=1e-10)
+    vm = jax.vmap(lambda t: bk.bridges.kernels.drift(sb.params, x0, t, 0.5))(jnp.linspace(0, 1, 3))
     assert vm.shape == (3, 128, 3)
     # the fit is reproducible
-    sb2 = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.5, num_components=3, num_steps=50,
+    sb2 = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.5, num_components=3, num_iterations=50,
                                  chunk_size=20)
     np.testing.assert_array_equal(sb.params.r, sb2.params.r)
     dt = sb.to_arviz()
     assert set(dt.children) == {"posterior", "optimization"}
     assert dt["optimization"]["loss"].shape == (50,)
+
+
+def test_renamed_and_moved_names_warn_and_give_the_same_result():
+    """Glossary renames keep the old name for one release, with a warning, and give the same result:
+    ``LightSB.fit(num_steps=...)`` (optimiser iterations) is ``num_iterations``; ``kernels.log_normaliser``
+    (the plan's log normalising constant) is ``kernels.log_evidence``; the closed forms moved from
+    ``bk.bridges`` to ``bk.bridges.kernels``."""
+    x0 = jax.random.normal(jax.random.key(0), (64, 2))
+    x1 = jax.random.normal(jax.random.key(1), (64, 2)) + 1.0
+    kw = dict(epsilon=0.5, num_components=2, batch_size=16, chunk_size=10)
+    new = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_iterations=20, **kw)
+    with pytest.warns(DeprecationWarning, match="`num_steps` of LightSB.fit is renamed `num_iterations`"):
+        old = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_steps=20, **kw)
+    np.testing.assert_array_equal(old.loss_history, new.loss_history)
+    np.testing.assert_array_equal(old.params.r, new.params.r)
+    with pytest.raises(TypeError, match="num_step"):
+        bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_step=20, **kw)
+    K = bk.bridges.kernels
+    with pytest.warns(FutureWarning, match="kernels.log_normaliser is renamed log_evidence"):
+        old_fn = K.log_normaliser
+    np.testing.assert_array_equal(old_fn(new.params, x0, 0.5), K.log_evidence(new.params, x0, 0.5))
+    for name, target in [("log_normaliser", "log_evidence"), ("drift", "drift"), ("loss", "loss"),
+                         ("conditional_sample", "conditional_sample"), ("ipf_interval", "ipf_interval")]:
+        with pytest.warns(FutureWarning, match=f"bayeskit.bridges.{name} moved to bayeskit.bridges.kernels.{target}"):
+            assert getattr(bk.bridges, name) is getattr(K, target)
+    assert "drift" not in bk.bridges.__all__ and "kernels" in bk.bridges.__all__
 
 
 def test_log_prob_normalised():

@@ -8,14 +8,19 @@ import pytest
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError
 from bayeskit.testing import gaussian_bridge
-from bayeskit.inference.bridges.lightsb import LightSB, LightSBParams, init_params
-from bayeskit.inference.bridges.linear import (
-    LinearLightSB,
-    _features,
-    bridge_paths,
-    gaussian_bridge_linear,
-    linear_transition,
-)
+
+LightSB, LightSBParams, LinearLightSB = bk.bridges.LightSB, bk.bridges.LightSBParams, bk.bridges.LinearLightSB
+bridge_paths, gaussian_bridge_linear = bk.bridges.bridge_paths, bk.bridges.gaussian_bridge_linear
+linear_transition, init_params = bk.bridges.linear_transition, bk.bridges.kernels.init_params
+
+
+def _features(tr, backward):
+    """The reduction's LightSB features x' = G x + g and epsilon (module docstring of the linear solver):
+    G = eps Q^-1 Phi, g = eps Q^-1 m, eps = tr(Q) / D (forward plan only)."""
+    assert not backward
+    eps = float(np.trace(tr.cov)) / tr.cov.shape[0]
+    qinv = np.linalg.inv(tr.cov)
+    return eps * qinv @ tr.phi, eps * qinv @ tr.shift, eps
 
 
 def _spd(rng, d, scale=0.5, floor=0.3):
@@ -155,9 +160,9 @@ def test_fitted_linear_lightsb_matches_closed_form():
     # the LightSB loss on these samples: the loss gradient vanishes there and the plan equals the closed form
     # between the samples' (1/N) moments to round-off
     sb = LinearLightSB.fit(jax.random.key(0), x0, x1, reference=ref, duration=1.5, backward=True, num_components=1,
-                           covariance="full", init="gaussian", num_steps=0)
+                           covariance="full", init="gaussian", num_iterations=0)
     g, s, eps = _features(sb.transition, False)
-    grads = jax.grad(bk.bridges.loss)(sb.forward.params, x0 @ g.T + s, x1, eps)
+    grads = jax.grad(bk.bridges.kernels.loss)(sb.forward.params, x0 @ g.T + s, x1, eps)
     assert max(float(jnp.abs(z).max()) for z in grads if z is not None) < 1e-10
     emp = gaussian_bridge_linear(x0.mean(0), np.cov(x0.T, bias=True), x1.mean(0), np.cov(x1.T, bias=True), ref, 1.5)
     mean, cov = sb.conditional_moments(x0[:200])
@@ -166,7 +171,7 @@ def test_fitted_linear_lightsb_matches_closed_form():
     np.testing.assert_allclose(cov, np.broadcast_to(cov_e, cov.shape), atol=1e-10)
     # Adam from the reference code's initialisation heads to that minimiser (an untrained model is far off)
     trained = LinearLightSB.fit(jax.random.key(1), x0, x1, reference=ref, duration=1.5, num_components=1,
-                                covariance="full", num_steps=1500, batch_size=256, learning_rate=2e-2)
+                                covariance="full", num_iterations=1500, batch_size=256, learning_rate=2e-2)
     start = init_params(jax.random.key(1), x1, 1, covariance="full")  # the untrained model
     untrained = LinearLightSB(LightSB.from_params(start, trained.forward.epsilon), None, trained.transition, ref)
     # optimiser error after 1500 steps: max |mean error| over the 200 points 0.03-0.12 for training keys 0-3
@@ -191,5 +196,5 @@ def test_fitted_linear_lightsb_matches_closed_form():
         LinearLightSB.fit(jax.random.key(0), x0, x1, reference=ref, epsilon=1.0)
     with pytest.raises(DataError, match="same dimension"):
         LinearLightSB.fit(jax.random.key(0), x0, x1[:, :1], reference=ref)
-    with pytest.raises(ConfigurationError, match="num_steps"):
-        LinearLightSB.fit(jax.random.key(0), x0, x1, reference=ref, num_steps=0)
+    with pytest.raises(ConfigurationError, match="num_iterations"):
+        LinearLightSB.fit(jax.random.key(0), x0, x1, reference=ref, num_iterations=0)

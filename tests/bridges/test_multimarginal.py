@@ -11,7 +11,6 @@ import scipy.spatial
 import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError
 from bayeskit.testing import gaussian_bridge
-from bayeskit.inference.bridges.multimarginal import _push, ipf_interval
 
 
 def ou_snapshots(times, n, theta=1.0, sigma=0.3, m0=(3.0, -2.0), s0=0.1, seed=0):
@@ -112,12 +111,14 @@ def test_ipf_gp_matches_gaussian_closed_form():
     # GP with the explicit basis (1, x, tau, x tau) and a small residual kernel variance; with SBIRR's
     # zero-mean GP of variance 1/dt the regression fits the Euler noise and IPF drifts to a front-loaded bridge
     # (midpoint mean ~0.7 instead of 0.5), see docs/bridges.md
-    fwd, bwd = ipf_interval(jax.random.key(0), x0, x1, ref.params, f64(0.0), f64(0.05), f64(sigma), f64(1.0),
-                            drift_fn=ref.drift_fn, num_steps=20, num_ipf_iterations=10, max_gp_points=600,
-                            linear_basis=True, kernel_variance=0.1)
-    path = _push(jax.random.key(1), fwd, jnp.asarray(rng.normal(m0, np.sqrt(c0[0, 0]), (4000, 1))), ref.params,
-                 f64(0.0), f64(0.05), f64(sigma), f64(1.0), drift_fn=ref.drift_fn, num_steps=20, kind="exponential",
-                 use_reference_mean=False, direction="forward", kernel_variance=0.1)
+    kern = bk.bridges.kernels
+    fwd, bwd = kern.ipf_interval(jax.random.key(0), x0, x1, ref.params, f64(0.0), f64(0.05), f64(sigma), f64(1.0),
+                                 drift_fn=ref.drift_fn, num_steps=20, num_ipf_iterations=10, max_gp_points=600,
+                                 linear_basis=True, kernel_variance=0.1)
+    start = jnp.asarray(rng.normal(m0, np.sqrt(c0[0, 0]), (4000, 1)))
+    path = kern.simulate_gp_drift(jax.random.key(1), fwd, start, ref.params, f64(0.0), f64(0.05), f64(sigma), f64(1.0),
+                                  drift_fn=ref.drift_fn, num_steps=20, kind="exponential", use_reference_mean=False,
+                                  direction="forward", kernel_variance=0.1)
     gb = gaussian_bridge(m0, c0, m1, c1, sigma**2)
     for k in (10, 20):
         mt, st = gb.marginal(k / 20)
@@ -188,7 +189,7 @@ def test_bad_input():
 # theta, measured (10 data seeds each): the finite-sample error of the snapshots (sd across seeds), the
 # Euler-Maruyama refit bias theta_EM = (1 - exp(-theta h)) / h ~ theta (1 - theta h / 2), and the geometric
 # convergence of the refinement (contraction ~0.5 per pass: 0.77, 0.92, 0.96, 0.98, ...).
-OU_LSB = dict(solver="lightsb", lightsb_options=dict(num_components=1, covariance="full", init="gaussian", num_steps=0))
+OU_LSB = dict(solver="lightsb", lightsb_options=dict(num_components=1, covariance="full", init="gaussian", num_iterations=0))
 
 
 def test_irr_lightsb_recovers_ou_theta_vanilla_does_not():
@@ -229,7 +230,7 @@ def test_irr_recovers_ou_theta_vanilla_does_not():
     # of the exact one-component solve: final theta 0.982-0.987 on data seeds 0-3 (exact solve: 0.978-0.994)
     lsb = bk.bridges.multimarginal(jax.random.key(1), snaps, times, reference=bk.bridges.OU(sigma=sigma),
                                    num_refinements=10, time_step=h, solver="lightsb",
-                                   lightsb_options=dict(num_components=3, num_steps=1000))
+                                   lightsb_options=dict(num_components=3, num_iterations=1000))
     assert abs(float(lsb.reference.params["theta"]) - theta) < 4 * 0.012 + theta * h / 2
 
 

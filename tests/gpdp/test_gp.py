@@ -34,8 +34,11 @@ def test_predict_matches_dense_formula(data):
     mean, var, K = _dense(x, y, np.full(x.size, 0.16), xs, 2.3, 1.7)
     np.testing.assert_allclose(m, mean, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(v, var, rtol=1e-7, atol=1e-9)
-    ll = gpm.log_marginal_likelihood(data, hyper, jitter=0.0)
+    ll = gpm.log_evidence(data, hyper, jitter=0.0)
     np.testing.assert_allclose(ll, stats.multivariate_normal(np.zeros(x.size), K).logpdf(y), rtol=1e-10)
+    # the old name (log_marginal_likelihood) warns for one release and gives the same value
+    with pytest.warns(FutureWarning, match="log_marginal_likelihood is renamed log_evidence"):
+        assert gpm.log_marginal_likelihood(data, hyper, jitter=0.0) == ll
 
 
 def test_pseudo_observation_noise(data):
@@ -68,7 +71,7 @@ def _grid_posterior(data):
     ells = np.exp(np.linspace(np.log(1.5), np.log(15.0), 90))
     noises = np.exp(np.linspace(np.log(0.15), np.log(0.9), 90))
     prior = gpm.default_priors()
-    f = jax.jit(jax.vmap(jax.vmap(lambda l, s: gpm.log_marginal_likelihood(data, {"lengthscale": l, "noise": s})
+    f = jax.jit(jax.vmap(jax.vmap(lambda l, s: gpm.log_evidence(data, {"lengthscale": l, "noise": s})
                                   + prior["lengthscale"].log_prob(l) + prior["noise"].log_prob(s)
                                   + jnp.log(l) + jnp.log(s), (None, 0)), (0, None)))
     lp = np.asarray(f(jnp.asarray(ells), jnp.asarray(noises)))  # density in log-space (Jacobian added)

@@ -37,7 +37,7 @@ def sampler(key, batch_size, d=2, k=4):
 @pytest.fixture(scope="module")
 def fitted():
     cfg = M.NIWMeta(linear_model(2), covariance="full", local_approximation="laplace", optimizer=optax.adam(0.05),
-                    batch_size=4, num_steps=40, chunk_size=20)
+                    batch_size=4, num_iterations=40, chunk_size=20)
     return cfg.fit(jax.random.key(0), episodes(0))
 
 
@@ -84,21 +84,21 @@ def test_predictive_mean_matches_conjugate_posterior(fitted):
 
 def test_streaming_generator_and_iterator_no_state_growth():
     cfg = M.NIWMeta(linear_model(2), covariance="diag", local_approximation="laplace", optimizer=optax.adam(0.05),
-                    batch_size=8, num_steps=30, chunk_size=10)
+                    batch_size=8, num_iterations=30, chunk_size=10)
     r1 = cfg.fit(jax.random.key(0), sampler)
     r2 = cfg.fit(jax.random.key(1), sampler, init=r1)
     assert r2.num_episodes_seen == 2 * 30 * 8
     shapes = lambda st: [np.shape(l) for l in jax.tree_util.tree_leaves(st)]  # noqa: E731
     assert shapes(r1.state) == shapes(r2.state) == shapes(cfg.init())
     it = (sampler(jax.random.key(i), 8) for i in range(5))
-    r3 = cfg.fit(jax.random.key(2), it, num_steps=10)
+    r3 = cfg.fit(jax.random.key(2), it, num_iterations=10)
     assert r3.history["elbo"].shape == (5,)
 
 
 def test_sgld_approximation_runs_and_is_reproducible():
     em = linear_model(2)
     x, y = episodes(5)
-    cfg = M.NIWMeta(em, local_approximation="sgld", inner_step_size=1e-2, num_steps=5, batch_size=3)
+    cfg = M.NIWMeta(em, local_approximation="sgld", inner_step_size=1e-2, num_iterations=5, batch_size=3)
     res = cfg.fit(jax.random.key(0), (x, y))
     q1 = jax.jit(lambda k: M.sgld_approximation(k, em, x[0], y[0], jnp.zeros(2), num_burnin=2, num_samples=3,
                                                 step_size=1e-2))(jax.random.key(3))
@@ -120,9 +120,19 @@ def test_local_posterior_vmap_matches_loop(fitted):
 
 
 def test_to_arviz(fitted):
-    dt = fitted.to_arviz(num_draws=50)
+    dt = fitted.to_arviz(jax.random.key(0), num_samples=50)
     assert {"posterior", "niw_posterior", "training"} <= set(dt.children)
     assert dt["posterior"]["mu"].shape == (1, 50, 2)
+    # the key is explicit (no hidden default key): without one, a clear error
+    with pytest.raises(ConfigurationError, match="explicit `key`"):
+        fitted.to_arviz()
+    # `num_draws` (the old name of `num_samples`) warns for one release and gives the same draws
+    with pytest.warns(DeprecationWarning, match="`num_draws` of NIWMetaResult.to_arviz is renamed `num_samples`"):
+        old = fitted.to_arviz(jax.random.key(0), num_draws=50)
+    np.testing.assert_array_equal(old["posterior"]["mu"].values, dt["posterior"]["mu"].values)
+    with pytest.warns(DeprecationWarning, match="`num_draws` of NIWMetaResult.sample_global"):
+        old_mu, _ = fitted.sample_global(jax.random.key(1), num_draws=7)
+    np.testing.assert_array_equal(old_mu, fitted.sample_global(jax.random.key(1), num_samples=7)[0])
     sx, sy = episodes(1, n=2, k=3)
     pt = fitted.predict(jax.random.key(0), (sx, sy), (sx, sy), num_samples=8).to_arviz()
     assert {"posterior", "posterior_predictive", "predictions", "observed_data"} <= set(pt.children)
@@ -135,7 +145,7 @@ def test_network_and_equinox_episode_models():
     em = M.EpisodeModel.from_network(lambda m, x: jax.vmap(m)(x), mlp, likelihood="normal", noise_scale=0.3)
     x = jnp.linspace(-1, 1, 10)[None, :, None].repeat(4, 0)
     y = jnp.sin(x[..., 0])
-    cfg = M.NIWMeta(em, local_approximation="sgld", inner_step_size=1e-3, batch_size=4, num_steps=10)
+    cfg = M.NIWMeta(em, local_approximation="sgld", inner_step_size=1e-3, batch_size=4, num_iterations=10)
     res = cfg.fit(jax.random.key(0), (x, y))
     pred = res.predict(jax.random.key(1), (x[:, :3], y[:, :3]), x[:, 3:])
     assert pred.mean.shape == (4, 7)
@@ -148,16 +158,48 @@ def test_baselines_reduce_loss():
     em = linear_model(2)
     B = bk.testing.meta_baselines
     maml = B.maml(jax.random.key(0), em, sampler, num_support=2, inner_steps=2, inner_learning_rate=0.05,
-                  optimizer=optax.adam(0.05), batch_size=8, num_steps=60)
+                  optimizer=optax.adam(0.05), batch_size=8, num_iterations=60)
     assert maml.history["loss"][-10:].mean() < maml.history["loss"][:10].mean()
-    pooled = B.pretrain(jax.random.key(1), em, sampler, num_steps=100, optimizer=optax.adam(0.05))
+    pooled = B.pretrain(jax.random.key(1), em, sampler, num_iterations=100, optimizer=optax.adam(0.05))
     np.testing.assert_allclose(pooled.theta, [1.0, 1.0], atol=0.3)
     x, y = sampler(jax.random.key(2), 4)
     loss = B.default_loss(em)
-    adapted = B.fine_tune(jnp.zeros(2), em, (x, y), num_steps=20, learning_rate=0.05)
+    adapted = B.fine_tune(jnp.zeros(2), em, (x, y), num_iterations=20, learning_rate=0.05)
     before = jax.vmap(loss, in_axes=(None, 0, 0))(jnp.zeros(2), x, y)
     after = jax.vmap(loss)(adapted, x, y)
     assert np.all(np.asarray(after) < np.asarray(before))
+
+
+def test_renamed_num_steps_warns_and_gives_the_same_result():
+    """`num_steps` (optimiser iterations) is renamed `num_iterations` (glossary); the old name warns for one
+    release and gives the same result."""
+    em = linear_model(2)
+    kw = dict(covariance="diag", local_approximation="laplace", optimizer=optax.adam(0.05), batch_size=4)
+    new = M.NIWMeta(em, num_iterations=6, **kw)
+    with pytest.warns(DeprecationWarning, match="`num_steps` of NIWMeta is renamed `num_iterations`"):
+        old = M.NIWMeta(em, num_steps=6, **kw)
+    assert old == new
+    with pytest.warns(DeprecationWarning, match="`NIWMeta.num_steps` is renamed `num_iterations`"):
+        assert old.num_steps == 6
+    x, y = episodes(5)
+    r_new = new.fit(jax.random.key(0), (x, y), num_iterations=3)
+    with pytest.warns(DeprecationWarning, match="`num_steps` of NIWMeta.fit is renamed `num_iterations`"):
+        r_old = new.fit(jax.random.key(0), (x, y), num_steps=3)
+    np.testing.assert_array_equal(r_old.history["elbo"], r_new.history["elbo"])
+    B = bk.testing.meta_baselines
+    with pytest.warns(DeprecationWarning, match="`num_steps` of pretrain"):
+        p_old = B.pretrain(jax.random.key(1), em, (x, y), num_steps=5, batch_size=4)
+    np.testing.assert_array_equal(p_old.theta, B.pretrain(jax.random.key(1), em, (x, y), num_iterations=5,
+                                                          batch_size=4).theta)
+    with pytest.warns(DeprecationWarning, match="`num_steps` of fine_tune"):
+        f_old = B.fine_tune(jnp.zeros(2), em, (x, y), num_steps=3)
+    np.testing.assert_array_equal(f_old, B.fine_tune(jnp.zeros(2), em, (x, y), num_iterations=3))
+    with pytest.warns(DeprecationWarning, match="`num_steps` of maml"):
+        m_old = B.maml(jax.random.key(2), em, (x, y), num_support=2, inner_steps=1, batch_size=4, num_steps=3)
+    np.testing.assert_array_equal(m_old.theta, B.maml(jax.random.key(2), em, (x, y), num_support=2, inner_steps=1,
+                                                      batch_size=4, num_iterations=3).theta)
+    with pytest.raises(TypeError, match="num_step"):
+        M.NIWMeta(em, num_step=6)
 
 
 # ---------------------------------------------------------------- bad input

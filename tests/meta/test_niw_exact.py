@@ -208,7 +208,7 @@ def fit_linear(x, y, covariance="full", num_steps=2000, seed=0):
     d = x.shape[-1]
     cfg = M.NIWMeta(linear_model(d), covariance=covariance, local_approximation="laplace",
                     optimizer=optax.adam(optax.cosine_decay_schedule(0.2, num_steps, 0.01)), batch_size=x.shape[0],
-                    num_steps=num_steps,
+                    num_iterations=num_steps,
                     chunk_size=num_steps)
     return cfg.fit(jax.random.key(seed), (x, y))
 

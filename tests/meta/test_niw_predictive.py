@@ -83,7 +83,7 @@ def test_linearized_predictive_equals_normal_gamma_closed_form(fitted):
 
 def test_linearized_needs_gaussian_likelihood(fitted):
     em = fitted.config.episode_model.replace(noise_scale=None)
-    cfg = M.NIWMeta(em, covariance=fitted.config.covariance, local_approximation="laplace", num_steps=1)
+    cfg = M.NIWMeta(em, covariance=fitted.config.covariance, local_approximation="laplace", num_iterations=1)
     res = M.NIWMetaResult(fitted.posterior, fitted.params, fitted.state, {}, cfg)
     sx, sy = episodes(1, 2, 4)
     with pytest.raises(ConfigurationError, match="Gaussian likelihood"):

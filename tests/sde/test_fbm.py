@@ -158,6 +158,21 @@ def test_sample_paths_keys_and_exact_sampler():
     assert np.all(np.abs(x.T @ x / 20000 - exact) < 4 * se)
 
 
+def test_renamed_num_paths_warns_and_gives_the_same_draws():
+    """`num_paths` (draws returned) is renamed `num_samples` (glossary); the old keyword warns for one release."""
+    fbm = bk.sde.FractionalBM(hurst=0.3, num_ou=5, gamma_max=20.0)
+    t = np.linspace(0.1, 1.0, 5)
+    new = np.asarray(fbm.sample(jax.random.key(3), t, num_samples=4))
+    with pytest.warns(DeprecationWarning, match="`num_paths` of FractionalBM.sample is renamed `num_samples`"):
+        np.testing.assert_array_equal(np.asarray(fbm.sample(jax.random.key(3), t, num_paths=4)), new)
+    with pytest.warns(DeprecationWarning, match="`num_paths` of sample_paths"):
+        np.testing.assert_array_equal(np.asarray(bk.sde.sample_paths(jax.random.key(3), fbm, t, num_paths=4)), new)
+    exact = np.asarray(bk.sde.sample_exact_fbm(jax.random.key(0), t, 0.3, num_samples=3))
+    with pytest.warns(DeprecationWarning, match="`num_paths` of sample_exact_fbm"):
+        old = bk.sde.sample_exact_fbm(jax.random.key(0), t, 0.3, num_paths=3)
+    np.testing.assert_array_equal(np.asarray(old), exact)
+
+
 def test_float32_weights_are_usable():
     """Weights computed in float32 (the package default) still give < 1% variance error for K=20."""
     fbm = bk.sde.FractionalBM(hurst=0.3, num_ou=20, gamma_max=1e4, time_horizon=2.0)

@@ -3,7 +3,7 @@ r"""Baselines for few-shot meta-learning, on the same :class:`EpisodeModel` (fla
 * **No adaptation** (:func:`pretrain`): one parameter vector fitted to all points of all training
   episodes (pooled empirical risk minimisation); predicts every new episode with it.
 * **Fine-tuning** (:func:`fine_tune`): start from a global vector (the pooled fit, or NIW-Meta's
-  global mean) and take ``num_steps`` SGD steps on the support set.
+  global mean) and take ``num_iterations`` SGD steps on the support set.
 * **MAML** (:func:`maml`, Finn et al. 2017), compact: learn θ₀ so that ``inner_steps`` SGD steps on the
   support loss (inner learning rate α fixed) minimise the query loss; outer optimiser optax; full
   second-order gradients through the inner loop (``first_order=True`` for FOMAML).
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bayeskit._checks import check_key, check_positive_int
+from bayeskit._checks import check_key, check_positive_int, renamed_kwargs
 from bayeskit.errors import ConfigurationError, DataError
 from bayeskit.inference.meta.episode import EpisodeModel
 
@@ -64,10 +64,13 @@ def _clip(g, max_norm):
     return g * jnp.minimum(1.0, max_norm / jnp.maximum(jnp.linalg.norm(g), 1e-30))
 
 
-def fine_tune(theta, episode_model: EpisodeModel, support, *, num_steps: int = 5, learning_rate: float = 0.01,
-              loss_fn: Callable | None = None, max_grad_norm: float | None = None) -> jax.Array:
-    """Adapt ``theta`` (d,) to each support set ``(x (B, K, ...), y)`` by plain SGD (gradient norm clipped at
-    ``max_grad_norm`` if given); returns (B, d)."""
+def fine_tune(theta, episode_model: EpisodeModel, support, *, num_iterations: int = 5, learning_rate: float = 0.01,
+              loss_fn: Callable | None = None, max_grad_norm: float | None = None, **deprecated) -> jax.Array:
+    """Adapt ``theta`` (d,) to each support set ``(x (B, K, ...), y)`` by ``num_iterations`` steps of plain SGD
+    (gradient norm clipped at ``max_grad_norm`` if given); returns (B, d). ``num_steps``, the old name of
+    ``num_iterations``, warns for one release."""
+    num_iterations = renamed_kwargs("fine_tune", deprecated, {"num_steps": "num_iterations"}).get(
+        "num_iterations", num_iterations)
     loss_fn = loss_fn or default_loss(episode_model)
     x, y = support
     if jnp.shape(x)[1] == 0:
@@ -77,7 +80,7 @@ def fine_tune(theta, episode_model: EpisodeModel, support, *, num_steps: int = 5
         def body(_, th):
             return th - learning_rate * _clip(jax.grad(loss_fn)(th, xe, ye), max_grad_norm)
 
-        return jax.lax.fori_loop(0, num_steps, body, theta)
+        return jax.lax.fori_loop(0, num_iterations, body, theta)
 
     return jax.jit(jax.vmap(one))(jnp.asarray(x), jnp.asarray(y))
 
@@ -96,11 +99,14 @@ class PooledResult:
         return jax.vmap(self.episode_model.predict_fn, in_axes=(None, 0))(self.theta, jnp.asarray(query_x))
 
 
-def pretrain(key, episode_model: EpisodeModel, episodes, *, num_steps: int = 1000, batch_size: int = 16,
-             optimizer=None, loss_fn: Callable | None = None, init_theta=None) -> PooledResult:
-    """Pooled empirical-risk minimisation over all points of minibatches of episodes."""
+def pretrain(key, episode_model: EpisodeModel, episodes, *, num_iterations: int = 1000, batch_size: int = 16,
+             optimizer=None, loss_fn: Callable | None = None, init_theta=None, **deprecated) -> PooledResult:
+    """Pooled empirical-risk minimisation over all points of minibatches of episodes, ``num_iterations``
+    optimizer steps (``num_steps``, the old name, warns for one release)."""
+    num_iterations = renamed_kwargs("pretrain", deprecated, {"num_steps": "num_iterations"}).get(
+        "num_iterations", num_iterations)
     key = check_key(key)
-    num_steps = check_positive_int(num_steps, "num_steps")
+    num_steps = check_positive_int(num_iterations, "num_iterations")
     loss_fn = loss_fn or default_loss(episode_model)
     get, _ = _source(episodes, check_positive_int(batch_size, "batch_size"))
     opt = optimizer or optax.adam(1e-3)
@@ -179,7 +185,7 @@ class MAMLResult:
 
     def adapt(self, support) -> jax.Array:
         """Adapted parameters (B, d) of each support set ``(x (B, K, ...), y)``."""
-        return fine_tune(self.theta, self.episode_model, support, num_steps=self.inner_steps,
+        return fine_tune(self.theta, self.episode_model, support, num_iterations=self.inner_steps,
                          learning_rate=self.inner_learning_rate, loss_fn=self.loss_fn,
                          max_grad_norm=self.max_grad_norm)
 
@@ -190,11 +196,14 @@ class MAMLResult:
 
 def maml(key, episode_model: EpisodeModel, episodes, *, num_support: int, inner_steps: int = 5,
          inner_learning_rate: float = 0.01, first_order: bool = False, optimizer=None, batch_size: int = 16,
-         num_steps: int = 1000, loss_fn: Callable | None = None, init_theta=None,
-         max_grad_norm: float | None = None) -> MAMLResult:
-    """Train MAML on episodes (``(x, y)`` arrays or a generator ``sample(key, batch_size)``)."""
+         num_iterations: int = 1000, loss_fn: Callable | None = None, init_theta=None,
+         max_grad_norm: float | None = None, **deprecated) -> MAMLResult:
+    """Train MAML on episodes (``(x, y)`` arrays or a generator ``sample(key, batch_size)``) for
+    ``num_iterations`` outer steps (``num_steps``, the old name, warns for one release)."""
+    num_iterations = renamed_kwargs("maml", deprecated, {"num_steps": "num_iterations"}).get(
+        "num_iterations", num_iterations)
     key = check_key(key)
-    num_steps = check_positive_int(num_steps, "num_steps")
+    num_steps = check_positive_int(num_iterations, "num_iterations")
     num_support = check_positive_int(num_support, "num_support")
     check_positive_int(inner_steps, "inner_steps", minimum=0)
     get, npts = _source(episodes, check_positive_int(batch_size, "batch_size"))

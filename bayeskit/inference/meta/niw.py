@@ -8,7 +8,9 @@ the fitted model in :mod:`.result`; the predictive in :mod:`.predictive`.
 
 from __future__ import annotations
 
+import functools
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bayeskit._checks import check_choice, check_key, check_positive_int
+from bayeskit._checks import check_choice, check_key, check_positive_int, renamed_kwargs
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
 from bayeskit.inference.meta.conjugate import NIWParams, NIWPosterior, NIWPrior, constrain, unconstrain
 from bayeskit.inference.meta.episode import EpisodeModel
@@ -52,7 +54,8 @@ class NIWMeta:
         max_grad_norm: clip the norm of the likelihood gradient in the inner SGLD / gradient steps (None: no clip).
         optimizer: an optax transformation for the global parameters (default ``optax.adam(1e-2)``).
         batch_size: episodes per step.
-        num_steps: optimisation steps.
+        num_iterations: optimisation iterations (``num_steps`` before this release; the old keyword and
+            attribute warn).
         dataset_size: number of training episodes N weighting ``KL(q(φ)||p(φ))/N``; default: the number of
             episodes given as arrays, ``None`` (no hyperprior term: type-II-ML-like) for generators.
         prior: hyperprior :class:`NIWPrior`; default weak: mean 0 (or ``init_mean``), kappa 1e-2,
@@ -80,7 +83,7 @@ class NIWMeta:
     max_grad_norm: float | None = None
     optimizer: Any = None
     batch_size: int = 16
-    num_steps: int = 1000
+    num_iterations: int = 1000
     dataset_size: float | None = None
     prior: NIWPrior | None = None
     prior_std: float = 1.0
@@ -100,7 +103,7 @@ class NIWMeta:
         check_choice(self.local_approximation, "local_approximation", ("sgld", "laplace"))
         check_choice(self.curvature, "curvature", ("hessian", "fisher"))
         check_positive_int(self.batch_size, "batch_size")
-        check_positive_int(self.num_steps, "num_steps")
+        check_positive_int(self.num_iterations, "num_iterations")
         check_positive_int(self.chunk_size, "chunk_size")
         check_positive_int(self.num_inner_steps, "num_inner_steps", minimum=0)
         check_positive_int(self.num_burnin, "num_burnin", minimum=0)
@@ -241,8 +244,8 @@ class NIWMeta:
         return TrainState(params, self._optimizer().init(params), jnp.zeros((), jnp.int32))
 
     # ---- driver
-    def fit(self, key, episodes, *, num_steps: int | None = None, init: "NIWMetaResult | TrainState | None" = None
-            ) -> NIWMetaResult:
+    def fit(self, key, episodes, *, num_iterations: int | None = None,
+            init: "NIWMetaResult | TrainState | None" = None, **deprecated) -> NIWMetaResult:
         """Learn q(φ) from episodes by one-time episodic optimisation.
 
         Args:
@@ -253,11 +256,15 @@ class NIWMeta:
                 * a JAX-traceable generator ``sample(key, batch_size) -> (x, y)`` (an endless stream; it is
                   called inside the jitted loop);
                 * a Python iterator yielding ``(x, y)`` minibatches (host-side data; one jitted step each).
-            num_steps: overrides the configured ``num_steps``.
+            num_iterations: overrides the configured ``num_iterations`` (``num_steps`` before this release).
             init: a previous result or :class:`TrainState` to continue from (streaming in several calls).
+            **deprecated: ``num_steps``, the old name of ``num_iterations``.
         """
+        num_iterations = renamed_kwargs("NIWMeta.fit", deprecated, {"num_steps": "num_iterations"}).get(
+            "num_iterations", num_iterations)
         key = check_key(key)
-        num_steps = check_positive_int(self.num_steps if num_steps is None else num_steps, "num_steps")
+        num_steps = check_positive_int(self.num_iterations if num_iterations is None else num_iterations,
+                                       "num_iterations")
         mode, data = self._episode_source(episodes)
         dataset_size = self.dataset_size
         if dataset_size is None and mode == "arrays":
@@ -336,3 +343,25 @@ class NIWMeta:
         raise DataError("`episodes` must be a pair (x, y) of arrays, a generator function sample(key, batch_size) "
                         "-> (x, y), or an iterator of (x, y) minibatches")
 
+
+# `num_steps` (optimisation iterations) is renamed `num_iterations` (glossary: `num_steps` counts time steps only);
+# the old keyword and attribute stay for one release, with a DeprecationWarning
+_dataclass_init = NIWMeta.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_renamed(self, *args, **kwargs):
+    kwargs.update(renamed_kwargs("NIWMeta", {k: kwargs.pop(k) for k in ("num_steps",) if k in kwargs},
+                                 {"num_steps": "num_iterations"}))
+    _dataclass_init(self, *args, **kwargs)
+
+
+def _num_steps(self) -> int:
+    """Deprecated name of ``num_iterations``."""
+    warnings.warn("`NIWMeta.num_steps` is renamed `num_iterations`; the old name will be removed in the next release",
+                  DeprecationWarning, stacklevel=2)
+    return self.num_iterations
+
+
+NIWMeta.__init__ = _init_with_renamed
+NIWMeta.num_steps = property(_num_steps)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
+from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int, renamed_kwargs
 from bayeskit.errors import ConfigurationError, DataError
 from bayeskit.inference.meta.conjugate import (
     LocalPosterior, NIWParams, NIWPosterior, episode_loss, local_posterior, niw_kl,
@@ -135,17 +135,35 @@ class NIWMetaResult:
         theta, outputs, y_samples, lpd = self.config.compiled("predict")(k_draw, k_pred, local, qx, qy, num_samples)
         return MetaPrediction(theta, outputs, y_samples, lpd, local, qy)
 
-    def sample_global(self, key, num_draws: int = 1000):
-        """Draws ``(mu, Sigma)`` from q(phi)."""
-        return self.posterior.sample(check_key(key), check_positive_int(num_draws, "num_draws"))
+    def sample_global(self, key, num_samples: int = 1000, **deprecated):
+        """Draws ``(mu, Sigma)`` from q(phi).
 
-    def to_arviz(self, key=None, num_draws: int = 500):
+        Args:
+            key: ``jax.random`` key.
+            num_samples: draws returned (``num_draws`` before this release; the old name warns).
+            **deprecated: ``num_draws``, the old name of ``num_samples``.
+        """
+        num_samples = renamed_kwargs("NIWMetaResult.sample_global", deprecated, {"num_draws": "num_samples"}).get(
+            "num_samples", num_samples)
+        return self.posterior.sample(check_key(key), check_positive_int(num_samples, "num_samples"))
+
+    def to_arviz(self, key=None, num_samples: int = 500, **deprecated):
         """DataTree: ``posterior`` draws of ``mu`` and ``Sigma`` (diagonal: variances) from q(phi);
-        ``sample_stats`` (not per draw) holds the learned NIW parameters; ``training`` the per-step history."""
+        ``sample_stats`` (not per draw) holds the learned NIW parameters; ``training`` the per-step history.
+
+        Args:
+            key: ``jax.random`` key for the draws from q(phi) (required: there is no default key).
+            num_samples: draws in ``posterior`` (``num_draws`` before this release; the old name warns).
+            **deprecated: ``num_draws``, the old name of ``num_samples``.
+        """
         from bayeskit.diagnostics import to_datatree
 
-        key = jax.random.key(0) if key is None else key
-        mu, sigma = self.sample_global(key, num_draws)
+        num_samples = renamed_kwargs("NIWMetaResult.to_arviz", deprecated, {"num_draws": "num_samples"}).get(
+            "num_samples", num_samples)
+        if key is None:
+            raise ConfigurationError("NIWMetaResult.to_arviz draws (mu, Sigma) from q(phi) and needs an explicit "
+                                     "`key`: result.to_arviz(jax.random.key(0))")
+        mu, sigma = self.sample_global(key, num_samples)
         q = self.posterior
         dims = {"mu": ["theta_dim"], "Sigma": ["theta_dim", "theta_dim_b"] if not q.is_diagonal else ["theta_dim"],
                 "m0": ["theta_dim"], "Gamma0": ["theta_dim"] if q.is_diagonal else ["theta_dim", "theta_dim_b"]}

@@ -11,7 +11,8 @@ The entropic OT / Schrödinger bridge between :math:`p_0` and :math:`p_1` with B
 with :math:`S_k` diagonal or full (:math:`S_k = U_k \operatorname{diag}(s_k) U_k^\top`). Everything is then
 in closed form:
 
-* normaliser :math:`C_\theta(x) = \sum_k \alpha_k \exp\big((x^\top S_k x + 2 r_k^\top x) / (2\varepsilon)\big)`;
+* normalising constant of the plan (its log is :func:`log_evidence`)
+  :math:`C_\theta(x) = \sum_k \alpha_k \exp\big((x^\top S_k x + 2 r_k^\top x) / (2\varepsilon)\big)`;
 * conditional plan :math:`\pi_\theta(y \mid x) = \sum_k w_k(x)\, \mathcal N(y \mid r_k + S_k x, \varepsilon S_k)`,
   :math:`w_k(x) \propto \alpha_k \exp\big((x^\top S_k x + 2 r_k^\top x) / (2\varepsilon)\big)`;
 * training loss (an upper bound of KL to the true plan, up to a constant)
@@ -26,36 +27,29 @@ in closed form:
   which is :math:`\varepsilon \nabla_x \log \int \mathcal N(y \mid x, (1-t)\varepsilon I)\, e^{\|y\|^2/2\varepsilon} v_\theta(y)\, dy`
   written so that it stays finite at :math:`t = 0`.
 
-Parameters live in a :class:`LightSBParams` NamedTuple pytree; :class:`LightSB` is the fitted, frozen
-result (``LightSB.fit(...)``) with ``sample``, ``log_prob``, ``drift``, ``sample_trajectory``, ``save`` / ``load``.
+This module holds the closed forms on a :class:`LightSBParams` pytree (``bk.bridges.kernels``); the training
+loop is in ``_lightsb_fit`` and the fitted result :class:`~bayeskit.bridges.LightSB` in ``_lightsb``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import time
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
-from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
-from bayeskit.inference.bridges.gaussian import gaussian_bridge
-from bayeskit.progress import chunk_loop
+from bayeskit.errors import ConfigurationError
+from bayeskit.inference.bridges._gaussian import gaussian_bridge
 
 __all__ = [
     "LightSBParams",
-    "LightSB",
+    "check_epsilon",
     "init_params",
     "gaussian_init_params",
     "covariances",
     "log_potential",
-    "log_normaliser",
+    "log_evidence",
     "loss",
     "conditional_components",
     "conditional_log_prob",
@@ -84,7 +78,8 @@ class LightSBParams(NamedTuple):
     rotation: Any = None
 
 
-def _check_epsilon(epsilon) -> float:
+def check_epsilon(epsilon) -> float:
+    """``epsilon`` as a positive float, or a :class:`~bayeskit.errors.ConfigurationError`."""
     try:
         e = float(epsilon)
     except (TypeError, ValueError) as exc:
@@ -170,8 +165,10 @@ def _log_weights_unnorm(params: LightSBParams, x, epsilon):
     return params.log_alpha + (xsx + 2.0 * jnp.einsum("kd,...d->...k", params.r, x)) / (2.0 * epsilon), sx
 
 
-def log_normaliser(params: LightSBParams, x, epsilon) -> jax.Array:
-    """:math:`\\log C_\\theta(x)` for x of shape (..., D)."""
+def log_evidence(params: LightSBParams, x, epsilon) -> jax.Array:
+    """:math:`\\log C_\\theta(x)` for x of shape (..., D): the log normalising constant (log evidence) of the
+    conditional plan :math:`\\pi_\\theta(y \\mid x) \\propto e^{\\langle x, y\\rangle/\\varepsilon} v_\\theta(y)`
+    (called ``log_normaliser`` before this release)."""
     lw, _ = _log_weights_unnorm(params, x, epsilon)
     return jax.scipy.special.logsumexp(lw, axis=-1)
 
@@ -205,7 +202,7 @@ def log_potential(params: LightSBParams, y, epsilon) -> jax.Array:
 def loss(params: LightSBParams, x0, x1, epsilon) -> jax.Array:
     """LightSB objective :math:`\\mathbb E_{p_0}\\log C_\\theta(x) - \\mathbb E_{p_1}\\log v_\\theta(y)` on
     minibatches ``x0`` (B0, D), ``x1`` (B1, D)."""
-    return jnp.mean(log_normaliser(params, x0, epsilon)) - jnp.mean(log_potential(params, x1, epsilon))
+    return jnp.mean(log_evidence(params, x0, epsilon)) - jnp.mean(log_potential(params, x1, epsilon))
 
 
 def conditional_components(params: LightSBParams, x, epsilon):
@@ -292,198 +289,3 @@ def euler_maruyama(key, drift_fn, x0, *, t0: float = 0.0, t1: float = 1.0, num_s
 
     _, path = jax.lax.scan(body, x0, (keys, times))
     return jnp.concatenate([x0[None], path], axis=0)
-
-
-@functools.lru_cache(maxsize=32)
-def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    # one object per learning rate, so that repeated fits hit the jit cache of `_train_chunk`
-    return optax.adam(learning_rate)
-
-
-@partial(jax.jit, static_argnames=("optimizer", "num_steps", "batch_size"))
-def _train_chunk(key, params, opt_state, x0, x1, epsilon, *, optimizer, num_steps, batch_size):
-    n0, n1 = x0.shape[0], x1.shape[0]
-
-    def step(carry, k):
-        p, s = carry
-        k0, k1 = jax.random.split(k)
-        b0 = x0[jax.random.randint(k0, (batch_size,), 0, n0)]
-        b1 = x1[jax.random.randint(k1, (batch_size,), 0, n1)]
-        value, grads = jax.value_and_grad(loss)(p, b0, b1, epsilon)
-        updates, s = optimizer.update(grads, s, p)
-        p = optax.apply_updates(p, updates)
-        return (p, s), value
-
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(key, num_steps))
-    return params, opt_state, losses
-
-
-@dataclasses.dataclass(frozen=True)
-class LightSB:
-    """A fitted Light Schrödinger bridge (construct with :meth:`LightSB.fit` or :meth:`LightSB.from_params`).
-
-    Attributes:
-        params: :class:`LightSBParams`.
-        epsilon: reference noise variance :math:`\\varepsilon` (the SDE is :math:`dX = g\\,dt + \\sqrt{\\varepsilon}\\,dW`).
-        loss_history: (num_steps,) training losses (empty if built from parameters).
-        fit_seconds: wall time of :meth:`fit` (compile included).
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> x0 = jax.random.normal(jax.random.key(0), (256, 2))
-        >>> x1 = jax.random.normal(jax.random.key(1), (256, 2)) + 3.0
-        >>> sb = LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.1, num_components=4, num_steps=200)
-        >>> sb.sample(jax.random.key(3), x0).shape
-        (256, 2)
-    """
-
-    params: LightSBParams
-    epsilon: float
-    loss_history: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
-    fit_seconds: float = 0.0
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_params(cls, params: LightSBParams, epsilon: float) -> "LightSB":
-        epsilon = _check_epsilon(epsilon)
-        return cls(params=LightSBParams(*[None if p is None else jnp.asarray(p) for p in params]), epsilon=epsilon)
-
-    @classmethod
-    def fit(cls, key, x0, x1, *, epsilon: float, num_components: int = 10, covariance: str = "diag",
-            num_steps: int = 2000, batch_size: int = 128, learning_rate: float = 1e-2,
-            optimizer: optax.GradientTransformation | None = None, init_scale: float = 0.1,
-            init: str = "samples", chunk_size: int = 500, progress_bar: bool = False) -> "LightSB":
-        """Fit LightSB between samples ``x0`` (N0, D) of :math:`p_0` and ``x1`` (N1, D) of :math:`p_1`.
-
-        Minimises :func:`loss` with ``optimizer`` (default ``optax.adam(learning_rate)``) on minibatches of
-        ``batch_size`` drawn with replacement, in jitted chunks of ``chunk_size`` steps. ``init="samples"``
-        starts as the reference code (:func:`init_params`); ``init="gaussian"`` at the closed-form Gaussian SB
-        of the moment-matched samples (:func:`gaussian_init_params`; with one full component that is the exact
-        optimum and ``num_steps=0`` returns it).
-        """
-        check_key(key)
-        epsilon = _check_epsilon(epsilon)
-        check_finite_array(x0, "x0", ndim=2)
-        check_finite_array(x1, "x1", ndim=2)
-        if np.shape(x0)[1] != np.shape(x1)[1]:
-            raise DataError(f"`x0` and `x1` must have the same dimension, got {np.shape(x0)[1]} and {np.shape(x1)[1]}")
-        num_components = check_positive_int(num_components, "num_components")
-        check_choice(init, "init", {"samples", "gaussian"})
-        num_steps = check_positive_int(num_steps, "num_steps", minimum=0 if init == "gaussian" else 1)
-        batch_size = check_positive_int(batch_size, "batch_size")
-        chunk_size = check_positive_int(chunk_size, "chunk_size")
-        check_choice(covariance, "covariance", {"diag", "full"})
-        x0 = jnp.asarray(x0)
-        x1 = jnp.asarray(x1, dtype=x0.dtype)
-        optimizer = optimizer if optimizer is not None else _default_optimizer(float(learning_rate))
-        start = time.perf_counter()
-        key_init, key_train = jax.random.split(key)
-        if init == "gaussian":
-            params = gaussian_init_params(key_init, x0, x1, num_components, epsilon, covariance=covariance)
-        else:
-            params = init_params(key_init, x1, num_components, covariance=covariance, init_scale=init_scale)
-        opt_state = optimizer.init(params)
-        eps = jnp.asarray(epsilon, x0.dtype)
-
-        def run_chunk(carry, done, n):
-            params, opt_state, chunk = _train_chunk(jax.random.fold_in(key_train, done), *carry, x0, x1, eps,
-                                                    optimizer=optimizer, num_steps=n, batch_size=batch_size)
-            return (params, opt_state), np.asarray(chunk)
-
-        (params, opt_state), losses = chunk_loop(run_chunk, (params, opt_state), num_steps, chunk_size=chunk_size,
-                                                 progress_bar=progress_bar, desc="LightSB",
-                                                 postfix=lambda c, out: {"loss": float(out[-1])})
-        history = np.concatenate(losses) if losses else np.zeros(0)
-        if not np.all(np.isfinite(history[-min(10, len(history)):])) or not all(
-                bool(jnp.all(jnp.isfinite(p))) for p in params if p is not None):
-            raise ConvergenceError("LightSB training produced non-finite values; lower `learning_rate` or rescale the data")
-        jax.block_until_ready(params)
-        return cls(params=params, epsilon=epsilon, loss_history=history, fit_seconds=time.perf_counter() - start)
-
-    # ------------------------------------------------------------------ inference
-    @property
-    def dim(self) -> int:
-        return int(self.params.r.shape[-1])
-
-    @property
-    def covariance(self) -> str:
-        return "diag" if self.params.rotation is None else "full"
-
-    def _x(self, x, name="x"):
-        check_finite_array(x, name, ndim=(1, 2))
-        x = jnp.asarray(x, self.params.r.dtype)
-        if x.shape[-1] != self.dim:
-            raise DataError(f"`{name}` must have last dimension {self.dim}, got shape {x.shape}")
-        return x
-
-    def sample(self, key, x, num_samples: int | None = None) -> jax.Array:
-        """Sample :math:`y \\sim \\pi_\\theta(\\cdot \\mid x)`: (N, D) for x (N, D), or (num_samples, N, D)."""
-        check_key(key)
-        x = self._x(x)
-        if num_samples is None:
-            return conditional_sample(key, self.params, x, self.epsilon)
-        num_samples = check_positive_int(num_samples, "num_samples")
-        keys = jax.random.split(key, num_samples)
-        return jax.vmap(lambda k: conditional_sample(k, self.params, x, self.epsilon))(keys)
-
-    def log_prob(self, x, y) -> jax.Array:
-        """:math:`\\log\\pi_\\theta(y \\mid x)`, broadcasting over leading axes."""
-        return conditional_log_prob(self.params, self._x(x), self._x(y, "y"), self.epsilon)
-
-    def conditional_moments(self, x):
-        """Mean (N, D) and covariance (N, D, D) of the mixture :math:`\\pi_\\theta(\\cdot \\mid x)` (closed form)."""
-        lw, means, covs = conditional_components(self.params, self._x(x), self.epsilon)
-        w = jnp.exp(lw)
-        mean = jnp.einsum("...k,...kd->...d", w, means)
-        second = jnp.einsum("...k,kij->...ij", w, covs) + jnp.einsum("...k,...ki,...kj->...ij", w, means, means)
-        return mean, second - mean[..., :, None] * mean[..., None, :]
-
-    def drift(self, x, t) -> jax.Array:
-        """SB drift :math:`g(x, t)`, t in [0, 1]."""
-        return drift(self.params, self._x(x), t, self.epsilon)
-
-    def sample_trajectory(self, key, x0, num_steps: int = 100) -> jax.Array:
-        """Simulate :math:`dX = g(X, t)dt + \\sqrt\\varepsilon dW` from ``x0`` by Euler–Maruyama on
-        ``num_steps`` steps; returns (num_steps + 1, N, D) (time grid ``linspace(0, 1, num_steps + 1)``)."""
-        check_key(key)
-        x0 = self._x(x0, "x0")
-        num_steps = check_positive_int(num_steps, "num_steps")
-        return _simulate(key, self.params, x0, self.epsilon, num_steps)
-
-    # ------------------------------------------------------------------ io
-    def save(self, path) -> None:
-        """Save parameters to ``.npz`` (plain arrays, no pickle)."""
-        arrays = {"log_alpha": np.asarray(self.params.log_alpha), "r": np.asarray(self.params.r),
-                  "log_s": np.asarray(self.params.log_s), "epsilon": np.asarray(self.epsilon),
-                  "loss_history": np.asarray(self.loss_history)}
-        if self.params.rotation is not None:
-            arrays["rotation"] = np.asarray(self.params.rotation)
-        np.savez(path, **arrays)
-
-    @classmethod
-    def load(cls, path) -> "LightSB":
-        """Load parameters written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as z:
-            rotation = jnp.asarray(z["rotation"]) if "rotation" in z.files else None
-            params = LightSBParams(jnp.asarray(z["log_alpha"]), jnp.asarray(z["r"]), jnp.asarray(z["log_s"]), rotation)
-            return cls(params=params, epsilon=float(z["epsilon"]), loss_history=np.asarray(z["loss_history"]))
-
-    def to_arviz(self):
-        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the fitted parameters as one draw: a point
-        estimate) and ``optimization`` (loss per ``iteration``)."""
-        from bayeskit.diagnostics import one_run, to_datatree
-
-        params = {"log_alpha": self.params.log_alpha, "r": self.params.r, "log_s": self.params.log_s}
-        if self.params.rotation is not None:
-            params["rotation"] = self.params.rotation
-        dims = {"log_alpha": ["component"], "r": ["component", "dim"], "log_s": ["component", "dim"],
-                "rotation": ["component", "dim", "dim_col"], "loss": ["iteration"]}
-        return to_datatree({"posterior": one_run(params), "optimization": {"loss": self.loss_history}}, dims=dims,
-                           attrs={"epsilon": self.epsilon, "covariance": self.covariance,
-                                  "fit_seconds": self.fit_seconds, "method": "LightSB"})
-
-
-@partial(jax.jit, static_argnames=("num_steps",))
-def _simulate(key, params, x0, epsilon, num_steps):
-    fn = lambda x, t: drift(params, x, t, epsilon)  # noqa: E731
-    return euler_maruyama(key, fn, x0, num_steps=num_steps, diffusion=jnp.sqrt(epsilon))

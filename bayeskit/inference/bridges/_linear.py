@@ -19,7 +19,7 @@ true plan for any reference whose transition is :math:`p(y\mid x)` (the terms :m
 do not involve :math:`\theta` drop out), and :math:`x \mapsto x'` is a bijection (:math:`\Phi`, :math:`Q`
 invertible), so **the SB under the linear reference between** :math:`p_0, p_1` **is the Brownian LightSB
 between the law of** :math:`x'` **and** :math:`p_1`, mapped back. Fitting, sampling :math:`\pi(y\mid x)` and
-:math:`\log\pi(y\mid x)` therefore reuse :class:`~bayeskit.inference.bridges.lightsb.LightSB` unchanged. The
+:math:`\log\pi(y\mid x)` therefore reuse :class:`~bayeskit.bridges.LightSB` unchanged. The
 backward plan :math:`\pi(x\mid y) \propto \psi(x)\,\mathcal N(y\mid\Phi x + m, Q)` is the same construction
 with features :math:`\varepsilon\,\Phi^\top Q^{-1}(y - m)`.
 
@@ -28,7 +28,7 @@ sampling the end point from the plan and filling in the linear-SDE bridge exactl
 (:math:`X_{k+1} \mid X_k, X_T` is Gaussian; :func:`bridge_paths`). No Euler–Maruyama error, no IPF.
 
 **Gaussian closed form** (:func:`gaussian_bridge_linear`): for Gaussian marginals the reduction turns the
-Brownian closed form (:func:`~bayeskit.inference.bridges.gaussian.gaussian_bridge`) of :math:`(\mathcal
+Brownian closed form (:func:`~bayeskit.testing.gaussian_bridge`) of :math:`(\mathcal
 N(Gm_0 + g, G\Sigma_0G^\top), p_1)`, :math:`G = \varepsilon Q^{-1}\Phi`, :math:`g = \varepsilon Q^{-1}m`, into
 :math:`\operatorname{Cov}(X_0, X_T) = G^{-1}\operatorname{Cov}(X_0', X_T)`; the marginals :math:`\Sigma_t` follow from
 the linear bridge. (Compare Bunne et al. 2023, "The Schrödinger bridge between Gaussian measures has a closed
@@ -47,7 +47,7 @@ import numpy as np
 from bayeskit._checks import check_finite_array, check_key, check_positive_int
 from bayeskit._linalg import linear_sde_transition
 from bayeskit.errors import ConfigurationError, DataError
-from bayeskit.inference.bridges.lightsb import LightSB
+from bayeskit.inference.bridges._lightsb import LightSB
 
 __all__ = ["GaussianTransition", "linear_transition", "LinearLightSB", "LinearGaussianBridge",
            "gaussian_bridge_linear", "bridge_paths"]
@@ -193,7 +193,7 @@ class LinearLightSB:
     def fit(cls, key, x0, x1, *, reference, duration: float = 1.0, backward: bool = False,
             **lightsb_options) -> "LinearLightSB":
         """Fit the plan between samples ``x0`` (N0, D) at 0 and ``x1`` (N1, D) at ``duration`` under a linear
-        ``reference`` (:func:`~bayeskit.inference.bridges.reference.Brownian`, ``OU``, ``Linear``).
+        ``reference`` (:func:`~bayeskit.bridges.Brownian`, ``OU``, ``Linear``).
         ``lightsb_options`` go to :meth:`LightSB.fit` (``epsilon`` is set by the reduction)."""
         check_key(key)
         check_finite_array(x0, "x0", ndim=2)
@@ -299,7 +299,7 @@ class LinearGaussianBridge(NamedTuple):
 
 def gaussian_bridge_linear(mean0, cov0, mean1, cov1, reference, duration: float = 1.0) -> LinearGaussianBridge:
     """Closed-form Gaussian SB under a linear reference over ``duration`` (module docstring)."""
-    from bayeskit.inference.bridges.gaussian import gaussian_bridge
+    from bayeskit.inference.bridges._gaussian import gaussian_bridge
 
     cov0, cov1 = np.atleast_2d(np.asarray(cov0, float)), np.atleast_2d(np.asarray(cov1, float))
     mean0, mean1 = np.atleast_1d(np.asarray(mean0, float)), np.atleast_1d(np.asarray(mean1, float))

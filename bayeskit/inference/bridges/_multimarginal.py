@@ -24,7 +24,7 @@ repeat ``num_refinements`` times
 One pass under a Brownian reference is the "vanilla SB" baseline (:func:`vanilla_sb`).
 
 **Closed-form per-interval solver** (``solver="lightsb"``, Brownian / OU / Linear references): step 1 fits
-:class:`~bayeskit.inference.bridges.linear.LinearLightSB` forward and backward plans per interval (LightSB
+:class:`~bayeskit.bridges.LinearLightSB` forward and backward plans per interval (LightSB
 under the linear reference, an exact reduction) and step 2 draws the plan's end points and fills in exact
 reference bridges on the grid. No IPF, no GP regression; on OU ground truths it recovers :math:`\theta`
 where the IPF-GP solver stays biased (docs/bridges.md).
@@ -44,208 +44,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
+from bayeskit._linalg import single_threaded_blas
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
-from bayeskit.inference.bridges.linear import LinearLightSB, bridge_step_matrices, fill_bridge
-from bayeskit.inference.bridges.metrics import emd as _emd
-from bayeskit.inference.bridges.reference import Brownian, Reference
-from bayeskit.inference.bridges.reference import simulate as _simulate_reference
+from bayeskit.inference.bridges._gp import ipf_interval, simulate_gp_drift
+from bayeskit.inference.bridges._linear import LinearLightSB, bridge_step_matrices, fill_bridge
+from bayeskit.inference.bridges._mm_result import MultiMarginalResult
+from bayeskit.inference.bridges._reference import Brownian, Reference
 from bayeskit.progress import chunk_loop
 
-__all__ = ["GPDrift", "MultiMarginalResult", "multimarginal", "vanilla_sb", "ipf_interval", "gp_fit", "gp_predict"]
-
-
-class GPDrift(NamedTuple):
-    """A GP-regression drift :math:`\\hat b(x,\\tau) = m(x,\\tau) + k((x,\\tau), Z) A`.
-
-    Attributes:
-        inputs: (M, D + 1) training inputs :math:`Z = (x, \\tau)`.
-        weights: (M, D) :math:`A = (K_{ZZ} + \\text{noise}\\, I)^{-1}(Y - m(Z) - \\Phi(Z)\\beta)`.
-        coef: (P, D) least-squares coefficients :math:`\\beta` of the explicit basis
-            :math:`\\Phi(x,\\tau) = (1, x, \\tau, x\\tau)` (``gp_mean="linear"``; zeros otherwise).
-    """
-
-    inputs: jax.Array
-    weights: jax.Array
-    coef: jax.Array
-
-
-def _features(z):
-    """Explicit basis of the ``gp_mean="linear"`` GP: (1, x, tau, x * tau)."""
-    x, tau = z[..., :-1], z[..., -1:]
-    return jnp.concatenate([jnp.ones_like(tau), x, tau, x * tau], -1)
-
-
-def _kernel(z1, z2, lengthscale, variance, kind):
-    d2 = jnp.sum(((z1[:, None, :] - z2[None, :, :]) / lengthscale) ** 2, -1)
-    if kind == "rbf":
-        return variance * jnp.exp(-0.5 * d2)
-    return variance * jnp.exp(-jnp.sqrt(jnp.maximum(d2, 1e-30)))
-
-
-def gp_fit(key, path, dt, mean_fn, *, num_points, lengthscale, variance, noise, kind, linear_basis=False):
-    """GP regression of EM velocities on (x, tau) from a path (n + 1, N, D) on the grid ``tau_k = k dt``."""
-    n, num, d = path.shape[0] - 1, path.shape[1], path.shape[2]
-    tau = (jnp.arange(n) * dt).astype(path.dtype)
-    z = jnp.concatenate([path[:-1], jnp.broadcast_to(tau[:, None, None], (n, num, 1))], -1).reshape(-1, d + 1)
-    y = ((path[1:] - path[:-1]) / dt).reshape(-1, d)
-    if num_points < n * num:
-        idx = jax.random.choice(key, n * num, (num_points,), replace=False)
-        z, y = z[idx], y[idx]
-    resid = y - mean_fn(z)
-    feats = _features(z)
-    if linear_basis:
-        ridge = 1e-6 * jnp.eye(feats.shape[-1], dtype=z.dtype)
-        coef = jnp.linalg.solve(feats.T @ feats + ridge, feats.T @ resid)
-        resid = resid - feats @ coef
-    else:
-        coef = jnp.zeros((feats.shape[-1], d), z.dtype)
-    kmat = _kernel(z, z, lengthscale, variance, kind) + (noise + 1e-6 * variance) * jnp.eye(z.shape[0], dtype=z.dtype)
-    chol = jnp.linalg.cholesky(kmat)
-    weights = jax.scipy.linalg.cho_solve((chol, True), resid)
-    return GPDrift(z, weights, coef)
-
-
-def gp_predict(model: GPDrift, x, tau, mean_fn, *, lengthscale, variance, kind):
-    z = jnp.concatenate([x, jnp.full(x.shape[:-1] + (1,), tau, x.dtype)], -1)
-    return _kernel(z, model.inputs, lengthscale, variance, kind) @ model.weights + mean_fn(z) + _features(z) @ model.coef
-
-
-def _simulate_gp(key, model, x0, dt, num_steps, sigma, mean_fn, gp_kw):
-    keys = jax.random.split(key, num_steps)
-
-    def body(x, inp):
-        k, i = inp
-        b = gp_predict(model, x, i * dt, mean_fn, **gp_kw)
-        x = x + b * dt + sigma * jnp.sqrt(dt) * jax.random.normal(k, x.shape, x.dtype)
-        return x, x
-
-    _, path = jax.lax.scan(body, x0, (keys, jnp.arange(num_steps)))
-    return jnp.concatenate([x0[None], path], 0)
-
-
-def _mean_fns(drift_fn, ref_params, t_start, t_end, use_reference_mean):
-    """Prior means of the forward (time t_start + tau) and backward (time t_end - tau) GP drifts."""
-    if not use_reference_mean:
-        zero = lambda z: jnp.zeros(z.shape[:-1] + (z.shape[-1] - 1,), z.dtype)  # noqa: E731
-        return zero, zero
-
-    def fwd(z):
-        return jax.vmap(lambda zi: drift_fn(ref_params, zi[:-1], t_start + zi[-1]))(z)
-
-    def bwd(z):
-        return -jax.vmap(lambda zi: drift_fn(ref_params, zi[:-1], t_end - zi[-1]))(z)
-
-    return fwd, bwd
-
-
-@partial(jax.jit, static_argnames=("drift_fn", "num_steps", "num_ipf_iterations", "max_gp_points", "kind",
-                                   "use_reference_mean", "linear_basis"))
-def ipf_interval(key, x_start, x_end, ref_params, t_start, dt, sigma, lengthscale, *, drift_fn, num_steps,
-                 num_ipf_iterations, max_gp_points, kind="exponential", use_reference_mean=False, linear_basis=False,
-                 kernel_variance=None):
-    """IPF with GP drift regression for one interval :math:`[t_s, t_s + n\\,dt]` (module docstring, step 1).
-
-    Returns ``(forward, backward)`` :class:`GPDrift` models: the forward drift is a function of
-    :math:`(x, \\tau)` with :math:`\\tau = t - t_s`; the backward one of :math:`(x, \\tau)` with
-    :math:`\\tau = t_s + n\\,dt - t` (reversed time).
-    """
-    t_end = t_start + num_steps * dt
-    fwd_mean, bwd_mean = _mean_fns(drift_fn, ref_params, t_start, t_end, use_reference_mean)
-    variance = 1.0 / dt if kernel_variance is None else kernel_variance
-    noise = sigma**2 / dt
-    gp_kw = dict(lengthscale=lengthscale, variance=variance, kind=kind)
-    m_bwd = min(max_gp_points, num_steps * x_start.shape[0])
-    m_fwd = min(max_gp_points, num_steps * x_end.shape[0])
-    fit_b = partial(gp_fit, dt=dt, mean_fn=bwd_mean, num_points=m_bwd, noise=noise, linear_basis=linear_basis, **gp_kw)
-    fit_f = partial(gp_fit, dt=dt, mean_fn=fwd_mean, num_points=m_fwd, noise=noise, linear_basis=linear_basis, **gp_kw)
-    k0, k1, kloop = jax.random.split(key, 3)
-    ref_path = _simulate_reference(k0, drift_fn, ref_params, x_start, sigma, t_start, dt, num_steps)
-    backward = fit_b(k1, ref_path[::-1])
-    d = x_start.shape[-1]
-    forward = GPDrift(jnp.zeros((m_fwd, d + 1), x_start.dtype), jnp.zeros((m_fwd, d), x_start.dtype),
-                      jnp.zeros((2 * d + 2, d), x_start.dtype))
-
-    def body(i, carry):
-        _, bwd = carry
-        ka, kb, kc, kd = jax.random.split(jax.random.fold_in(kloop, i), 4)
-        path_b = _simulate_gp(ka, bwd, x_end, dt, num_steps, sigma, bwd_mean, gp_kw)
-        fwd = fit_f(kb, path_b[::-1])
-        path_f = _simulate_gp(kc, fwd, x_start, dt, num_steps, sigma, fwd_mean, gp_kw)
-        bwd = fit_b(kd, path_f[::-1])
-        return fwd, bwd
-
-    return jax.lax.fori_loop(0, num_ipf_iterations, body, (forward, backward))
-
-
-@partial(jax.jit, static_argnames=("drift_fn", "num_steps", "kind", "use_reference_mean", "direction"))
-def _push(key, model, x0, ref_params, t_start, dt, sigma, lengthscale, *, drift_fn, num_steps, kind,
-          use_reference_mean, direction, kernel_variance=None):
-    t_end = t_start + num_steps * dt
-    fwd_mean, bwd_mean = _mean_fns(drift_fn, ref_params, t_start, t_end, use_reference_mean)
-    gp_kw = dict(lengthscale=lengthscale, variance=1.0 / dt if kernel_variance is None else kernel_variance, kind=kind)
-    mean_fn = fwd_mean if direction == "forward" else bwd_mean
-    return _simulate_gp(key, model, x0, dt, num_steps, sigma, mean_fn, gp_kw)
-
-
-@dataclasses.dataclass(frozen=True)
-class MultiMarginalResult:
-    """Result of :func:`multimarginal` / :func:`vanilla_sb`.
-
-    Attributes:
-        trajectories: (num_grid, num_trajectories, D) stitched trajectories of the last pass.
-        grid: (num_grid,) time grid of the trajectories.
-        times: (M + 1,) snapshot times.
-        reference: the reference refitted on the last pass's trajectories.
-        reference_history: parameters (flat dicts of arrays) after each refinement.
-        snapshot_grid_index: (M + 1,) position of each snapshot time on ``grid``.
-        initial_reference: the reference the first pass used.
-    """
-
-    trajectories: np.ndarray
-    grid: np.ndarray
-    times: np.ndarray
-    reference: Reference
-    reference_history: tuple
-    snapshot_grid_index: np.ndarray
-    initial_reference: Reference
-
-    @property
-    def num_refinements(self) -> int:
-        return len(self.reference_history)
-
-    def marginal(self, t: float) -> np.ndarray:
-        """Particles (num_trajectories, D) at the grid time closest to ``t`` (linear interpolation between
-        the two neighbouring grid times)."""
-        if not (self.grid[0] <= t <= self.grid[-1]):
-            raise ConfigurationError(f"`t` must lie in [{self.grid[0]}, {self.grid[-1]}], got {t}")
-        j = int(np.clip(np.searchsorted(self.grid, t) - 1, 0, len(self.grid) - 2))
-        w = (t - self.grid[j]) / (self.grid[j + 1] - self.grid[j])
-        return (1 - w) * self.trajectories[j] + w * self.trajectories[j + 1]
-
-    def emd(self, snapshot, t: float) -> float:
-        """Earth mover's distance between a (held-out) snapshot observed at ``t`` and the bridge at ``t``."""
-        return _emd(self.marginal(t), snapshot)
-
-    def to_arviz(self):
-        """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the trajectories ``x`` as draws of one chain,
-        dims time x dim), ``reference`` (the reference's parameters per refinement)."""
-        from bayeskit.diagnostics import one_chain, to_datatree
-
-        ref = {k: np.stack([h[k] for h in self.reference_history]) for k in self.reference_history[0]}
-        dims = {"x": ["time", "dim"], **{k: ["refinement"] for k in ref}}
-        groups = {"posterior": one_chain({"x": np.moveaxis(np.asarray(self.trajectories), 1, 0)}), "reference": ref}
-        return to_datatree(groups, dims=dims, coords={"time": self.grid},
-                           attrs={"method": "SBIRR", "reference_family": self.reference.name,
-                                  "sigma": self.reference.sigma, "snapshot_times": list(map(float, self.times))})
-
+__all__ = ["multimarginal", "vanilla_sb"]
 
 def _check_snapshots(snapshots, times):
     if isinstance(snapshots, np.ndarray) or isinstance(snapshots, jax.Array):
@@ -286,6 +100,11 @@ def _one_pass(key, snaps, times, reference, steps, dts, opts):
             reference.params, jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell,
             num_steps=steps[i], num_ipf_iterations=opts["num_ipf_iterations"], max_gp_points=opts["max_gp_points"],
             linear_basis=linear_basis, **static))
+    # the stitching simulations read the reference only through a GP prior mean: without one, they get neither
+    # its drift function nor its parameters, so every reference family (and the vanilla pass) shares one program
+    use_mean = static["use_reference_mean"]
+    push_static = {**static, "drift_fn": static["drift_fn"] if use_mean else None}
+    push_params = reference.params if use_mean else None
     pieces = []
     for j in range(m + 1):
         x0 = jnp.asarray(snaps[j], dtype)
@@ -293,17 +112,17 @@ def _one_pass(key, snaps, times, reference, steps, dts, opts):
         x = x0
         back = []
         for i in range(j - 1, -1, -1):  # backward through intervals j-1..0
-            p = _push(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i)), models[i][1], x, reference.params,
-                      jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell, num_steps=steps[i],
-                      direction="backward", **static)
+            p = simulate_gp_drift(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i)), models[i][1], x, push_params,
+                                  jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell,
+                                  num_steps=steps[i], direction="backward", **push_static)
             back.append(p[::-1][:-1])  # real-time order, drop the duplicate endpoint
             x = p[-1]
         segs.extend(back[::-1])
         x = x0
         for i in range(j, m):
-            p = _push(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i) + 1), models[i][0], x, reference.params,
-                      jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell, num_steps=steps[i],
-                      direction="forward", **static)
+            p = simulate_gp_drift(jax.random.fold_in(key_push, 2 * (j * (m + 1) + i) + 1), models[i][0], x,
+                                  push_params, jnp.asarray(times[i], dtype), jnp.asarray(dts[i], dtype), sigma, ell,
+                                  num_steps=steps[i], direction="forward", **push_static)
             segs.append(p[:-1])
             x = p[-1]
         segs.append(x[None])
@@ -311,7 +130,7 @@ def _one_pass(key, snaps, times, reference, steps, dts, opts):
     return np.asarray(jnp.concatenate(pieces, 1))
 
 
-_LIGHTSB_DEFAULTS = dict(num_components=4, covariance="full", num_steps=1000, batch_size=128, learning_rate=1e-2)
+_LIGHTSB_DEFAULTS = dict(num_components=4, covariance="full", num_iterations=1000, batch_size=128, learning_rate=1e-2)
 
 
 def _one_pass_lightsb(key, snaps, times, reference, steps, dts, opts):
@@ -363,7 +182,7 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
         key: ``jax.random`` key.
         snapshots: sequence of (N_j, D) particle clouds (or an array (M + 1, N, D)).
         times: (M + 1,) strictly increasing snapshot times.
-        reference: initial reference and parametric family (:mod:`bayeskit.inference.bridges.reference`);
+        reference: initial reference and parametric family (``bk.bridges.OU``, ``LotkaVolterra``, ...);
             default ``Brownian(sigma=1)``. Its ``sigma`` is the bridge's diffusion.
         num_refinements: passes of (bridges, stitch, refit); 1 = no refinement.
         num_ipf_iterations: IPF iterations per interval and pass (SBIRR: 10).
@@ -383,13 +202,14 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
             of order ``|A| * time_step``). The ``num_ipf_iterations``, ``kernel``, ``lengthscale``,
             ``kernel_variance``, ``max_gp_points`` and ``gp_mean`` options belong to ``"ipf-gp"``.
         lightsb_options: options of :meth:`LightSB.fit` for ``solver="lightsb"`` (default
-            ``num_components=4, covariance="full", num_steps=1000, batch_size=128, learning_rate=1e-2``).
+            ``num_components=4, covariance="full", num_iterations=1000, batch_size=128, learning_rate=1e-2``).
 
     Example:
         >>> import numpy as np, jax
+        >>> import bayeskit as bk
         >>> rng = np.random.default_rng(0)
         >>> snaps = [rng.normal(m, 0.1, (30, 1)) for m in (2.0, 1.2, 0.7)]
-        >>> res = multimarginal(jax.random.key(0), snaps, [0.0, 0.5, 1.0], reference=OU(sigma=0.2),
+        >>> res = bk.bridges.multimarginal(jax.random.key(0), snaps, [0.0, 0.5, 1.0], reference=bk.bridges.OU(sigma=0.2),
         ...                     num_refinements=2, num_ipf_iterations=2, time_step=0.05)
         >>> res.trajectories.shape
         (21, 90, 1)
@@ -432,7 +252,8 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
 
     def refine(carry, r, _):
         reference, _ = carry
-        traj = one_pass(jax.random.fold_in(key, r), snaps, times, reference, steps, dts, opts)
+        with single_threaded_blas():  # many small Cholesky factorisations (GP regressions); see the helper
+            traj = one_pass(jax.random.fold_in(key, r), snaps, times, reference, steps, dts, opts)
         if not np.all(np.isfinite(traj)):
             raise ConvergenceError(f"non-finite bridge trajectories at refinement {r}; decrease `time_step` "
                                    "or rescale the data")
@@ -460,7 +281,3 @@ def vanilla_sb(key, snapshots: Sequence, times, *, reference: Reference | None =
                                                     num_iterations=options.get("fit_iterations", 200))
         result = dataclasses.replace(result, reference=fitted, reference_history=(fitted.to_dict(),))
     return result
-
-
-# keep a name for the docstring example
-from bayeskit.inference.bridges.reference import OU  # noqa: E402

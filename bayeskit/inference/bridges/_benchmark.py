@@ -15,7 +15,7 @@ the SB drift :math:`g^*(x, t) = \varepsilon \nabla_x \log \sum_k p_k \mathcal N(
 and LightSB represents it exactly with :math:`S_k = C_k/\varepsilon`, :math:`r_k = C_k\Sigma_k^{-1}\mu_k`,
 :math:`\alpha_k = p_k \mathcal N(\mu_k \mid 0, \Sigma_k + \varepsilon I)`.
 
-The Gaussian-to-Gaussian closed form is in :mod:`~bayeskit.inference.bridges.gaussian`.
+The Gaussian-to-Gaussian closed form is in :func:`~bayeskit.testing.gaussian_bridge`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit.inference.bridges.lightsb import LightSBParams
+from bayeskit.inference.bridges._lightsb_model import LightSBParams
 
 __all__ = ["GaussianMixtureBenchmark", "gaussian_mixture_benchmark", "GaussianBridge", "gaussian_bridge"]
 
