@@ -53,17 +53,50 @@ def _assert_full_mask_is_unmasked(masked_pf, scheme, weights, ess):
     np.testing.assert_array_equal(masked.answer, full.answer)
 
 
-@pytest.mark.parametrize("scheme,weights,ess", [("systematic", "accumulated", 0.5), ("multinomial", "per_step", 1.0)])
-def test_all_slots_active_is_the_unmasked_filter(masked_pf, scheme, weights, ess):
+def test_all_slots_active_is_the_unmasked_filter(masked_pf):
     # with n = N the masked schemes draw the same ancestors from the same key: the same runs, bit for bit
-    _assert_full_mask_is_unmasked(masked_pf, scheme, weights, ess)
+    _assert_full_mask_is_unmasked(masked_pf, "systematic", "accumulated", 0.5)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme,weights,ess", [("stratified", "accumulated", 0.5), ("stratified", "per_step", 1.0),
-                                                ("systematic", "per_step", 1.0), ("multinomial", "accumulated", 0.5)])
+                                                ("systematic", "per_step", 1.0), ("multinomial", "accumulated", 0.5),
+                                                ("multinomial", "per_step", 1.0)])
 def test_all_slots_active_is_the_unmasked_filter_other_settings(masked_pf, scheme, weights, ess):
     _assert_full_mask_is_unmasked(masked_pf, scheme, weights, ess)
+
+
+def _assert_masked_is_smaller_filter(masked_pf, scheme):
+    keys = jax.random.split(jax.random.key(4), 16)
+    init3 = GEN.init(2, 3)
+    plain = jax.jit(jax.vmap(lambda k: K.run_particle_filtering(k, GEN, NOISY, init3, resampling=scheme,
+                                                                selection="vote")))(keys)
+    masked = masked_pf(keys, 3, 1.0, K.MASKED_SCHEMES.index(scheme), 0, 1.0)
+    np.testing.assert_array_equal(masked.sweep.ancestors[:, :, :3], plain.sweep.ancestors)
+    np.testing.assert_array_equal(masked.answers[:, :3], plain.answers)
+    np.testing.assert_array_equal(masked.answer, plain.answer)
+    np.testing.assert_array_equal(masked.generator_calls, plain.generator_calls)
+
+
+PARTITIONABLE = pytest.mark.skipif(not jax.config.jax_threefry_partitionable,
+                                   reason="a slot's draws do not depend on the number of slots only with "
+                                   "partitionable threefry (JAX's default)")
+
+
+@PARTITIONABLE
+def test_three_particles_in_eight_slots_are_the_three_particle_filter(masked_pf):
+    # with partitionable threefry (JAX's default) slot i's draws do not depend on the number of slots and the
+    # masked schemes use the first n + 1 (multinomial) or the same (systematic, stratified) uniforms: the masked
+    # run is the 3-particle run, bit for bit, which is what lets `reproduce scaling` pad every budget to one
+    # compiled program and print the same numbers
+    _assert_masked_is_smaller_filter(masked_pf, "multinomial")
+
+
+@PARTITIONABLE
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["systematic", "stratified"])
+def test_three_particles_in_eight_slots_other_schemes(masked_pf, scheme):
+    _assert_masked_is_smaller_filter(masked_pf, scheme)
 
 
 def test_masked_sweep_rejects_what_it_cannot_mask():
