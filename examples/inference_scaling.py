@@ -87,21 +87,29 @@ class Runner:
         gen = self.gen
         return self._jit("init", n, lambda: jax.vmap(lambda p: gen.init(p, n)))(prompts)
 
-    def pf(self, keys, prompts, budget, temperature, resampling, weights, ess_threshold):
+    def _filter(self, keys, prompts, n, temperature, resampling, weights, ess_threshold, resample):
+        """The one particle-filter program (best-of-N is ``resample=False``): final answers, log-weights,
+        outcome rewards, total generator calls and the calls of each slot (for rollouts) per problem."""
         gen, rm = self.gen, self.rm
 
         def make():
-            def one(k, ini, n, tau, rs, w, ess):
+            def one(k, ini, n, tau, rs, w, ess, resample):
                 out = K.run_particle_filtering(k, gen, rm, ini, num_particles=n, weights=w, temperature=tau,
-                                               ess_threshold=ess, resampling=rs)
-                return out.answers, out.log_weights, out.generator_calls
+                                               ess_threshold=ess, resampling=rs, resample=resample)
+                per_slot = jnp.where(jnp.arange(self.slots) < n, calls_per_particle(gen, out.sweep.history.state), 0)
+                return out.answers, out.log_weights, out.outcome_rewards, out.generator_calls, per_slot
 
-            return jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))
+            return jax.vmap(one, in_axes=(0, 0) + (None,) * 6)
 
-        out = self._jit("pf", None, make)(keys, self.init(prompts, self.slots), budget, float(temperature),
+        out = self._jit("pf", None, make)(keys, self.init(prompts, self.slots), n, float(temperature),
                                           K.MASKED_SCHEMES.index(resampling), K.WEIGHTS.index(weights),
-                                          float(ess_threshold))
+                                          float(ess_threshold), resample)
         return tuple(np.asarray(a) for a in out)
+
+    def pf(self, keys, prompts, budget, temperature, resampling, weights, ess_threshold):
+        answers, lw, _, calls, _ = self._filter(keys, prompts, budget, temperature, resampling, weights,
+                                                ess_threshold, True)
+        return answers, lw, calls
 
     def beam(self, keys, prompts, budget, beam_width):
         """Answers, log outcome rewards (-inf past the final beams) and generator calls per problem."""
@@ -120,17 +128,8 @@ class Runner:
 
     def rollouts(self, keys, prompts, n):
         """``n`` independent rollouts per problem: answers, outcome rewards, calls per rollout."""
-        gen, rm = self.gen, self.rm
-
-        def make():
-            def one(k, ini):
-                out = K.run_particle_filtering(k, gen, rm, ini, resample=False)
-                return out.answers, out.outcome_rewards, calls_per_particle(gen, out.sweep.history.state)
-
-            return jax.vmap(one)
-
-        out = self._jit("bon", n, make)(keys, self.init(prompts, n))
-        return tuple(np.asarray(a) for a in out)
+        answers, _, outcome, _, calls = self._filter(keys, prompts, n, 1.0, "multinomial", "per_step", 1.0, False)
+        return answers[:, :n], outcome[:, :n], calls[:, :n]
 
     def pg(self, keys, prompts, budget, temperature, num_particles=PG_PARTICLES):
         """One particle-Gibbs chain of ``budget // num_particles`` sweeps per problem: the answers and
