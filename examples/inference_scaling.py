@@ -34,6 +34,7 @@ import numpy as np
 import bayeskit as bk
 S = bk.scaling
 K = bk.scaling.kernels
+T = bk.testing  # validation worlds and FKC targets
 
 # validation grids (the first entry of each grid is the paper's / reference code's default)
 PF_GRID = {"temperature": (1.0, 0.25, 0.5, 2.0), "resampling": ("multinomial", "systematic"),
@@ -327,7 +328,7 @@ def paired_table(budgets, curves, pairs):
 def markov_world(args, budgets):
     """Markov reasoner with a noisy PRM built from the exact value function; the paper's default
     settings (one target, replications = seeds)."""
-    world = bk.testing.random_markov_world(jax.random.key(0), num_digits=4, modulus=5, max_steps=6)
+    world = T.random_markov_world(jax.random.key(0), num_digits=4, modulus=5, max_steps=6)
     target = 2
     gen = world.generator()
     rm = world.noisy_reward_model(jax.random.key(1), target, noise_scale=1.0)
@@ -349,11 +350,11 @@ def markov_world(args, budgets):
 def arithmetic_setup(args):
     """The learned arithmetic generator and the validation / test problems (shared by every PRM)."""
     t0 = time.time()
-    arith = bk.testing.ArithmeticWorld.train(jax.random.key(2), num_iterations=600 if args.quick else 2000)
+    arith = T.ArithmeticWorld.train(jax.random.key(2), num_iterations=600 if args.quick else 2000)
     num_problems = 96 if args.quick else 256
     num_seeds = 1 if args.quick else 2
-    test_prompts, test_truth = bk.testing.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
-    val_prompts, val_truth = bk.testing.ArithmeticWorld.sample_problems(jax.random.key(5), 2 * num_problems)
+    test_prompts, test_truth = T.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
+    val_prompts, val_truth = T.ArithmeticWorld.sample_problems(jax.random.key(5), 2 * num_problems)
     test_set = {tuple(p) for p in np.asarray(test_prompts).tolist()}
     keep = np.array([tuple(p) not in test_set for p in np.asarray(val_prompts).tolist()])
     val_prompts, val_truth = val_prompts[keep][:num_problems], val_truth[keep][:num_problems]
@@ -527,9 +528,9 @@ def run_scaling(args, budgets, figs):
 # %%
 def run_fkc(args, figs):
     sde = S.VESDE(0.01, 20.0)
-    gm = bk.testing.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
+    gm = T.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
                            jnp.stack([jnp.eye(2), jnp.array([[1.0, 0.5], [0.5, 1.5]])]))
-    gm2 = bk.testing.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[3.0, 0.0], [0.0, 3.0]]),
+    gm2 = T.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[3.0, 0.0], [0.0, 3.0]]),
                             jnp.stack([2 * jnp.eye(2), 2 * jnp.eye(2)]))
     n = 1000 if args.quick else 4000
     steps = 100 if args.quick else 400
@@ -542,7 +543,7 @@ def run_fkc(args, figs):
     p /= p.sum()
     rng = np.random.default_rng(0)
     ann_exact = pts[rng.choice(len(p), 20000, p=p)] + rng.uniform(-0.025, 0.025, (20000, 2))
-    prod_exact = np.asarray(bk.testing.product_of_mixtures(gm, gm2).sample(jax.random.key(9), 20000))
+    prod_exact = np.asarray(T.product_of_mixtures(gm, gm2).sample(jax.random.key(9), 20000))
     cases = {
         "annealed q^2": ([gm.score_fn(sde)], [2.0], [gm.log_density_fn(sde)], ann_exact),
         "product q1*q2": ([gm.score_fn(sde), gm2.score_fn(sde)], [1.0, 1.0],
@@ -560,11 +561,11 @@ def run_fkc(args, figs):
                             weighted=False)
         fk_s = fkc.resample(jax.random.key(20 + row), min(n, 1000))
         ref = exact[:1000]
-        null = bk.testing.mmd(exact[1000:2000], ref)
+        null = T.mmd(exact[1000:2000], ref)
         lines.append(f"| {name} | exact | {np.round(exact.mean(0), 3)} | {np.round(exact.var(0), 3)} | – | {null:.5f} |")
         for label, samples in (("FKC (SMC)", fk_s), ("heuristic score mix", heur.samples[:1000])):
             lines.append(f"| {name} | {label} | {np.round(samples.mean(0), 3)} | {np.round(samples.var(0), 3)} | "
-                         f"{bk.testing.mmd(samples, ref):.5f} | {null:.5f} |")
+                         f"{T.mmd(samples, ref):.5f} | {null:.5f} |")
         for col, (label, samples) in enumerate((("exact", exact[:1000]), ("FKC", fk_s),
                                                 ("heuristic", heur.samples[:1000]))):
             ax = axes[row, col]

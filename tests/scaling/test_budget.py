@@ -58,7 +58,8 @@ def test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two():
 
     @jax.jit
     def beam(keys):
-        return jax.vmap(lambda k: S.kernels.run_beam_search(k, gen, rm, init, num_beams=1, expansions=2).answers[0])(keys)
+        return jax.vmap(lambda k: S.kernels.run_beam_search(k, gen, rm, init, num_beams=1,
+                                                            expansions=2).answers[0])(keys)
 
     a_pf = np.asarray(pf(jax.random.split(jax.random.key(10), reps)))
     a_beam = np.asarray(beam(jax.random.split(jax.random.key(11), reps)))
