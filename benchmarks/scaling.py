@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import bayeskit as bk
-from bayeskit.inference.scaling.particle import _pf_jit
 
 S = bk.scaling
 
@@ -85,7 +84,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    world = S.random_markov_world(jax.random.key(0), num_digits=4, modulus=5, max_steps=6)
+    world = bk.testing.random_markov_world(jax.random.key(0), num_digits=4, modulus=5, max_steps=6)
     target = 2
     key_prm = jax.random.key(1)
     gen = world.generator()
@@ -96,7 +95,8 @@ def main(argv=None):
     rows = []
     for n in budgets:
         init = gen.init(target, n)
-        run = jax.jit(jax.vmap(lambda k: _pf_jit(k, init, 1.0, gen, rm, 0, 1.0, "multinomial", 0, True)[3]))
+        run = jax.jit(jax.vmap(lambda k: S.kernels.run_particle_filtering(k, gen, rm, init,
+                                                                          resampling="multinomial").answer))
         keys = jax.random.split(jax.random.key(n), reps)
         jax.block_until_ready(run(keys))  # compile
         t = time.perf_counter()

@@ -33,19 +33,18 @@ import numpy as np
 
 import bayeskit as bk
 from bayeskit.cli import parse_example_args
-from bayeskit.inference.scaling.particle import WEIGHTS, _beam_jit, _pf_jit, _pg_jit
 
 S = bk.scaling
+K = bk.scaling.kernels
+T = bk.testing  # validation worlds and FKC targets
 
 # validation grids (the first entry of each grid is the paper's / reference code's default)
 PF_GRID = {"temperature": (1.0, 0.25, 0.5, 2.0), "resampling": ("multinomial", "systematic"),
            "weights": (("per_step", 1.0), ("accumulated", 0.5)), "selection": ("argmax", "vote")}
 BEAM_GRID = {"beam_width": (4, 2, 8), "selection": ("argmax", "vote")}
 PG_PARTICLES = 4
-# --quick validates over a smaller grid: the resampling scheme and the beam width are static (one compiled
-# program per value and budget), while temperature, weights and selection are traced (free); so quick keeps
-# every traced setting (and validates argmax vs vote for beam search) but only the default resampling
-# scheme and beam width: about half the compiled programs of the learned worlds
+# --quick validates over a smaller grid (every traced setting, but only the default resampling scheme and
+# beam width, and argmax vs vote for beam search): fewer runs, the same compiled programs
 QUICK_GRID = {"resampling": ("multinomial",), "beam_width": (4,)}
 
 
@@ -56,7 +55,7 @@ def vote(answers, weights, num_answers):
 
 
 def select(answers, log_weights, selection, num_answers):
-    """The answer each row's pool returns under ``selection`` (as ``bk.scaling.select_answer``)."""
+    """The answer each row's pool returns under ``selection`` (as ``bk.scaling.kernels.select_answer``)."""
     rows = np.arange(answers.shape[0])
     if selection == "argmax":
         return answers[rows, np.argmax(log_weights, 1)]
@@ -72,62 +71,68 @@ def calls_per_particle(gen, history_states):
 
 
 class Runner:
-    """Jitted, problem-vmapped runs of every method (one compile per budget and static setting)."""
+    """Jitted, problem-vmapped runs of every method through ``bk.scaling.kernels``: one compiled program
+    per method serves every budget and setting. Particle counts and beam pools are masks over a fixed
+    number of slots (``slots``, the largest budget), and the temperature, weights, resampling scheme,
+    ESS threshold and beam width are traced arguments."""
 
-    def __init__(self, gen, rm):
-        self.gen, self.rm = gen, rm
+    def __init__(self, gen, rm, slots):
+        self.gen, self.rm, self.slots = gen, rm, int(slots)
         self._cache = {}
 
-    def _jit(self, name, budget, extra, make):
-        key = (name, budget, extra)
+    def _jit(self, name, extra, make):
+        key = (name, extra)
         if key not in self._cache:
             self._cache[key] = jax.jit(make())
         return self._cache[key]
 
     def init(self, prompts, n):
-        return jax.vmap(lambda p: self.gen.init(p, n))(prompts)
+        gen = self.gen
+        return self._jit("init", n, lambda: jax.vmap(lambda p: gen.init(p, n)))(prompts)
 
-    def pf(self, keys, prompts, budget, temperature, resampling, weights, ess_threshold):
+    def _filter(self, keys, prompts, n, temperature, resampling, weights, ess_threshold, resample):
+        """The one particle-filter program (best-of-N is ``resample=False``): final answers, log-weights,
+        outcome rewards, total generator calls and the calls of each slot (for rollouts) per problem."""
         gen, rm = self.gen, self.rm
 
         def make():
-            def one(k, ini, tau, w, ess):
-                out, answers, _, _, _ = _pf_jit(k, ini, tau, gen, rm, w, ess, resampling, 0, True)
-                return answers, out.log_weights, jnp.sum(out.calls)
+            def one(k, ini, n, tau, rs, w, ess, resample):
+                out = K.run_particle_filtering(k, gen, rm, ini, num_particles=n, weights=w, temperature=tau,
+                                               ess_threshold=ess, resampling=rs, resample=resample)
+                per_slot = jnp.where(jnp.arange(self.slots) < n, calls_per_particle(gen, out.sweep.history.state), 0)
+                return out.answers, out.log_weights, out.outcome_rewards, out.generator_calls, per_slot
 
-            return jax.vmap(one, in_axes=(0, 0, None, None, None))
+            return jax.vmap(one, in_axes=(0, 0) + (None,) * 6)
 
-        f = self._jit("pf", budget, resampling, make)
-        out = f(keys, self.init(prompts, budget), float(temperature), WEIGHTS.index(weights), float(ess_threshold))
+        out = self._jit("pf", None, make)(keys, self.init(prompts, self.slots), n, float(temperature),
+                                          K.MASKED_SCHEMES.index(resampling), K.WEIGHTS.index(weights),
+                                          float(ess_threshold), resample)
         return tuple(np.asarray(a) for a in out)
 
+    def pf(self, keys, prompts, budget, temperature, resampling, weights, ess_threshold):
+        answers, lw, _, calls, _ = self._filter(keys, prompts, budget, temperature, resampling, weights,
+                                                ess_threshold, True)
+        return answers, lw, calls
+
     def beam(self, keys, prompts, budget, beam_width):
+        """Answers, log outcome rewards (-inf past the final beams) and generator calls per problem."""
         gen, rm = self.gen, self.rm
         m = min(beam_width, budget)
 
         def make():
-            def one(k, ini):
-                _, answers, outcome, _, _, calls, _, _ = _beam_jit(k, ini, gen, rm, budget // m, m)
-                return answers, outcome, jnp.sum(calls)
+            def one(k, ini, num_beams, expansions):
+                out = K.run_beam_search(k, gen, rm, ini, num_beams=num_beams, expansions=expansions)
+                return out.answers, out.log_weights, jnp.sum(out.generator_calls)
 
-            return jax.vmap(one)
+            return jax.vmap(one, in_axes=(0, 0, None, None))
 
-        out = self._jit("beam", budget, m, make)(keys, self.init(prompts, (budget // m) * m))
+        out = self._jit("beam", None, make)(keys, self.init(prompts, self.slots), budget // m, m)
         return tuple(np.asarray(a) for a in out)
 
     def rollouts(self, keys, prompts, n):
         """``n`` independent rollouts per problem: answers, outcome rewards, calls per rollout."""
-        gen, rm = self.gen, self.rm
-
-        def make():
-            def one(k, ini):
-                out, answers, outcome, _, _ = _pf_jit(k, ini, 1.0, gen, rm, 0, 1.0, "multinomial", 0, False)
-                return answers, outcome, calls_per_particle(gen, out.history.state)
-
-            return jax.vmap(one)
-
-        out = self._jit("bon", n, None, make)(keys, self.init(prompts, n))
-        return tuple(np.asarray(a) for a in out)
+        answers, _, outcome, _, calls = self._filter(keys, prompts, n, 1.0, "multinomial", "per_step", 1.0, False)
+        return answers[:, :n], outcome[:, :n], calls[:, :n]
 
     def pg(self, keys, prompts, budget, temperature, num_particles=PG_PARTICLES):
         """One particle-Gibbs chain of ``budget // num_particles`` sweeps per problem: the answers and
@@ -137,13 +142,13 @@ class Runner:
 
         def make():
             def one(k, ini, tau):
-                summ, _ = _pg_jit(k, ini, jnp.reshape(tau, (1,)), gen, rm, 0, iters)
-                return summ[8][:, 0], summ[0][:, 0], jnp.sum(summ[5].reshape(iters, -1), axis=1)
+                out = K.run_particle_gibbs(k, gen, rm, ini, jnp.reshape(tau, (1,)), num_iterations=iters)
+                return out.answers[:, 0], out.log_weights[:, 0], jnp.sum(out.generator_calls.reshape(iters, -1), 1)
 
             return jax.vmap(one, in_axes=(0, 0, None))
 
-        out = self._jit("pg", budget, num_particles, make)(keys, self.init(prompts, num_particles),
-                                                            float(temperature))
+        out = self._jit("pg", (budget, num_particles), make)(keys, self.init(prompts, num_particles),
+                                                              float(temperature))
         return tuple(np.asarray(a) for a in out)
 
 
@@ -214,9 +219,8 @@ def eval_beam_grid(runner, problems, budgets, num_answers, configs):
             m = min(c["beam_width"], b)
             if m not in runs:
                 runs[m] = runner.beam(problems.keys(b, 2), problems.prompts, b, c["beam_width"])
-            answers, outcome, calls = runs[m]
-            acc, se, pp = problems.score(select(answers, np.log(np.maximum(outcome, 1e-300)), c["selection"],
-                                                num_answers))
+            answers, log_outcome, calls = runs[m]
+            acc, se, pp = problems.score(select(answers, log_outcome, c["selection"], num_answers))
             out[i].append((acc, se, pp, float(np.mean(calls))))
     return configs, out
 
@@ -326,13 +330,13 @@ def paired_table(budgets, curves, pairs):
 def markov_world(args, budgets):
     """Markov reasoner with a noisy PRM built from the exact value function; the paper's default
     settings (one target, replications = seeds)."""
-    world = S.random_markov_world(jax.random.key(0), num_digits=4, modulus=5, max_steps=6)
+    world = T.random_markov_world(jax.random.key(0), num_digits=4, modulus=5, max_steps=6)
     target = 2
     gen = world.generator()
     rm = world.noisy_reward_model(jax.random.key(1), target, noise_scale=1.0)
     num_rep = 64 if args.quick else 400
     problems = ProblemSet(jnp.full((num_rep,), target), np.full(num_rep, target), 1, jax.random.key(100))
-    runner = Runner(gen, rm)
+    runner = Runner(gen, rm, max(budgets))
     m = world.modulus
     default_pf = next(pf_configs())
     _, pf = eval_pf_grid(runner, problems, budgets, m, [default_pf, dict(default_pf, selection="vote")])
@@ -352,11 +356,11 @@ def markov_world(args, budgets):
 def arithmetic_setup(args):
     """The learned arithmetic generator and the validation / test problems (shared by every PRM)."""
     t0 = time.time()
-    arith = S.ArithmeticWorld.train(jax.random.key(2), num_iterations=600 if args.quick else 2000)
+    arith = T.ArithmeticWorld.train(jax.random.key(2), num_iterations=600 if args.quick else 2000)
     num_problems = 96 if args.quick else 256
     num_seeds = 1 if args.quick else 2
-    test_prompts, test_truth = S.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
-    val_prompts, val_truth = S.ArithmeticWorld.sample_problems(jax.random.key(5), 2 * num_problems)
+    test_prompts, test_truth = T.ArithmeticWorld.sample_problems(jax.random.key(4), num_problems)
+    val_prompts, val_truth = T.ArithmeticWorld.sample_problems(jax.random.key(5), 2 * num_problems)
     test_set = {tuple(p) for p in np.asarray(test_prompts).tolist()}
     keep = np.array([tuple(p) not in test_set for p in np.asarray(val_prompts).tolist()])
     val_prompts, val_truth = val_prompts[keep][:num_problems], val_truth[keep][:num_problems]
@@ -413,7 +417,7 @@ def learned_world(args, budgets, setup, prm="verifier"):
     num_problems, num_seeds = setup["num_problems"], setup["num_seeds"]
     val = ProblemSet(setup["val"][0], np.asarray(setup["val"][1]), num_seeds, jax.random.key(300))
     test = ProblemSet(setup["test"][0], np.asarray(setup["test"][1]), num_seeds, jax.random.key(200))
-    runner = Runner(gen, rm)
+    runner = Runner(gen, rm, max(budgets))
     lines = [quality] if quality else []
     lines.append(f"\n### Learned arithmetic model, {prm_name}: validation ({num_problems} problems x {num_seeds} "
                  f"seeds, disjoint from the test problems{'; quick grid: ' + str(QUICK_GRID) if args.quick else ''})\n")
@@ -530,9 +534,9 @@ def run_scaling(args, budgets, figs):
 # %%
 def run_fkc(args, figs):
     sde = S.VESDE(0.01, 20.0)
-    gm = S.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
+    gm = T.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
                            jnp.stack([jnp.eye(2), jnp.array([[1.0, 0.5], [0.5, 1.5]])]))
-    gm2 = S.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[3.0, 0.0], [0.0, 3.0]]),
+    gm2 = T.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[3.0, 0.0], [0.0, 3.0]]),
                             jnp.stack([2 * jnp.eye(2), 2 * jnp.eye(2)]))
     n = 1000 if args.quick else 4000
     steps = 100 if args.quick else 400
@@ -545,7 +549,7 @@ def run_fkc(args, figs):
     p /= p.sum()
     rng = np.random.default_rng(0)
     ann_exact = pts[rng.choice(len(p), 20000, p=p)] + rng.uniform(-0.025, 0.025, (20000, 2))
-    prod_exact = np.asarray(S.product_of_mixtures(gm, gm2).sample(jax.random.key(9), 20000))
+    prod_exact = np.asarray(T.product_of_mixtures(gm, gm2).sample(jax.random.key(9), 20000))
     cases = {
         "annealed q^2": ([gm.score_fn(sde)], [2.0], [gm.log_density_fn(sde)], ann_exact),
         "product q1*q2": ([gm.score_fn(sde), gm2.score_fn(sde)], [1.0, 1.0],
@@ -563,11 +567,11 @@ def run_fkc(args, figs):
                             weighted=False)
         fk_s = fkc.resample(jax.random.key(20 + row), min(n, 1000))
         ref = exact[:1000]
-        null = S.mmd(exact[1000:2000], ref)
+        null = T.mmd(exact[1000:2000], ref)
         lines.append(f"| {name} | exact | {np.round(exact.mean(0), 3)} | {np.round(exact.var(0), 3)} | – | {null:.5f} |")
         for label, samples in (("FKC (SMC)", fk_s), ("heuristic score mix", heur.samples[:1000])):
             lines.append(f"| {name} | {label} | {np.round(samples.mean(0), 3)} | {np.round(samples.var(0), 3)} | "
-                         f"{S.mmd(samples, ref):.5f} | {null:.5f} |")
+                         f"{T.mmd(samples, ref):.5f} | {null:.5f} |")
         for col, (label, samples) in enumerate((("exact", exact[:1000]), ("FKC", fk_s),
                                                 ("heuristic", heur.samples[:1000]))):
             ax = axes[row, col]

@@ -67,7 +67,7 @@ def _ou_snapshots(times, n):
 
 
 def _scaling_world():
-    world = bk.scaling.random_markov_world(jax.random.key(0))
+    world = bk.testing.random_markov_world(jax.random.key(0))
     return world.generator(), world.exact_reward_model(2)
 
 
@@ -110,7 +110,7 @@ def _make(name):
                                                                            temperatures=(1.0, 3.0), budget=9),
                 "scaling.particle_gibbs": lambda: S.particle_gibbs(k, gen, rm, 2, num_particles=4, budget=24)}[name]()
     if name == "fkc_sample":
-        gm = S.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
+        gm = bk.testing.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
                                jnp.stack([jnp.eye(2), jnp.eye(2)]))
         sde = S.VESDE(0.01, 20.0)
         return S.fkc_sample(jax.random.key(5), [gm.score_fn(sde)], [1.0], num_particles=16, num_steps=10, sde=sde)

@@ -65,9 +65,10 @@ def _smc_cases():
 
 def _scaling_cases():
     S = bk.scaling
-    world = S.random_markov_world(jax.random.key(0), num_digits=2, modulus=3, max_steps=3)
+    world = bk.testing.random_markov_world(jax.random.key(0), num_digits=2, modulus=3, max_steps=3)
     gen, rm = world.generator(), world.exact_reward_model(1)
-    gm = S.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-2.0, 0.0], [2.0, 0.0]]), jnp.stack([jnp.eye(2)] * 2))
+    gm = bk.testing.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-2.0, 0.0], [2.0, 0.0]]),
+                                    jnp.stack([jnp.eye(2)] * 2))
     score = gm.score_fn(S.VESDE())  # built once: a fresh lambda per call would be a new program (docs/scaling.md)
     return {
         "scaling.particle_filtering": lambda: S.particle_filtering(K, gen, rm, 1, budget=4),

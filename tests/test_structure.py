@@ -149,7 +149,10 @@ def test_moved_names_warn_and_resolve():
     """Names moved by the one-engine change stay reachable for one release, with a FutureWarning naming the new
     place; removed ones raise an AttributeError naming the replacement."""
     cases = [(bk.smc, "csmc", bk.smc.kernels.csmc), (bk.smc, "SMCState", bk.smc.engine.SMCState),
-             (bk.bridges, "bw2_uvp", bk.testing.bw2_uvp), (bk.meta, "baselines", bk.testing.meta_baselines)]
+             (bk.bridges, "bw2_uvp", bk.testing.bw2_uvp), (bk.meta, "baselines", bk.testing.meta_baselines),
+             (bk.scaling, "random_markov_world", bk.testing.random_markov_world),
+             (bk.scaling, "GaussianMixture", bk.testing.GaussianMixture),
+             (bk.scaling, "smc_sweep", bk.scaling.kernels.smc_sweep)]
     for mod, name, new in cases:
         with pytest.warns(FutureWarning, match="moved to"):
             assert getattr(mod, name) is new

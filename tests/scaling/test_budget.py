@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 
 import bayeskit as bk
-from bayeskit.inference.scaling.particle import _beam_jit, _pf_jit
-from bayeskit.inference.scaling.worlds import _mlp_init
 
 S = bk.scaling
 
 
 def _world():
-    world = S.ArithmeticWorld(tuple(_mlp_init(jax.random.key(0), [25, 8, 10])), num_ops=5)
-    prompt = S.ArithmeticWorld.sample_problems(jax.random.key(2), 1)[0][0]
+    world = bk.testing.ArithmeticWorld.random(jax.random.key(0), num_ops=5, hidden=(8,))
+    prompt = bk.testing.ArithmeticWorld.sample_problems(jax.random.key(2), 1)[0][0]
     return world, world.generator(), world.verifier_reward_model(jax.random.key(1)), prompt
 
 
@@ -46,7 +44,7 @@ def test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two():
     # the better child, which is exactly beam search with one beam and two expansions (top-1 by the
     # process reward). Their answer distributions must agree (two-sample test, 4 SE), while PF at
     # tau = 1 may drop the better child; this is why beam search is hard to beat at budget 2.
-    world = S.random_markov_world(jax.random.key(0))
+    world = bk.testing.random_markov_world(jax.random.key(0))
     gen = world.generator()
     target = 2
     rm = world.noisy_reward_model(jax.random.key(1), target, noise_scale=1.0)
@@ -55,11 +53,13 @@ def test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two():
 
     @jax.jit
     def pf(keys):
-        return jax.vmap(lambda k: _pf_jit(k, init, 1e-4, gen, rm, 0, 1.0, "multinomial", 0, True)[3])(keys)
+        return jax.vmap(lambda k: S.kernels.run_particle_filtering(k, gen, rm, init, temperature=1e-4,
+                                                                   resampling="multinomial").answer)(keys)
 
     @jax.jit
     def beam(keys):
-        return jax.vmap(lambda k: _beam_jit(k, init, gen, rm, 1, 2)[1][0])(keys)
+        return jax.vmap(lambda k: S.kernels.run_beam_search(k, gen, rm, init, num_beams=1,
+                                                            expansions=2).answers[0])(keys)
 
     a_pf = np.asarray(pf(jax.random.split(jax.random.key(10), reps)))
     a_beam = np.asarray(beam(jax.random.split(jax.random.key(11), reps)))

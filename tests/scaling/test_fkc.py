@@ -10,9 +10,9 @@ from bayeskit.errors import ConfigurationError
 
 S = bk.scaling
 SDE = S.VESDE(0.01, 20.0)
-GM = S.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
+GM = bk.testing.GaussianMixture(jnp.array([0.3, 0.7]), jnp.array([[-3.0, 0.0], [3.0, 0.0]]),
                        jnp.stack([jnp.eye(2), jnp.array([[1.0, 0.5], [0.5, 1.5]])]))
-GM2 = S.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[3.0, 0.0], [0.0, 3.0]]),
+GM2 = bk.testing.GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[3.0, 0.0], [0.0, 3.0]]),
                         jnp.stack([2 * jnp.eye(2), 2 * jnp.eye(2)]))
 
 
@@ -29,7 +29,7 @@ def test_gaussian_mixture_score_is_gradient_of_log_density():
 
 
 def test_product_of_experts_matches_closed_form():
-    prod = S.product_of_mixtures(GM, GM2)
+    prod = bk.testing.product_of_mixtures(GM, GM2)
     exact = np.asarray(prod.sample(jax.random.key(1), 20000))
     kw = dict(num_particles=2000, num_steps=100, sde=SDE,
               log_densities=[GM.log_density_fn(SDE), GM2.log_density_fn(SDE)])
@@ -44,9 +44,9 @@ def test_product_of_experts_matches_closed_form():
     assert np.any(np.abs(hmean - true_mean) > 8 * se)
     # MMD against exact samples vs the null level of two exact samples of the same size
     fk_s = fkc.resample(jax.random.key(3), 1000)
-    null = S.mmd(exact[:1000], exact[1000:2000])
-    m_fkc = S.mmd(fk_s, exact[2000:3000])
-    m_heur = S.mmd(heur.samples[:1000], exact[2000:3000])
+    null = bk.testing.mmd(exact[:1000], exact[1000:2000])
+    m_fkc = bk.testing.mmd(fk_s, exact[2000:3000])
+    m_heur = bk.testing.mmd(heur.samples[:1000], exact[2000:3000])
     assert m_fkc < 5 * null + 1e-3
     assert m_heur > 5 * m_fkc
 
@@ -70,7 +70,7 @@ def _annealed_exact(beta):
 def _replicates(score_fns, betas, log_densities, reps, n, steps, key):
     """Independent FKC runs (vmapped engine): the Monte Carlo error of any weighted statistic is
     estimated from the spread across replicates (ESS alone ignores the genealogy)."""
-    fk, _ = S.fkc_feynman_kac(score_fns, betas, SDE, steps, log_densities=log_densities)
+    fk, _ = S.kernels.fkc_feynman_kac(score_fns, betas, SDE, steps, log_densities=log_densities)
 
     @jax.jit
     def run(keys):

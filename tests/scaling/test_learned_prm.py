@@ -7,7 +7,6 @@ import pytest
 
 import bayeskit as bk
 from bayeskit.errors import BayeskitError, ConfigurationError
-from bayeskit.inference.scaling.worlds import ArithState
 
 S = bk.scaling
 
@@ -28,7 +27,7 @@ def exact_world(step_accuracy=0.75, num_ops=5):
             w1[p, 10 * p + d] = w1[10 + d, 10 * p + d] = 1.0
             w2[10 * p + d, (p + d) % 10] = big_l
     params = ((jnp.asarray(w1), -jnp.ones(100)), (jnp.asarray(w2), jnp.zeros(10)))
-    return S.ArithmeticWorld(params, num_ops)
+    return bk.testing.ArithmeticWorld(params, num_ops)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,7 @@ def test_learned_prm_ranks_right_steps_above_wrong_ones(world, prm):
 
 def test_learned_prm_outputs_and_training_problems(world, prm):
     gen = world.generator()
-    prompts, _ = S.ArithmeticWorld.sample_problems(jax.random.key(3), 4)
+    prompts, _ = bk.testing.ArithmeticWorld.sample_problems(jax.random.key(3), 4)
     s = gen.init(prompts[0], 8)
     rm = prm.reward_model()
     for t in range(world.num_ops):
@@ -99,7 +98,7 @@ def test_learned_prm_scores_a_state_the_same_in_every_slot(prm):
     start = jnp.array([3, 3, 1])
     digits = jnp.array([[4, 5, 9, 0, 2]] * 3)
     values = jnp.array([[7, 2, -1, -1, -1], [7, 3, -1, -1, -1], [7, 2, -1, -1, -1]])
-    s = ArithState(start, digits, values, jnp.array([2, 2, 2]), jnp.zeros(3, bool))
+    s = bk.testing.ArithState(start, digits, values, jnp.array([2, 2, 2]), jnp.zeros(3, bool))
     swapped = jax.tree_util.tree_map(lambda a: a[jnp.array([2, 0, 1])], s)
     score = jax.jit(prm.score)
     r, r2 = np.asarray(score(s)), np.asarray(score(swapped))

@@ -11,7 +11,7 @@ import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError, ModelError
 
 S = bk.scaling
-WORLD = S.random_markov_world(jax.random.key(0))
+WORLD = bk.testing.random_markov_world(jax.random.key(0))
 GEN = WORLD.generator()
 TARGET = 2
 EXACT_RM = WORLD.exact_reward_model(TARGET)
@@ -45,7 +45,7 @@ def _tv_reps(n, reps, key, chunk=4000):
     @jax.jit
     def run(k):
         def one(kk):
-            out = S.smc_sweep(kk, GEN, EXACT_RM, init, weights="value_ratio", ess_threshold=1.0,
+            out = S.kernels.smc_sweep(kk, GEN, EXACT_RM, init, weights="value_ratio", ess_threshold=1.0,
                               resampling="multinomial")
             a = GEN.answer(out.particles.state)
             return jnp.zeros(M).at[a].add(jax.nn.softmax(out.log_weights))
@@ -84,7 +84,7 @@ def _exact_target_paths(key, num):
     """Exact draws from p(x) R(x) / Z by rejection (R <= 1), with their Particles histories."""
     n = 4 * num
     init = GEN.init(TARGET, n)
-    out = S.smc_sweep(key, GEN, EXACT_RM, init, weights="value_ratio", resample=False)
+    out = S.kernels.smc_sweep(key, GEN, EXACT_RM, init, weights="value_ratio", resample=False)
     r = EXACT_RM.outcome(out.particles.state)
     u = jax.random.uniform(jax.random.fold_in(key, 1), (n,))
     keep = np.flatnonzero(np.asarray(u < r))[:num]
@@ -104,7 +104,7 @@ def test_conditional_smc_leaves_target_invariant():
     def update(keys, refs):
         def one(k, ref):
             k1, k2 = jax.random.split(k)
-            out = S.smc_sweep(k1, GEN, EXACT_RM, init, weights="value_ratio", reference=ref)
+            out = S.kernels.smc_sweep(k1, GEN, EXACT_RM, init, weights="value_ratio", reference=ref)
             i = jax.random.categorical(k2, out.log_weights)
             return GEN.answer(out.particles.state)[i]
 

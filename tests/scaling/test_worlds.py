@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import bayeskit as bk
-from bayeskit.inference.scaling.worlds import ArithState, _mlp_init
 
 S = bk.scaling
 
@@ -18,15 +17,15 @@ def test_step_checker_is_exact():
     start = jnp.array([3, 3, 3])
     digits = jnp.array([[4, 5, 9], [4, 5, 9], [4, 5, 9]])
     values = jnp.array([[7, 2, 1], [7, 3, -1], [7, -1, -1]])
-    s = ArithState(start, digits, values, jnp.array([3, 2, 1]), jnp.array([True, False, False]))
-    np.testing.assert_array_equal(S.ArithmeticWorld.prefix_correct(s), [True, False, True])
+    s = bk.testing.ArithState(start, digits, values, jnp.array([3, 2, 1]), jnp.array([True, False, False]))
+    np.testing.assert_array_equal(bk.testing.ArithmeticWorld.prefix_correct(s), [True, False, True])
 
 
 def test_arithmetic_generator_and_verifier_shapes():
-    world = S.ArithmeticWorld(tuple(_mlp_init(jax.random.key(0), [25, 8, 10])), num_ops=5)
+    world = bk.testing.ArithmeticWorld.random(jax.random.key(0), num_ops=5, hidden=(8,))
     gen = world.generator()
     rm = world.verifier_reward_model(jax.random.key(1))
-    prompts, answers = S.ArithmeticWorld.sample_problems(jax.random.key(2), 3)
+    prompts, answers = bk.testing.ArithmeticWorld.sample_problems(jax.random.key(2), 3)
     np.testing.assert_array_equal(answers, np.sum(np.asarray(prompts), 1) % 10)
     S.check_generator(gen, rm, prompts[0], 4)
     states = gen.init(prompts[0], 4)
@@ -39,7 +38,7 @@ def test_arithmetic_generator_and_verifier_shapes():
 
 @pytest.mark.slow
 def test_trained_model_makes_mistakes():
-    world = S.ArithmeticWorld.train(jax.random.key(0), num_iterations=600)
+    world = bk.testing.ArithmeticWorld.train(jax.random.key(0), num_iterations=600)
     acc = world.step_accuracy()
     assert 0.6 < acc < 0.9  # trained on 75%-correct worked solutions
 
