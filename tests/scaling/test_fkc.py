@@ -131,6 +131,9 @@ def test_fkc_to_arviz_and_bad_input():
     res = S.fkc_sample(jax.random.key(5), [GM.score_fn(SDE)], [1.0], num_particles=16, num_steps=10, sde=SDE)
     dt = res.to_arviz()
     assert dt["particles"]["x"].shape == (16, 2)
+    assert float(dt["sample_stats"]["log_evidence"].values.squeeze()) == res.log_evidence
+    with pytest.warns(FutureWarning, match="renamed log_evidence"):
+        assert res.log_normalizer == res.log_evidence  # the old name, for one release
     with pytest.raises(ConfigurationError, match="betas"):
         S.fkc_sample(jax.random.key(5), [GM.score_fn(SDE)], [1.0, 2.0])
     with pytest.raises(ConfigurationError, match="num_particles"):

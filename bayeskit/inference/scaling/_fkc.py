@@ -38,6 +38,7 @@ Only score functions are needed (no divergences, no densities).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, NamedTuple, Sequence
@@ -78,17 +79,24 @@ class VESDE(NamedTuple):
 @dataclass(frozen=True)
 class FKCResult:
     """FKC samples: ``samples`` (N, d), normalised-weight log ``log_weights`` (N,), per-step ``ess``
-    (K+1,), ``resampled`` (K+1,), ``log_normalizer`` (estimate of :math:`\\log` of the ratio of
-    normalisers of the final to the initial target), ``times`` (K+1,) diffusion times."""
+    (K+1,), ``resampled`` (K+1,), ``log_evidence`` (estimate of :math:`\\log` of the ratio of
+    normalisers of the final to the initial target; ``log_normalizer`` before this release, which still
+    works with a FutureWarning), ``times`` (K+1,) diffusion times."""
 
     samples: np.ndarray
     log_weights: np.ndarray
     ess: np.ndarray
     resampled: np.ndarray
-    log_normalizer: float
+    log_evidence: float
     times: np.ndarray
     weighted: bool = True
     extras: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def log_normalizer(self) -> float:
+        warnings.warn("FKCResult.log_normalizer is renamed log_evidence (the glossary's name); the old name "
+                      "goes in the next release", FutureWarning, stacklevel=2)
+        return self.log_evidence
 
     @property
     def weights(self):
@@ -110,17 +118,17 @@ class FKCResult:
     def to_arviz(self):
         """ArviZ DataTree (docs: ArviZ output): ``posterior`` (``x``: the weighted samples as N equally
         weighted draws), ``particles`` (the weighted samples), ``sample_stats`` (the run as one draw: ess,
-        resampled, diffusion_time over ``step``, ``log_evidence`` = ``log_normalizer``)."""
+        resampled, diffusion_time over ``step``, ``log_evidence``)."""
         from bayeskit.diagnostics import equal_weight_draws, one_chain, one_run, to_datatree
 
         return to_datatree({"posterior": one_chain({"x": equal_weight_draws(self.samples, self.log_weights)}),
                             "particles": {"x": self.samples, "log_weight": self.log_weights},
                             "sample_stats": one_run({"ess": self.ess, "resampled": self.resampled,
                                                      "diffusion_time": self.times,
-                                                     "log_evidence": self.log_normalizer})},
+                                                     "log_evidence": self.log_evidence})},
                            dims={"x": ["dim"], "particles/x": ["particle", "dim"], "log_weight": ["particle"],
                                  "ess": ["step"], "resampled": ["step"], "diffusion_time": ["step"]},
-                           attrs={"log_normalizer": float(self.log_normalizer), "weighted": int(self.weighted)})
+                           attrs={"log_evidence": float(self.log_evidence), "weighted": int(self.weighted)})
 
 
 def fkc_feynman_kac(score_fns: Sequence[Callable], betas, sde: VESDE, num_steps: int, *, t_min=1e-3,
