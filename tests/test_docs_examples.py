@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
-_MARKER = re.compile(r"<!--\s*(skip-test|test-setup)\s*:(.*?)-->\s*\Z", re.S)
+_MARKER = re.compile(r"<!--\s*(skip-test|test-setup)\s*:((?:(?!-->).)*)-->\s*\Z", re.S)
 
 
 def blocks(path):
@@ -50,13 +50,15 @@ def test_every_page_with_examples_is_collected_and_skips_say_why():
         for line, _, _, skip in blocks(page):
             assert skip is None or len(skip) > 10, f"{page.name}:{line}: skip-test needs a reason"
     # the parser sees a marker only on the line right before a block
-    text = "<!-- skip-test: needs a GPU and a model download -->\n```python\nx = 1\n```\n\n```python\ny = 2\n```\n"
+    text = ("<!-- test-setup:\nz = 0\n-->\n```python\nw = 0\n```\n<!-- skip-test: needs a GPU and a model download -->\n"
+            "```python\nx = 1\n```\n\n```python\ny = 2\n```\n")
     probe = ROOT / ".pytest_cache" / "docs_probe.md"
     probe.parent.mkdir(exist_ok=True)
     probe.write_text(text)
     got = blocks(probe)
     probe.unlink()
-    assert [(b[1], b[3]) for b in got] == [("x = 1\n", "needs a GPU and a model download"), ("y = 2\n", None)]
+    assert [b[1:] for b in got] == [("w = 0\n", "z = 0", None), ("x = 1\n", None, "needs a GPU and a model download"),
+                                    ("y = 2\n", None, None)]
 
 
 @pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
