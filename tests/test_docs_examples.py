@@ -41,9 +41,9 @@ def blocks(path):
 
 
 EXAMPLE_PAGES = [p for p in PAGES if blocks(p)]
-# pages whose examples took more than 20 s of CPU time each (contended 2-core machine, cold compilation cache:
-# bridges 102 s with the Lotka-Volterra run since skipped, smc 59 s, smoothing 42 s, scaling 24 s; the other
-# nine pages 2-19 s) run with -m slow until their examples are made smaller
+# pages whose examples take more than 20 s of CPU time each (cold compilation cache: smc 31 s, bridges 25 s,
+# smoothing 42 s, scaling 24 s; the other nine pages 2-19 s) run with -m slow until their examples are made
+# smaller
 SLOW_PAGES = {"docs/bridges.md", "docs/smc.md", "docs/smoothing.md", "docs/scaling.md"}
 
 
