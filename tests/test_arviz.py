@@ -148,10 +148,13 @@ def _make(name):
 
 
 # the results whose build alone takes 5-13 s (compilation, contended 2-core machine) run with -m slow
-# (scaling.particle_gibbs takes the same to_arviz branch as scaling.parallel_tempering, which stays fast)
+# (scaling.particle_gibbs takes the same to_arviz branch as scaling.parallel_tempering, which stays fast;
+# scaling.best_of_n and scaling.beam_search give (step, particle) histories like scaling.particle_filtering,
+# the same branch of ScalingResult.to_arviz, which stays fast)
 _SLOW = pytest.mark.slow
 RESULTS = ["particle_filter", "particle_filter_no_history", "ffbs", "particle_gibbs", "paris", "ppg", "pmmh", "fit",
-           "tempered", "scaling.particle_filtering", "scaling.best_of_n", "scaling.beam_search",
+           "tempered", "scaling.particle_filtering", pytest.param("scaling.best_of_n", marks=_SLOW),
+           pytest.param("scaling.beam_search", marks=_SLOW),
            "scaling.parallel_tempering", pytest.param("scaling.particle_gibbs", marks=_SLOW), "fkc_sample",
            pytest.param("gpdp.solve", marks=_SLOW),
            pytest.param("gpdp.fit_parametric", marks=_SLOW), pytest.param("sde.fit_vi", marks=_SLOW),

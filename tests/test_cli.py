@@ -6,6 +6,10 @@ import pytest
 from bayeskit import __version__, cli
 
 
+# slow: the demo compiles four programs at its fixed sizes (23 s of CPU, the largest single fast test); CI
+# runs `bayeskit demo` verbatim before the suites, and the fast suite covers its parts (particle filter,
+# plots, ArviZ round trip) and the command line's argument handling
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     cli.main(["demo", "--outdir", str(out), "--num-particles", "256", "--no-progress"])

@@ -41,13 +41,26 @@ def _converted_log_joint(ssm):
     return joint
 
 
+_CONVERTED = {}
+
+
+def _converted(name):
+    """(ssm, jitted batched log joint) of one model, built once per test process so that tests at the same
+    shapes reuse the compiled program."""
+    if name not in _CONVERTED:
+        model, args = MODELS[name]
+        ssm = bk.StateSpaceModel.from_numpyro(model, *args)
+        _CONVERTED[name] = ssm, jax.jit(jax.vmap(_converted_log_joint(ssm)))
+    return _CONVERTED[name]
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_joint_log_density_equals_numpyro(name):
     model, args = MODELS[name]
-    ssm = bk.StateSpaceModel.from_numpyro(model, *args)
+    ssm, joint = _converted(name)
     sites = _draws(model, args, jax.random.key(7), 3)
     ref = jax.jit(jax.vmap(lambda s: np_log_density(model, args, {}, s)[0]))(sites)
-    got = jax.jit(jax.vmap(_converted_log_joint(ssm)))(sites)
+    got = joint(sites)
     assert np.all(np.isfinite(ref))
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
     # the round trip path <-> sites is the identity
@@ -85,12 +98,12 @@ def test_prior_in_unconstrained_space_keeps_the_log_jacobian():
 def test_stochastic_volatility_scan_form_equals_numpyro_example():
     # the scan form of NumPyro's example has the same joint density as the example's GaussianRandomWalk form
     model, (returns,) = MODELS["stochastic_volatility"]
-    ssm = bk.StateSpaceModel.from_numpyro(model, returns)
+    _, joint = _converted("stochastic_volatility")
     sites = _draws(model, (returns,), jax.random.key(3), 3)
     grw = {"sigma": sites["sigma"], "nu": sites["nu"],
            "s_all": jnp.concatenate([sites["s0"][:, None], sites["s"]], axis=1)}
-    ref = jax.vmap(lambda s: np_log_density(M.stochastic_volatility_grw, (returns,), {}, s)[0])(grw)
-    got = jax.jit(jax.vmap(_converted_log_joint(ssm)))(sites)
+    ref = jax.jit(jax.vmap(lambda s: np_log_density(M.stochastic_volatility_grw, (returns,), {}, s)[0]))(grw)
+    got = joint(sites)
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
 
 

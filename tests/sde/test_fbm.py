@@ -84,16 +84,19 @@ def test_weight_system_against_quadrature(kind, h):
 
 
 def test_optimal_weights_minimise_error_and_gradient_in_hurst():
+    # jitted: a few compiled programs instead of many op-by-op compiles
     gammas = bk.sde.ou_speeds(5, 20.0)
-    w = bk.sde.optimal_weights(0.3, gammas, 2.0)
-    e0 = float(bk.sde.approximation_error(0.3, gammas, w, 2.0))
+    weights = jax.jit(lambda h: bk.sde.optimal_weights(h, gammas, 2.0))
+    error = jax.jit(lambda w: bk.sde.approximation_error(0.3, gammas, w, 2.0))
+    w = weights(0.3)
+    e0 = float(error(w))
     rng = np.random.default_rng(0)
     for _ in range(5):
-        assert float(bk.sde.approximation_error(0.3, gammas, w + 1e-3 * rng.standard_normal(5), 2.0)) > e0
-    g = jax.jacfwd(lambda h: bk.sde.optimal_weights(h, gammas, 2.0))(0.3)
-    fd = (bk.sde.optimal_weights(0.3 + 1e-6, gammas, 2.0) - bk.sde.optimal_weights(0.3 - 1e-6, gammas, 2.0)) / 2e-6
+        assert float(error(w + 1e-3 * rng.standard_normal(5))) > e0
+    g = jax.jit(jax.jacfwd(lambda h: bk.sde.optimal_weights(h, gammas, 2.0)))(0.3)
+    fd = (weights(0.3 + 1e-6) - weights(0.3 - 1e-6)) / 2e-6
     np.testing.assert_allclose(np.asarray(g), np.asarray(fd), rtol=1e-5, atol=1e-6)
-    assert np.all(np.isfinite(np.asarray(jax.grad(lambda h: bk.sde.optimal_weights(h, gammas, 2.0).sum())(0.7))))
+    assert np.all(np.isfinite(np.asarray(jax.jit(jax.grad(lambda h: bk.sde.optimal_weights(h, gammas, 2.0).sum()))(0.7))))
 
 
 @pytest.mark.parametrize("h", [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
