@@ -16,12 +16,13 @@ cumulative weights in one pass and expand them with ``jnp.repeat(..., total_repe
 (a scatter and a cumulative sum) instead of a binary search per particle. Multinomial resampling
 draws sorted uniforms from normalised exponential spacings and counts them per particle.
 
-On CPU the systematic and stratified schemes expand the running totals of the counts by a histogram
-(one scatter-add of the totals and one cumulative sum): the same indices as ``jnp.repeat``, and
-1.7-7x faster than a ``searchsorted`` of the points in the cumulative weights at N = 1e3-1e5
-(``benchmarks/filter_overhead.py``). Multinomial resampling there is, for up to ``2**15`` particles,
-one binary search of the sorted uniforms in the cumulative weights (same indices; 8-9x faster than the
-sort-based count at N = 1e3-1e4). Every other case uses the O(N) expansion of the counts.
+On CPU, for up to ``2**15`` particles, the expansion of the counts is a binary search instead
+(``searchsorted`` of ``0..M-1`` in the running totals of the counts): it returns the same indices,
+and XLA:CPU's scatter made the O(N) expansion 1.4-2x slower than the whole rest of a bootstrap
+filter step at N = 1e3-1e4 (``benchmarks/throughput.py``). Multinomial resampling there is one
+binary search of the sorted uniforms in the cumulative weights (same indices; 8-9x faster than the
+sort-based count at N = 1e3-1e4). Above that size, and on every other platform, the O(N) expansion
+is used.
 """
 
 from __future__ import annotations
@@ -119,20 +120,18 @@ def _search_on_small_cpu(operand, sizes, by_search, by_counts):
 
 
 def _ancestors_from_below(below, num_samples: int):
-    """Ancestor indices from the running totals ``below`` (nondecreasing, in [0, M], ``below[-1] = M``):
+    """Ancestor indices from the running totals ``below`` (nondecreasing, ``below[-1] = M``):
     particle i is repeated ``below[i] - below[i-1]`` times, i.e. ``A_j = #{i : below_i <= j}``."""
     n = below.shape[0]
 
     def by_repeat(b):
         return _expand(_counts_from_below(b), num_samples)
 
-    def by_histogram(b):
-        # A_j = #{i : below_i <= j} is the running sum of the histogram of the totals: one scatter-add
-        # and one cumulative sum, the same indices as the expansion of the counts
-        h = jnp.zeros((num_samples + 1,), jnp.int32).at[b].add(1)
-        return jnp.minimum(jnp.cumsum(h[:num_samples]), n - 1).astype(jnp.int32)
+    def by_search(b):
+        a = jnp.searchsorted(b, jnp.arange(num_samples, dtype=b.dtype), side="right")
+        return jnp.minimum(a, n - 1).astype(jnp.int32)
 
-    return jax.lax.platform_dependent(below, cpu=by_histogram, default=by_repeat)
+    return _search_on_small_cpu(below, (n, num_samples), by_search, by_repeat)
 
 
 def systematic(key, log_weights, num_samples: int):
