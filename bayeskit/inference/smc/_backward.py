@@ -22,7 +22,7 @@ import numpy as np
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc.engine import take
 from bayeskit.inference.smc._feynman_kac import FeynmanKac
-from bayeskit.inference.smc.resampling import categorical_from_cdf, cdf
+from bayeskit.inference.smc.resampling import categorical, categorical_from_cdf, categorical_rows, cdf
 
 __all__ = ["log_transition_matrix", "sample_backward", "backward_sample", "transition_log_bound", "log_bound_fn",
            "check_backward_model", "DEFAULT_NUM_TRIALS", "TransitionBound"]
@@ -152,12 +152,17 @@ class TransitionBound:
         W, const = _whitened(*g)
         v = g[0] @ W.T  # (N, d)
         u = x @ W.T     # (M, d)
+        vv = jnp.sum(jnp.square(v), axis=-1)
+        uu = jnp.sum(jnp.square(u), axis=-1)
 
         def pair(j, i):
             return const - 0.5 * jnp.sum(jnp.square(u[i] - v[j]), axis=-1)
 
         def rows(i):
-            return const - 0.5 * jnp.sum(jnp.square(u[i][:, None, :] - v[None, :, :]), axis=-1)
+            # |u - v|^2 = |u|^2 + |v|^2 - 2 u.v: a block of rows is one matrix product (no rows x N x d
+            # intermediate); clipped at 0 against rounding, so that no entry exceeds the peak density
+            sq = uu[i][:, None] + vv[None, :] - 2.0 * (u[i] @ v.T)
+            return const - 0.5 * jnp.maximum(sq, 0.0)
         return pair, rows
 
 
@@ -236,16 +241,19 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
         # proposal's value, so every draw keeps its exact law.
         fits = levels[level + 1][0] if level + 1 < len(levels) else 0
 
-        # level 0 may run past its `rounds` (up to the budget the later levels leave) while each round
-        # still pays for itself: a round costs `size` pair evaluations, an exact fallback draw N, so go on
-        # while a round accepts at least size / N draws (low acceptance, d > 1: far fewer fallbacks).
-        # Again only acceptance counts decide.
+        # after `num_trials` rounds a level goes on only while each round pays for itself: a round costs
+        # `size` pair evaluations plus a fixed loop overhead (counted as one exact draw, N), an exact
+        # fallback draw costs N, so go on while a round accepts at least (size + N) / N draws. Level 0 may
+        # run past its `rounds` (up to the budget the later levels leave); a deep level stops as soon as
+        # its few stragglers (draws of low acceptance, d > 1) stop being accepted, instead of spinning
+        # through thousands of near-empty rounds. Again only acceptance counts decide.
         cap = rounds + (max_budget - sum(r_ for _, r_ in levels) if level == 0 else 0)
+        min_rounds = min(rounds, num_trials)
 
-        def cond(carry, rounds=rounds, fits=fits, cap=cap, size=size):
+        def cond(carry, min_rounds=min_rounds, fits=fits, cap=cap, size=size):
             r, _, acc, gain = carry
             return ((r < cap) & (jnp.sum((~acc).astype(jnp.int32)) > fits)
-                    & ((r < rounds) | (gain.astype(jnp.float32) * n_prev >= size)))
+                    & ((r < min_rounds) | (gain.astype(jnp.float32) * n_prev >= size + n_prev)))
 
         def body(carry, size=size, i_target=i_target, key_level=key_level):
             r, Jl, acc, _ = carry
@@ -265,24 +273,26 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     c = int(chunk_size) if chunk_size is not None else min(64, max(1, 2**18 // max(n_prev, 1)))
     c = max(1, min(c, total))
     num_chunks_max = -(-total // c)
-    (pos,) = jnp.nonzero(remaining, size=num_chunks_max * c, fill_value=total)  # padding: out of bounds
+    (pos,) = jnp.nonzero(remaining, size=(num_chunks_max + 1) * c, fill_value=total)  # padding: out of bounds
 
     def exact_draws(J, start, width):
         """Exact draws for the unaccepted draws ``pos[start : start + width]``."""
         sl = jax.lax.dynamic_slice(pos, (start,), (width,))
         L = log_weights_prev[None, :] + rows(target[jnp.minimum(sl, total - 1)])
-        draws = jax.random.categorical(jax.random.fold_in(key_exact, start), L, axis=-1).astype(jnp.int32)
+        draws = categorical_rows(jax.random.fold_in(key_exact, start), L)
         return J.at[sl].set(draws, mode="drop")
 
-    # full chunks of c rows, then the last count mod c draws one row at a time (a lone straggler
-    # used to cost a whole c x N chunk)
+    # full chunks of c rows, then the last count mod c draws in chunks of c // 8 rows (the last one padded
+    # with out-of-bounds slots, whose draws are dropped): a few loop iterations per step instead of up
+    # to c - 1 single-row ones, and a lone straggler costs c // 8 rows, not c
     num_full = count // c
     _, J = jax.lax.while_loop(lambda carry: carry[0] < num_full,
                               lambda carry: (carry[0] + 1, exact_draws(carry[1], carry[0] * c, c)),
                               (jnp.int32(0), J))
     if c > 1:
+        w = max(1, c // 8)
         _, J = jax.lax.while_loop(lambda carry: carry[0] < count,
-                                  lambda carry: (carry[0] + 1, exact_draws(carry[1], carry[0], 1)),
+                                  lambda carry: (carry[0] + w, exact_draws(carry[1], carry[0], w)),
                                   (num_full * c, J))
     return J.reshape(m, num_draws), count
 
@@ -327,14 +337,14 @@ def backward_sample(key, fk: FeynmanKac, particles, log_weights, num_paths: int)
     """
     T = log_weights.shape[0]
     k_last, k_loop = jax.random.split(key)
-    b_last = jax.random.categorical(k_last, log_weights[-1], shape=(num_paths,))
+    b_last = categorical(k_last, log_weights[-1], num_paths)
 
     def step(b_next, inp):
         t, k = inp  # draw b_t given b_{t+1}
         x_t = jax.tree_util.tree_map(lambda a: a[t], particles)
         x_next = jax.tree_util.tree_map(lambda a: a[t + 1][b_next], particles)
         lg = log_weights[t][None, :] + log_transition_matrix(fk, t + 1, x_t, x_next)
-        b = jax.random.categorical(k, lg, axis=-1)
+        b = categorical_rows(k, lg)
         return b, b
 
     if T > 1:

@@ -20,7 +20,7 @@ from bayeskit import _checks
 from bayeskit.errors import ConfigurationError, DegenerateWeightsError, ModelError
 from bayeskit.inference.smc import engine
 from bayeskit.inference.smc._feynman_kac import Proposal, bootstrap, guided
-from bayeskit.inference.smc.resampling import adaptive, get_scheme
+from bayeskit.inference.smc.resampling import adaptive, always, get_scheme, never, normalize_log_weights
 from bayeskit.progress import progress
 
 __all__ = ["ParticleFilterResult", "particle_filter", "weighted_moments"]
@@ -105,19 +105,29 @@ class ParticleFilterResult:
 
 def weighted_moments(particles, log_weights):
     """Weighted mean and (elementwise) variance over the leading particle axis."""
-    w = jax.nn.softmax(log_weights)
+    w, _ = normalize_log_weights(log_weights)
     wb = w.reshape((-1,) + (1,) * (particles.ndim - 1))
     mean = jnp.sum(wb * particles, axis=0)
     var = jnp.sum(wb * (particles - mean) ** 2, axis=0)
     return mean, var
 
 
+def _strategy_mode(ess_threshold) -> str:
+    try:
+        thr = float(ess_threshold)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return "adaptive"
+    return "always" if thr >= 1.0 else "never" if thr <= 0.0 else "adaptive"
+
+
 @partial(jax.jit, static_argnames=("ssm", "num_particles", "resampling", "history", "proposal", "sharding",
-                                   "progress_bar"))
+                                   "mode", "progress_bar"))
 def _run_filter(key, ssm, params, ys, ess_threshold, *, num_particles, resampling, history, proposal,
-                sharding, progress_bar=False):
+                sharding, mode="adaptive", progress_bar=False):
     fk = bootstrap(ssm, params, ys) if proposal is None else guided(ssm, params, ys, proposal)
-    state, out = engine.run(key, fk, num_particles, strategy=adaptive(resampling, ess_threshold),
+    strategy = {"always": lambda: always(resampling), "never": never,
+                "adaptive": lambda: adaptive(resampling, ess_threshold)}[mode]()
+    state, out = engine.run(key, fk, num_particles, strategy=strategy,
                             accumulators=(engine.summary(weighted_moments),), history=history, sharding=sharding,
                             progress_bar=progress_bar)
     return state, out
@@ -125,6 +135,11 @@ def _run_filter(key, ssm, params, ys, ess_threshold, *, num_particles, resamplin
 
 def _is_traced(*trees) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def _is_single_typed_key(key) -> bool:
+    return (isinstance(key, jax.Array) and key.shape == ()
+            and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key))
 
 
 _VALIDATED: dict = {}  # (model, parameter fingerprint) -> observation shape, for check_model
@@ -242,8 +257,10 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
         (50, 1)
     """
     traced = _is_traced(key, params, ys)
+    ys = ys if isinstance(ys, jax.Array) else jnp.asarray(ys)
     if not traced:
-        _checks.check_key(key)
+        if not _is_single_typed_key(key):  # the common case skips the full (slower) check
+            _checks.check_key(key)
         num_particles = _checks.check_positive_int(num_particles, "num_particles")
         get_scheme(resampling)
         ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
@@ -256,9 +273,9 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
                     f"`sharding` ({n_dev})")
     progress_bar = bool(progress_bar) and not traced
     with progress(progress_bar, jnp.shape(ys)[0], "particle filter"):
-        state, out = _run_filter(key, ssm, params, jnp.asarray(ys), ess_threshold, num_particles=num_particles,
+        state, out = _run_filter(key, ssm, params, ys, ess_threshold, num_particles=num_particles,
                                  resampling=resampling, history=history, proposal=proposal, sharding=sharding,
-                                 progress_bar=progress_bar)
+                                 mode=_strategy_mode(ess_threshold), progress_bar=progress_bar)
         if progress_bar:
             jax.block_until_ready(state.log_evidence)
     ((mean, var),) = out.records
@@ -275,7 +292,7 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
         particles_history=out.particles,
         log_weights_history=out.log_weights,
         nonfinite=out.info.nonfinite,
-        ys=jnp.asarray(ys),
+        ys=ys,
         num_particles=num_particles,
         resampling=resampling if isinstance(resampling, str) else getattr(resampling, "__name__", "custom"),
         ess_threshold=ess_threshold if not traced else float("nan"),

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from bayeskit.inference.smc._feynman_kac import FeynmanKac
 from bayeskit.inference.smc.resampling import Strategy, adaptive
-from bayeskit.inference.smc.resampling import ess as ess_fn
+from bayeskit.inference.smc.resampling import weight_stats
 from bayeskit.progress import tick
 
 __all__ = ["SMCState", "StepInfo", "RunOutput", "Accumulator", "init", "step", "start", "run_steps", "run",
@@ -134,10 +134,6 @@ def trace_lineage(ancestors, final_index):
     return path
 
 
-def _flags(log_weights):
-    return jnp.any(jnp.isnan(log_weights)) | jnp.all(log_weights == -jnp.inf)
-
-
 def _constrain(tree, sharding):
     if sharding is None:
         return tree
@@ -163,8 +159,9 @@ def init(key, fk: FeynmanKac, num_particles: int, *, strategy: Strategy | None =
         x = strategy.pin(0, x)
     x = _constrain(x, sharding)
     lw = _constrain(fk.log_potential(0, None, x), sharding)
-    incr = jax.nn.logsumexp(lw) - jnp.log(num_particles)
-    info = StepInfo(incr, ess_fn(lw), jnp.array(False), jnp.arange(num_particles, dtype=jnp.int32), _flags(lw))
+    lse, ess, nonfinite = weight_stats(lw)
+    incr = lse - jnp.log(num_particles)
+    info = StepInfo(incr, ess, jnp.array(False), jnp.arange(num_particles, dtype=jnp.int32), nonfinite)
     return SMCState(x, lw, incr), info
 
 
@@ -188,8 +185,11 @@ def step(key, state: SMCState, fk: FeynmanKac, t, *, strategy: Strategy, shardin
             x = strategy.pin(t, x)
         x = _constrain(x, sharding)
         lw = _constrain(lw_prev + fk.log_potential(t, x_prev, x), sharding)
-        incr = jax.nn.logsumexp(lw) - jax.nn.logsumexp(lw_prev)
-        info = StepInfo(incr, ess_fn(lw), jnp.asarray(resampled), ancestors.astype(jnp.int32), _flags(lw))
+        # one pass over the new log-weights gives the evidence, the ESS and the flags; the log-sum of
+        # the carried weights folds to log N at compile time after an unconditional resampling
+        lse, ess, nonfinite = weight_stats(lw)
+        incr = lse - weight_stats(lw_prev)[0]
+        info = StepInfo(incr, ess, jnp.asarray(resampled), ancestors.astype(jnp.int32), nonfinite)
         return SMCState(x, lw, st.log_evidence + incr), info
 
     if strategy.halt is None:
@@ -198,7 +198,7 @@ def step(key, state: SMCState, fk: FeynmanKac, t, *, strategy: Strategy, shardin
     def halted(st):
         x = st.particles if strategy.freeze is None else strategy.freeze(st.particles)
         n = st.log_weights.shape[0]
-        info = StepInfo(jnp.zeros((), st.log_evidence.dtype), ess_fn(st.log_weights), jnp.array(False),
+        info = StepInfo(jnp.zeros((), st.log_evidence.dtype), weight_stats(st.log_weights)[1], jnp.array(False),
                         jnp.arange(n, dtype=jnp.int32), jnp.array(False))
         return st._replace(particles=x), info
 
@@ -338,8 +338,9 @@ def init_aux(key, model: AuxFeynmanKac, num_particles: int, *, strategy: Strateg
     if strategy is not None and strategy.pin is not None:
         x = strategy.pin(0, x)
     lw, aux = model.log_potential(0, None, x, aux)
-    incr = jax.nn.logsumexp(lw) - jnp.log(num_particles)
-    info = StepInfo(incr, ess_fn(lw), jnp.array(False), jnp.arange(num_particles, dtype=jnp.int32), _flags(lw))
+    lse, ess, nonfinite = weight_stats(lw)
+    incr = lse - jnp.log(num_particles)
+    info = StepInfo(incr, ess, jnp.array(False), jnp.arange(num_particles, dtype=jnp.int32), nonfinite)
     return SMCState(x, lw, incr), aux, info
 
 
@@ -356,8 +357,9 @@ def step_aux(key, state: SMCState, aux, model: AuxFeynmanKac, t, *, strategy: St
         x = strategy.pin(t, x)
     lpot, aux = model.log_potential(t, x_prev, x, aux)
     lw = lw_prev + lpot
-    incr = jax.nn.logsumexp(lw) - jax.nn.logsumexp(lw_prev)
-    info = StepInfo(incr, ess_fn(lw), jnp.asarray(resampled), ancestors.astype(jnp.int32), _flags(lw))
+    lse, ess, nonfinite = weight_stats(lw)
+    incr = lse - weight_stats(lw_prev)[0]
+    info = StepInfo(incr, ess, jnp.asarray(resampled), ancestors.astype(jnp.int32), nonfinite)
     return SMCState(x, lw, state.log_evidence + incr), aux, info
 
 
