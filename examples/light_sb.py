@@ -32,7 +32,7 @@ def run_instance(dim: int, epsilon: float, *, num_train: int, num_steps: int, nu
     x1 = bench.sample_target(keys[2], num_train)
     start = time.perf_counter()
     sb = bk.bridges.LightSB.fit(keys[3], x0, x1, epsilon=epsilon, num_components=num_components,
-                                covariance=covariance, num_steps=num_steps, batch_size=128, learning_rate=1e-2,
+                                covariance=covariance, num_iterations=num_steps, batch_size=128, learning_rate=1e-2,
                                 progress_bar=progress_bar)
     jax.block_until_ready(sb.params)
     seconds = time.perf_counter() - start

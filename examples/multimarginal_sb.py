@@ -70,7 +70,7 @@ def run_ou(*, num_particles: int, num_refinements: int, time_step: float, seed: 
         var = s0**2 * np.exp(-2 * theta * t) + sigma**2 / (2 * theta) * (1 - np.exp(-2 * theta * t))
         snaps.append(m0 * np.exp(-theta * t) + np.sqrt(var) * rng.standard_normal((num_particles, 2)))
     opts = dict(time_step=time_step, solver="lightsb",
-                lightsb_options=dict(num_components=1, covariance="full", init="gaussian", num_steps=0))
+                lightsb_options=dict(num_components=1, covariance="full", init="gaussian", num_iterations=0))
     t0 = time.perf_counter()
     irr = bk.bridges.multimarginal(jax.random.key(seed), snaps, times, reference=bk.bridges.OU(sigma=sigma),
                                    num_refinements=num_refinements, **opts)

@@ -135,7 +135,7 @@ def sine_experiment(key, shots, args, outdir):
     niw = M.NIWMeta(model, covariance="diag", local_approximation="sgld", inner_step_size=args.eta,
                     sgld_temperature=0.01, num_burnin=2, num_sgld_samples=3, max_grad_norm=1000.0,
                     optimizer=optax.adam(1e-2), batch_size=batch,
-                    num_steps=num_steps, chunk_size=max(1, num_steps // 10), init_prior_std=1.0,
+                    num_iterations=num_steps, chunk_size=max(1, num_steps // 10), init_prior_std=1.0,
                     progress_bar=args.progress_bar)
     niw_fit = niw.fit(k_niw, train_sampler)
     t_niw = time.perf_counter() - t0
@@ -144,11 +144,11 @@ def sine_experiment(key, shots, args, outdir):
         t0 = time.perf_counter()
         mamls[lr] = B.maml(k_maml, model, train_sampler, num_support=shots, inner_steps=5, inner_learning_rate=0.01,
                            optimizer=optax.inject_hyperparams(optax.adam)(learning_rate=lr), batch_size=batch,
-                           num_steps=num_steps, loss_fn=loss,
+                           num_iterations=num_steps, loss_fn=loss,
                            max_grad_norm=50.0)
         t_maml = time.perf_counter() - t0
     maml = mamls[1e-3]
-    pooled = B.pretrain(k_pool, model, train_sampler, num_steps=num_steps, batch_size=batch,
+    pooled = B.pretrain(k_pool, model, train_sampler, num_iterations=num_steps, batch_size=batch,
                         optimizer=optax.adam(1e-3), loss_fn=loss)
 
     # test episodes: K support points, 50 query points
@@ -164,7 +164,7 @@ def sine_experiment(key, shots, args, outdir):
     preds = {
         "no adaptation": lambda s, q: pooled.predict(q),
         "fine-tuning": lambda s, q: jax.vmap(model.predict_fn)(
-            B.fine_tune(pooled.theta, model, s, num_steps=10, learning_rate=0.01, loss_fn=loss, max_grad_norm=50.0), q),
+            B.fine_tune(pooled.theta, model, s, num_iterations=10, learning_rate=0.01, loss_fn=loss, max_grad_norm=50.0), q),
         "MAML (lr 1e-3)": mamls[1e-3].predict,
         "MAML (lr 1e-2)": mamls[1e-2].predict,
     }
@@ -219,18 +219,18 @@ def classification_experiment(key, shots, args):
 
     steps = max(50, args.steps // 2)
     niw = M.NIWMeta(model, covariance="diag", local_approximation="laplace", num_inner_steps=5,
-                    inner_step_size=0.05, optimizer=optax.adam(3e-2), batch_size=args.batch, num_steps=steps,
+                    inner_step_size=0.05, optimizer=optax.adam(3e-2), batch_size=args.batch, num_iterations=steps,
                     chunk_size=max(1, steps // 5), progress_bar=args.progress_bar)
     niw_fit = niw.fit(k_niw, sampler)
     maml = B.maml(k_maml, model, sampler, num_support=ways * shots, inner_steps=5, inner_learning_rate=0.1,
-                  optimizer=optax.adam(1e-2), batch_size=args.batch, num_steps=steps)
+                  optimizer=optax.adam(1e-2), batch_size=args.batch, num_iterations=steps)
     x, y = sample_classification(k_test, bank, args.test_tasks, ways, shots + 15)
     ns = ways * shots
     support, qx, qy = (x[:, :ns], y[:, :ns]), x[:, ns:], y[:, ns:]
     rows = {}
     uniform = jnp.full(qy.shape + (ways,), 1.0 / ways)
     rows["no adaptation"] = class_metrics(uniform, qy)
-    ft = B.fine_tune(model.init_theta, model, support, num_steps=20, learning_rate=0.1)
+    ft = B.fine_tune(model.init_theta, model, support, num_iterations=20, learning_rate=0.1)
     rows["fine-tuning"] = class_metrics(jax.vmap(model.predict_fn)(ft, qx), qy)
     rows["MAML"] = class_metrics(maml.predict(support, qx), qy)
     pred = niw_fit.predict(k_pred, support, (qx, qy), num_samples=args.samples)
