@@ -23,7 +23,8 @@ def load_example():
 @pytest.mark.slow
 def test_niw_meta_calibrated_at_five_shots(tmp_path):
     example = load_example()
-    args = types.SimpleNamespace(steps=150, batch=8, test_tasks=40, samples=16, eta=2e-3)  # the --quick recipe
+    args = types.SimpleNamespace(steps=150, batch=8, test_tasks=40, samples=16, eta=2e-3,  # the --quick recipe
+                                 progress_bar=False)
     rows, _, plots = example.sine_experiment(jax.random.fold_in(jax.random.key(0), 5), 5, args, str(tmp_path))
     niw = rows["NIW-Meta"]
     assert niw["nll"] <= min(rows["MAML (lr 1e-3)"]["nll"], rows["MAML (lr 1e-2)"]["nll"])
