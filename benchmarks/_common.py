@@ -77,3 +77,23 @@ def ar1_kalman_loglik(y, rho: float, sx: float, sy: float) -> float:
         k = p / s
         m, p = m + k * (yt - m), (1 - k) * p
     return ll
+
+
+def particles_ar1(rho: float, sx: float, sy: float):
+    """The benchmarks' AR(1) model x_t = rho x_{t-1} + N(0, sx^2), y_t = x_t + N(0, sy^2), stationary start, as a
+    ``particles`` state-space model class (raises ImportError without ``pip install -e '.[bench]'``)."""
+    import numpy as np
+    from particles import distributions as pdists
+    from particles import state_space_models as pssm
+
+    class AR1(pssm.StateSpaceModel):
+        def PX0(self):
+            return pdists.Normal(scale=sx / np.sqrt(1 - rho**2))
+
+        def PX(self, t, xp):
+            return pdists.Normal(loc=rho * xp, scale=sx)
+
+        def PY(self, t, xp, x):
+            return pdists.Normal(loc=x, scale=sy)
+
+    return AR1

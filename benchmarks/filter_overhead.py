@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import table, write_result  # noqa: E402
+from _common import table, write_result, particles_ar1  # noqa: E402
 
 RHO, SX, SY, T = 0.9, 1.0, 1.0, 100
 
@@ -92,18 +92,9 @@ def main(argv=None):
     plain = plain_filter_fn()
     try:
         import particles
-        from particles import distributions as pdists
         from particles import state_space_models as pssm
 
-        class AR1(pssm.StateSpaceModel):
-            def PX0(self):
-                return pdists.Normal(scale=SX / np.sqrt(1 - RHO**2))
-
-            def PX(self, t, xp):
-                return pdists.Normal(loc=RHO * xp, scale=SX)
-
-            def PY(self, t, xp, x):
-                return pdists.Normal(loc=x, scale=SY)
+        AR1 = particles_ar1(RHO, SX, SY)
 
         p_fk = pssm.Bootstrap(ssm=AR1(), data=np.asarray(ys, np.float64))
     except ImportError:  # pragma: no cover

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ar1_kalman_loglik, median_time, table, write_result  # noqa: E402
+from _common import ar1_kalman_loglik, median_time, table, write_result, particles_ar1  # noqa: E402
 
 RHO, SX, SY, T = 0.9, 1.0, 1.0, 100
 
@@ -73,18 +73,9 @@ def main(argv=None):
 
     try:
         import particles
-        from particles import distributions as pdists
         from particles import state_space_models as pssm
 
-        class AR1(pssm.StateSpaceModel):
-            def PX0(self):
-                return pdists.Normal(scale=SX / np.sqrt(1 - RHO**2))
-
-            def PX(self, t, xp):
-                return pdists.Normal(loc=RHO * xp, scale=SX)
-
-            def PY(self, t, xp, x):
-                return pdists.Normal(loc=x, scale=SY)
+        AR1 = particles_ar1(RHO, SX, SY)
 
         fk = pssm.Bootstrap(ssm=AR1(), data=y)
     except ImportError:  # pragma: no cover
