@@ -151,6 +151,14 @@ def _replicated(a, sharding):
     return jax.lax.with_sharding_constraint(a, NamedSharding(sharding.mesh, PartitionSpec()))
 
 
+def _weigh(lw, log_sum_prev, resampled, ancestors):
+    # one pass over the new log-weights gives the evidence increment, the ESS and the flags; the carried
+    # weights' log-sum (log_sum_prev) folds to log N at compile time after an unconditional resampling
+    lse, ess, nonfinite = weight_stats(lw)
+    incr = lse - log_sum_prev
+    return incr, StepInfo(incr, ess, jnp.asarray(resampled), ancestors.astype(jnp.int32), nonfinite)
+
+
 def init(key, fk: FeynmanKac, num_particles: int, *, strategy: Strategy | None = None, sharding=None):
     """Step 0: draw from :math:`M_0` (pinned slots set by the strategy) and weight by :math:`G_0`.
     Returns ``(SMCState, StepInfo)``."""
@@ -159,9 +167,7 @@ def init(key, fk: FeynmanKac, num_particles: int, *, strategy: Strategy | None =
         x = strategy.pin(0, x)
     x = _constrain(x, sharding)
     lw = _constrain(fk.log_potential(0, None, x), sharding)
-    lse, ess, nonfinite = weight_stats(lw)
-    incr = lse - jnp.log(num_particles)
-    info = StepInfo(incr, ess, jnp.array(False), jnp.arange(num_particles, dtype=jnp.int32), nonfinite)
+    incr, info = _weigh(lw, jnp.log(num_particles), False, jnp.arange(num_particles))
     return SMCState(x, lw, incr), info
 
 
@@ -185,11 +191,7 @@ def step(key, state: SMCState, fk: FeynmanKac, t, *, strategy: Strategy, shardin
             x = strategy.pin(t, x)
         x = _constrain(x, sharding)
         lw = _constrain(lw_prev + fk.log_potential(t, x_prev, x), sharding)
-        # one pass over the new log-weights gives the evidence, the ESS and the flags; the log-sum of
-        # the carried weights folds to log N at compile time after an unconditional resampling
-        lse, ess, nonfinite = weight_stats(lw)
-        incr = lse - weight_stats(lw_prev)[0]
-        info = StepInfo(incr, ess, jnp.asarray(resampled), ancestors.astype(jnp.int32), nonfinite)
+        incr, info = _weigh(lw, weight_stats(lw_prev)[0], resampled, ancestors)
         return SMCState(x, lw, st.log_evidence + incr), info
 
     if strategy.halt is None:
@@ -338,9 +340,7 @@ def init_aux(key, model: AuxFeynmanKac, num_particles: int, *, strategy: Strateg
     if strategy is not None and strategy.pin is not None:
         x = strategy.pin(0, x)
     lw, aux = model.log_potential(0, None, x, aux)
-    lse, ess, nonfinite = weight_stats(lw)
-    incr = lse - jnp.log(num_particles)
-    info = StepInfo(incr, ess, jnp.array(False), jnp.arange(num_particles, dtype=jnp.int32), nonfinite)
+    incr, info = _weigh(lw, jnp.log(num_particles), False, jnp.arange(num_particles))
     return SMCState(x, lw, incr), aux, info
 
 
@@ -357,9 +357,7 @@ def step_aux(key, state: SMCState, aux, model: AuxFeynmanKac, t, *, strategy: St
         x = strategy.pin(t, x)
     lpot, aux = model.log_potential(t, x_prev, x, aux)
     lw = lw_prev + lpot
-    lse, ess, nonfinite = weight_stats(lw)
-    incr = lse - weight_stats(lw_prev)[0]
-    info = StepInfo(incr, ess, jnp.asarray(resampled), ancestors.astype(jnp.int32), nonfinite)
+    incr, info = _weigh(lw, weight_stats(lw_prev)[0], resampled, ancestors)
     return SMCState(x, lw, state.log_evidence + incr), aux, info
 
 
