@@ -37,27 +37,37 @@ def problem():
     return ys, exact
 
 
-def _check_runs(estimates, exact):
-    for name in ("x", "xx"):
-        e = np.array([float(r[name]) for r in estimates])
+def _check_runs(estimates, exact, names):
+    """The mean of R independent estimates (leading axis R) within 4 standard errors of the exact value."""
+    for name in names:
+        e = np.asarray(estimates[name])
         se = e.std(ddof=1) / np.sqrt(len(e))
         assert abs(e.mean() - float(exact[name])) < 4 * se, (name, e.mean(), float(exact[name]), se)
 
 
-def _vmapped_paris(ys, functional, R, seed, num_particles=200, online=False):
-    """R independent PaRIS estimates in one vmapped, jitted call of the public driver (validated once outside)."""
+@pytest.fixture(scope="module")
+def paris_runs(problem):
+    """R = 16 independent PaRIS runs (N = 200) in one vmapped, jitted call of the public driver, with one functional
+    that gives both the smoothing sums of h_sum and the score (one compiled program for both checks), and the
+    eager call with the first run's key and the same options (one more program, reused by every eager call)."""
+    ys, _ = problem
+
+    def h_both(t, x_prev, x):
+        return {**h_sum(t, x_prev, x), "score": bk.smc.kernels.score(AR, PARAMS, ys, t, x_prev, x)}
+
     def one(key):
-        return bk.smc.paris(key, AR, PARAMS, ys, num_particles, functional=functional, ess_threshold=0.5,
-                            online=online).estimate
+        return bk.smc.paris(key, AR, PARAMS, ys, 200, functional=h_both, ess_threshold=0.5, online=True)
 
-    out = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), R))
-    return [jax.tree_util.tree_map(lambda a: a[r], out) for r in range(R)]
+    keys = jax.random.split(jax.random.key(0), 16)
+    batched = jax.jit(jax.vmap(lambda k: (lambda r: (r.estimate, r.online_estimates))(one(k))))(keys)
+    return keys, batched, one
 
 
-def test_paris_matches_rts(problem):
+def test_paris_matches_rts(problem, paris_runs):
     ys, exact = problem
-    _check_runs(_vmapped_paris(ys, h_sum, 16, 0), exact)
-    res = bk.smc.paris(jax.random.key(0), AR, PARAMS, ys, 200, functional=h_sum, online=True)
+    keys, (estimates, online), one = paris_runs
+    _check_runs(estimates, exact, ("x", "xx"))
+    res = one(keys[0])  # eager, host-side checks on
     assert res.online_estimates["x"].shape == (T,)
     np.testing.assert_allclose(res.online_estimates["x"][-1], res.estimate["x"])
     # the online estimate at t = 0 is the filtering mean at 0
@@ -67,25 +77,33 @@ def test_paris_matches_rts(problem):
     assert "smoothing" in tree.children and tree["sample_stats"]["ess"].shape == (1, 1, T)
 
 
-def test_paris_score_matches_kalman_grad(problem):
+def test_paris_score_matches_kalman_grad(problem, paris_runs):
     """Fisher identity: PaRIS estimate of E[sum_t grad log m g | y] = grad of the exact Kalman log-likelihood."""
     ys, _ = problem
     exact = jax.grad(lambda p: lg.kalman_filter(lg_params(p), ys[:, None]).log_likelihood)(PARAMS)
-
-    def h_score(t, x_prev, x):
-        return bk.smc.kernels.score(AR, PARAMS, ys, t, x_prev, x)
-
-    runs = _vmapped_paris(ys, h_score, 16, 50)
-    for name in PARAMS:
-        e = np.array([float(r[name]) for r in runs])
-        se = e.std(ddof=1) / np.sqrt(len(e))
-        assert abs(e.mean() - float(exact[name])) < 4 * se, (name, e.mean(), float(exact[name]), se)
+    _check_runs(paris_runs[1][0]["score"], exact, tuple(PARAMS))
 
 
-def test_ppg_matches_rts(problem):
-    ys, exact = problem
-    res = bk.smc.ppg(jax.random.key(3), AR, PARAMS, ys, num_particles=20, num_iterations=400, burn_in=40,
-                     functional=h_sum)
+def test_paris_reproducible_and_jittable(paris_runs):
+    """Same key, same answer; the call inside jax.jit(jax.vmap(...)) gives what the eager call with that key gives."""
+    keys, (estimates, online), one = paris_runs
+    a, b = one(keys[1]), one(keys[1])
+    assert float(a.estimate["xx"]) == float(b.estimate["xx"])
+    for got, want in ((estimates, a.estimate), (online, a.online_estimates)):
+        for name in ("x", "xx"):
+            np.testing.assert_allclose(np.asarray(got[name][1]), np.asarray(want[name]), rtol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def ppg_run(problem):
+    ys, _ = problem
+    opts = dict(num_particles=20, num_iterations=400, burn_in=40, functional=h_sum)
+    return bk.smc.ppg(jax.random.key(3), AR, PARAMS, ys, **opts), opts
+
+
+def test_ppg_matches_rts(problem, ppg_run):
+    _, exact = problem
+    res, _ = ppg_run
     for name in ("x", "xx"):
         e = np.asarray(res.estimates[name])[40:]
         batches = e.reshape(20, -1).mean(axis=1)  # batch means for the chain's autocorrelation
@@ -94,15 +112,6 @@ def test_ppg_matches_rts(problem):
     assert res.final_path.shape == (T,)
     tree = res.to_arviz()
     assert tree["posterior"]["estimate_x"].shape == (1, 400)
-
-
-def test_paris_reproducible_and_jittable(problem):
-    ys, _ = problem
-    a = bk.smc.paris(jax.random.key(1), AR, PARAMS, ys, 200, functional=h_sum, online=True)
-    b = bk.smc.paris(jax.random.key(1), AR, PARAMS, ys, 200, functional=h_sum, online=True)
-    assert float(a.estimate["xx"]) == float(b.estimate["xx"])
-    f = jax.jit(lambda key, p: bk.smc.paris(key, AR, p, ys, 200, functional=h_sum).estimate)
-    np.testing.assert_allclose(f(jax.random.key(1), PARAMS)["xx"], a.estimate["xx"], rtol=1e-10)
 
 
 def test_bad_inputs(problem):
@@ -235,17 +244,19 @@ def test_example_runs_quick(tmp_path):
     assert (tmp_path / "paris_ppg.png").exists() and len(rows) == 3
 
 
-def test_smoothing_drivers_run_under_vmap_and_jit():
-    """ffbs, paris and ppg called inside jax.vmap / jax.jit (as the examples batch replicates) skip their host-side
-    checks and return the same values as the same call made eagerly (ffbs used to fail on a traced log-density)."""
-    _, ys = AR.simulate(jax.random.key(0), PARAMS, 8)
+def test_smoothing_drivers_run_under_vmap_and_jit(problem, ppg_run):
+    """ffbs and ppg called inside jax.vmap / jax.jit (as the examples batch replicates) skip their host-side checks
+    and return the same values as the same call made eagerly (ffbs used to fail on a traced log-density). The
+    options are those of ppg_run, whose eager call compiled both (ppg starts from one ffbs path); paris is
+    checked the same way in test_paris_reproducible_and_jittable."""
+    ys, _ = problem
+    _, opts = ppg_run
+    n = opts["num_particles"]
     keys = jax.random.split(jax.random.key(1), 2)
-    batched = jax.jit(jax.vmap(lambda k: (bk.smc.ffbs(k, AR, PARAMS, ys, 16, num_paths=2).paths,
-                                          bk.smc.paris(k, AR, PARAMS, ys, 16).estimate,
-                                          bk.smc.ppg(k, AR, PARAMS, ys, 8, num_iterations=2,
-                                                     initial_path=jnp.zeros(8)).estimate)))(keys)
-    eager = (bk.smc.ffbs(keys[1], AR, PARAMS, ys, 16, num_paths=2).paths,
-             bk.smc.paris(keys[1], AR, PARAMS, ys, 16).estimate,
-             bk.smc.ppg(keys[1], AR, PARAMS, ys, 8, num_iterations=2, initial_path=jnp.zeros(8)).estimate)
+    batched = jax.jit(jax.vmap(lambda k: (bk.smc.ffbs(k, AR, PARAMS, ys, n, num_paths=1).paths,
+                                          bk.smc.ppg(k, AR, PARAMS, ys, **opts).estimate)))(keys)
+    eager = (bk.smc.ffbs(keys[1], AR, PARAMS, ys, n, num_paths=1).paths,
+             bk.smc.ppg(keys[1], AR, PARAMS, ys, **opts).estimate)
     for b, e in zip(batched, eager):
-        np.testing.assert_allclose(np.asarray(b[1]), np.asarray(e), rtol=1e-6)
+        jax.tree_util.tree_map(lambda bb, ee: np.testing.assert_allclose(np.asarray(bb[1]), np.asarray(ee),
+                                                                         rtol=1e-6), b, e)

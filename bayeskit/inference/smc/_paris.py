@@ -286,11 +286,11 @@ def validate_smoother_args(key, ssm, params, ys, num_particles, num_backward, nu
     num_trials = _checks.check_positive_int(num_trials, "num_trials", 0)
     if max_trials is not None:
         _checks.check_positive_int(max_trials, "max_trials")
-    check_model(ssm, params, ys)
-    check_functional(functional, ssm, params)
-    check_backward_model(ssm, params, log_transition_bound, num_trials)
     if log_transition_bound is not None and not callable(log_transition_bound):
         raise ConfigurationError("`log_transition_bound` must be a callable (params, x_prev, t) -> scalar")
+    check_model(ssm, params, ys)  # the checks that evaluate the model (and compile) last
+    check_functional(functional, ssm, params)
+    check_backward_model(ssm, params, log_transition_bound, num_trials)
     return num_particles, num_backward, num_trials
 
 

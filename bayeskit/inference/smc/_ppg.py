@@ -183,13 +183,14 @@ def ppg(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int =
     functional = default_functional if functional is None else functional
     traced = _checks.is_traced(key, params, ys, initial_path)
     if not traced:
-        num_particles, num_backward, num_trials = validate_smoother_args(
-            key, ssm, params, ys, num_particles, num_backward, num_trials, functional, log_transition_bound,
-            max_trials=max_trials)
+        # the options first: they need no model evaluation (which compiles)
         num_iterations = _checks.check_positive_int(num_iterations, "num_iterations")
         burn_in = _checks.check_positive_int(burn_in, "burn_in", 0)
         if burn_in >= num_iterations:
             raise ConfigurationError(f"`burn_in` ({burn_in}) must be smaller than `num_iterations` ({num_iterations})")
+        num_particles, num_backward, num_trials = validate_smoother_args(
+            key, ssm, params, ys, num_particles, num_backward, num_trials, functional, log_transition_bound,
+            max_trials=max_trials)
     ys = jnp.asarray(ys)
     k_init, k_run = jax.random.split(key)
     if initial_path is None:
