@@ -1,5 +1,7 @@
 """Particle filter against the exact Kalman filter (float64), plus API behaviour and bad input."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,13 +21,20 @@ def _data(state_dim, num_steps=30, seed=0):
     return params, ys
 
 
-def _runs(params, ys, num_particles, scheme, threshold, reps, seed=1):
+@partial(jax.jit, static_argnames=("num_particles", "scheme", "reps"))
+def _runs_jit(key, params, ys, threshold, num_particles, scheme, reps):
     def one(k):
         pf = bk.smc.particle_filter(k, lg.ssm, params, ys, num_particles, resampling=scheme,
                                     ess_threshold=threshold)
         return pf.log_evidence, pf.filter_mean, pf.filter_var
 
-    return jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), reps))
+    return jax.vmap(one)(jax.random.split(key, reps))
+
+
+def _runs(params, ys, num_particles, scheme, threshold, reps, seed=1):
+    """``reps`` independent filters in one vmapped call; the parameters, data and threshold are arguments of the
+    compiled program, so calls that differ only in them share it."""
+    return _runs_jit(jax.random.key(seed), params, ys, threshold, num_particles, scheme, reps)
 
 
 # the fast suite keeps one case (2-D state, adaptive resampling); each scheme's correctness is also
@@ -63,8 +72,9 @@ def test_unbiased_evidence_and_filtering_moments(scheme, threshold, state_dim):
 
 
 def test_negative_control_wrong_model_fails_the_same_check():
-    # a deliberately wrong observation scale must be detected by the evidence/moment checks above
-    params, ys = _data(1)
+    # a deliberately wrong observation scale must be detected by the evidence/moment checks above (the fast
+    # case's model, data and sizes: the same compiled program)
+    params, ys = _data(2)
     wrong = dict(params, R=params["R"] * 4.0)
     kf = lg.kalman_filter(params, ys)
     logz, means, _ = map(np.asarray, _runs(wrong, ys, 1000, "systematic", 0.5, 64))
@@ -107,22 +117,27 @@ def test_guided_filter_with_locally_optimal_proposal():
     assert logz.std() < boot.std()
 
 
-def test_same_key_same_answer_and_result_fields():
-    params, ys = _data(2, num_steps=20)
-    a = bk.smc.particle_filter(jax.random.key(5), lg.ssm, params, ys, 256, history=True)
-    b = bk.smc.particle_filter(jax.random.key(5), lg.ssm, params, ys, 256, history=True)
-    c = bk.smc.particle_filter(jax.random.key(6), lg.ssm, params, ys, 256)
+@pytest.fixture(scope="module")
+def with_history():
+    """One filter with history (2-D state, T = 12, N = 64), shared by the tests of its fields."""
+    params, ys = _data(2, num_steps=12)
+    return params, ys, bk.smc.particle_filter(jax.random.key(5), lg.ssm, params, ys, 64, history=True)
+
+
+def test_same_key_same_answer_and_result_fields(with_history):
+    params, ys, a = with_history
+    b = bk.smc.particle_filter(jax.random.key(5), lg.ssm, params, ys, 64, history=True)
+    c = bk.smc.particle_filter(jax.random.key(6), lg.ssm, params, ys, 64)
     assert float(a.log_evidence) == float(b.log_evidence)
     assert float(a.log_evidence) != float(c.log_evidence)
-    assert a.filter_mean.shape == (20, 2) and a.ess.shape == (20,) and a.resampled.shape == (20,)
-    assert a.particles_history.shape == (20, 256, 2) and a.ancestors.shape == (20, 256)
+    assert a.filter_mean.shape == (12, 2) and a.ess.shape == (12,) and a.resampled.shape == (12,)
+    assert a.particles_history.shape == (12, 64, 2) and a.ancestors.shape == (12, 64)
     np.testing.assert_allclose(np.sum(a.log_evidence_increments), a.log_evidence, rtol=1e-10)
     assert c.particles_history is None
 
 
-def test_to_arviz_named_dims():
-    params, ys = _data(2, num_steps=12)
-    tree = bk.smc.particle_filter(jax.random.key(0), lg.ssm, params, ys, 64, history=True).to_arviz()
+def test_to_arviz_named_dims(with_history):
+    tree = with_history[2].to_arviz()
     assert tree["filtering"]["filter_mean"].dims == ("time", "state_dim_0")
     assert tree["particles"]["particles_history"].dims == ("time", "particle", "state_dim_0")
     assert set(tree["sample_stats"].data_vars) >= {"ess", "log_evidence_increment", "resampled", "log_evidence"}
