@@ -21,7 +21,8 @@ def _data(state_dim, num_steps=30, seed=0):
     return params, ys
 
 
-@partial(jax.jit, static_argnames=("num_particles", "scheme", "reps"))
+# the threshold is static: the driver picks its never / always / adaptive strategy from its value
+@partial(jax.jit, static_argnames=("threshold", "num_particles", "scheme", "reps"))
 def _runs_jit(key, params, ys, threshold, num_particles, scheme, reps):
     def one(k):
         pf = bk.smc.particle_filter(k, lg.ssm, params, ys, num_particles, resampling=scheme,
@@ -32,8 +33,8 @@ def _runs_jit(key, params, ys, threshold, num_particles, scheme, reps):
 
 
 def _runs(params, ys, num_particles, scheme, threshold, reps, seed=1):
-    """``reps`` independent filters in one vmapped call; the parameters, data and threshold are arguments of the
-    compiled program, so calls that differ only in them share it."""
+    """``reps`` independent filters in one vmapped call; the parameters and data are arguments of the compiled
+    program, so calls that differ only in them share it."""
     return _runs_jit(jax.random.key(seed), params, ys, threshold, num_particles, scheme, reps)
 
 
