@@ -10,6 +10,10 @@ import bayeskit as bk
 from bayeskit.errors import ConfigurationError, DataError
 from bayeskit.testing import gaussian_bridge, gaussian_mixture_benchmark
 
+# the closed-form tests share one dimension and one number of source points: most of their time is compiling
+# JAX operations op by op, and an operation compiled for one test's shapes is reused by the next
+DIM, N = 2, 50
+
 
 @pytest.mark.parametrize("covariance,dim,epsilon", [
     ("full", 2, 0.1),
@@ -19,7 +23,7 @@ from bayeskit.testing import gaussian_bridge, gaussian_mixture_benchmark
 def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
     bench = gaussian_mixture_benchmark(jax.random.key(dim), dim, epsilon, diagonal=covariance == "diag")
     params = bench.lightsb_params(covariance)
-    x = bench.sample_source(jax.random.key(1), 200)
+    x = bench.sample_source(jax.random.key(1), N)
     lw, means, covs = bk.bridges.kernels.conditional_components(params, x, epsilon)
     lw_true, means_true, covs_true = bench.conditional_components(x)
     np.testing.assert_allclose(lw, lw_true, atol=1e-10)
@@ -30,9 +34,9 @@ def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
     y_true = bench.sample_conditional(jax.random.key(2), x)
     # (the exact sampler uses Cholesky factors, LightSB eigen-factors: compare the distributions' log-densities)
     lp = bk.bridges.kernels.conditional_log_prob(params, x, y, epsilon)
-    lp_true = jax.scipy.special.logsumexp(lw_true + jax.vmap(
+    lp_true = jax.jit(lambda y: jax.scipy.special.logsumexp(lw_true + jax.vmap(
         lambda m, c: jax.scipy.stats.multivariate_normal.logpdf(y, m, c), in_axes=(1, 0), out_axes=1)(
-            means_true, covs_true), axis=1)
+            means_true, covs_true), axis=1))(y)
     np.testing.assert_allclose(lp, lp_true, atol=1e-10)
     assert y.shape == y_true.shape
     for t in (0.0, 0.25, 0.5, 0.9, 1.0):
@@ -41,9 +45,9 @@ def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
 
 def test_sampler_matches_exact_components_draw_by_draw():
     # with identical component picks and identical noise the LightSB sampler equals r_k + S_k x + sqrt(eps) S_k^1/2 z
-    bench = gaussian_mixture_benchmark(jax.random.key(3), 3, 0.5)
+    bench = gaussian_mixture_benchmark(jax.random.key(3), DIM, 0.5)
     params = bench.lightsb_params("full")
-    x = bench.sample_source(jax.random.key(4), 50)
+    x = bench.sample_source(jax.random.key(4), N)
     key = jax.random.key(5)
     y = bk.bridges.kernels.conditional_sample(key, params, x, 0.5)
     kk, kz = jax.random.split(key)
@@ -53,25 +57,26 @@ def test_sampler_matches_exact_components_draw_by_draw():
     # noise factor U_k diag(sqrt(eps s_k)) of the parameters; it is a square root of the exact covariance
     root = params.rotation * jnp.sqrt(0.5 * jnp.exp(params.log_s))[:, None, :]
     np.testing.assert_allclose(jnp.einsum("kij,klj->kil", root, root), covs, atol=1e-10)
-    y_exact = means[jnp.arange(50), k] + jnp.einsum("nij,nj->ni", root[k], z)
+    y_exact = means[jnp.arange(N), k] + jnp.einsum("nij,nj->ni", root[k], z)
     np.testing.assert_allclose(y, y_exact, atol=1e-10)
 
 
 def test_drift_is_gradient_of_log_h():
     # independent check of the closed form: eps * grad log( int N(y|x,(1-t)eps) e^{|y|^2/2eps} v(y) dy )
-    bench = gaussian_mixture_benchmark(jax.random.key(6), 3, 0.7)
+    bench = gaussian_mixture_benchmark(jax.random.key(6), DIM, 0.7)
     params = bk.bridges.LightSBParams(*bench.lightsb_params("full"))
     params = params._replace(r=params.r + 0.3)  # not an exact solution any more: generic parameters
     smat = bk.bridges.kernels.covariances(params)
     eps, t = 0.7, 0.4
 
     def log_phi(x):
-        cov = eps * (t**2 * smat + t * (1 - t) * jnp.eye(3))
+        cov = eps * (t**2 * smat + t * (1 - t) * jnp.eye(DIM))
         comp = jax.vmap(lambda r, c: jax.scipy.stats.multivariate_normal.logpdf(x, t * r, c))(params.r, cov)
         return x @ x / (2 * eps * t) + jax.scipy.special.logsumexp(params.log_alpha + comp)
 
-    x = bench.sample_source(jax.random.key(7), 20)
-    np.testing.assert_allclose(bk.bridges.kernels.drift(params, x, t, eps), eps * jax.vmap(jax.grad(log_phi))(x), atol=1e-10)
+    x = bench.sample_source(jax.random.key(7), N)
+    np.testing.assert_allclose(bk.bridges.kernels.drift(params, x, t, eps), eps * jax.jit(jax.vmap(jax.grad(log_phi)))(x),
+                               atol=1e-10)
 
 
 def test_gaussian_closed_form_fitted_and_simulated():
@@ -146,62 +151,77 @@ def test_fit_learns_benchmark_plan_small():
     var1 = float(np.trace(np.cov(np.asarray(x1), rowvar=False)))
     score = bk.testing.cbw2_uvp(mean, cov, mean_t, cov_t, var1)
     assert score < 5.0, score  # the paper reports < 1-2 % on this scale; an untrained model gives > 50 %
-    untrained = bk.bridges.LightSB.fit(jax.random.key(14), x0, x1, epsilon=eps, num_components=5, num_iterations=1,
-                                       learning_rate=1e-8)
+    # the fit's starting point (its initialisation key is the first half of the fit's key)
+    untrained = bk.bridges.LightSB.from_params(
+        bk.bridges.kernels.init_params(jax.random.split(jax.random.key(14))[0], x1, 5), eps)
     mean_u, cov_u = untrained.conditional_moments(xt)
     assert bk.testing.cbw2_uvp(mean_u, cov_u, mean_t, cov_t, var1) > 20.0
 
 
 def test_save_load_roundtrip(tmp_path):
-    bench = gaussian_mixture_benchmark(jax.random.key(0), 3, 0.5)
+    bench = gaussian_mixture_benchmark(jax.random.key(0), DIM, 0.5)
     for cov in ("full", "diag"):
         sb = bk.bridges.LightSB.from_params(bench.lightsb_params(cov), 0.5)
         path = tmp_path / f"sb_{cov}.npz"
         sb.save(path)
         loaded = bk.bridges.LightSB.load(path)
         assert loaded.epsilon == 0.5 and loaded.covariance == cov
-        x = bench.sample_source(jax.random.key(1), 10)
+        x = bench.sample_source(jax.random.key(1), N)
         np.testing.assert_array_equal(loaded.sample(jax.random.key(2), x), sb.sample(jax.random.key(2), x))
         np.testing.assert_array_equal(loaded.drift(x, 0.3), sb.drift(x, 0.3))
         with np.load(path, allow_pickle=False) as z:
             assert "log_alpha" in z.files
 
 
-def test_shapes_keys_jit_vmap_arviz():
-    x0 = jax.random.normal(jax.random.key(0), (128, 3))
-    x1 = jax.random.normal(jax.random.key(1), (128, 3)) + 2.0
-    sb = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.5, num_components=3, num_iterations=50,
-                                chunk_size=20)
-    assert sb.loss_history.shape == (50,)
+# one small fit shared by the shape and the renamed-argument tests (one compiled training chunk), with the
+# closed-form tests' shapes (DIM, N and the benchmark's 5 components)
+SMALL_FIT = dict(epsilon=0.5, num_components=5, batch_size=16, chunk_size=10)
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    x0 = jax.random.normal(jax.random.key(0), (N, DIM))
+    x1 = jax.random.normal(jax.random.key(1), (N, DIM)) + 1.0
+    return x0, x1
+
+
+@pytest.fixture(scope="module")
+def small_fit(small_data):
+    return bk.bridges.LightSB.fit(jax.random.key(2), *small_data, num_iterations=20, **SMALL_FIT)
+
+
+def test_shapes_keys_jit_vmap_arviz(small_data, small_fit):
+    x0, x1 = small_data
+    sb = small_fit
+    assert sb.loss_history.shape == (20,)
     y = sb.sample(jax.random.key(3), x0)
-    assert y.shape == (128, 3)
+    assert y.shape == (N, DIM)
     np.testing.assert_array_equal(y, sb.sample(jax.random.key(3), x0))
     assert not np.allclose(y, sb.sample(jax.random.key(4), x0))
-    assert sb.sample(jax.random.key(3), x0, num_samples=4).shape == (4, 128, 3)
-    assert sb.log_prob(x0, y).shape == (128,)
-    assert sb.sample_trajectory(jax.random.key(5), x0[:7], num_steps=10).shape == (11, 7, 3)
+    assert sb.sample(jax.random.key(3), x0, num_samples=4).shape == (4, N, DIM)
+    assert sb.log_prob(x0, y).shape == (N,)
+    assert sb.sample_trajectory(jax.random.key(5), x0[:7], num_steps=10).shape == (11, 7, DIM)
     f = jax.jit(lambda p, x: bk.bridges.kernels.conditional_log_prob(p, x, x, 0.5))
     np.testing.assert_allclose(f(sb.params, x0), bk.bridges.kernels.conditional_log_prob(sb.params, x0, x0, 0.5), rtol=1e-10)
     vm = jax.vmap(lambda t: bk.bridges.kernels.drift(sb.params, x0, t, 0.5))(jnp.linspace(0, 1, 3))
-    assert vm.shape == (3, 128, 3)
+    assert vm.shape == (3, N, DIM)
     # the fit is reproducible
-    sb2 = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, epsilon=0.5, num_components=3, num_iterations=50,
-                                 chunk_size=20)
+    sb2 = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_iterations=20, **SMALL_FIT)
     np.testing.assert_array_equal(sb.params.r, sb2.params.r)
+    np.testing.assert_array_equal(sb.loss_history, sb2.loss_history)
     dt = sb.to_arviz()
     assert set(dt.children) == {"posterior", "optimization"}
-    assert dt["optimization"]["loss"].shape == (50,)
+    assert dt["optimization"]["loss"].shape == (20,)
 
 
-def test_renamed_and_moved_names_warn_and_give_the_same_result():
+def test_renamed_and_moved_names_warn_and_give_the_same_result(small_data, small_fit):
     """Glossary renames keep the old name for one release, with a warning, and give the same result:
     ``LightSB.fit(num_steps=...)`` (optimiser iterations) is ``num_iterations``; ``kernels.log_normaliser``
     (the plan's log normalising constant) is ``kernels.log_evidence``; the closed forms moved from
     ``bk.bridges`` to ``bk.bridges.kernels``."""
-    x0 = jax.random.normal(jax.random.key(0), (64, 2))
-    x1 = jax.random.normal(jax.random.key(1), (64, 2)) + 1.0
-    kw = dict(epsilon=0.5, num_components=2, batch_size=16, chunk_size=10)
-    new = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_iterations=20, **kw)
+    x0, x1 = small_data
+    kw = SMALL_FIT
+    new = small_fit
     with pytest.warns(DeprecationWarning, match="`num_steps` of LightSB.fit is renamed `num_iterations`"):
         old = bk.bridges.LightSB.fit(jax.random.key(2), x0, x1, num_steps=20, **kw)
     np.testing.assert_array_equal(old.loss_history, new.loss_history)

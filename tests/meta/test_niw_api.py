@@ -130,11 +130,13 @@ def test_to_arviz(fitted):
     with pytest.warns(DeprecationWarning, match="`num_draws` of NIWMetaResult.to_arviz is renamed `num_samples`"):
         old = fitted.to_arviz(jax.random.key(0), num_draws=50)
     np.testing.assert_array_equal(old["posterior"]["mu"].values, dt["posterior"]["mu"].values)
+    # the sizes of the draws above and of test_predict_shapes_and_uncertainty: their compiled programs are reused
     with pytest.warns(DeprecationWarning, match="`num_draws` of NIWMetaResult.sample_global"):
-        old_mu, _ = fitted.sample_global(jax.random.key(1), num_draws=7)
-    np.testing.assert_array_equal(old_mu, fitted.sample_global(jax.random.key(1), num_samples=7)[0])
-    sx, sy = episodes(1, n=2, k=3)
-    pt = fitted.predict(jax.random.key(0), (sx, sy), (sx, sy), num_samples=8).to_arviz()
+        old_mu, _ = fitted.sample_global(jax.random.key(1), num_draws=50)
+    np.testing.assert_array_equal(old_mu, fitted.sample_global(jax.random.key(1), num_samples=50)[0])
+    sx, sy = episodes(1, n=3, k=3)
+    qx, qy = episodes(2, n=3, k=7)
+    pt = fitted.predict(jax.random.key(0), (sx, sy), (qx, qy), num_samples=64).to_arviz()
     assert {"posterior", "posterior_predictive", "predictions", "observed_data"} <= set(pt.children)
 
 

@@ -213,11 +213,22 @@ def fit_linear(x, y, covariance="full", num_steps=2000, seed=0):
     return cfg.fit(jax.random.key(seed), (x, y))
 
 
-def test_elbo_below_collapsed_bound_and_exact_marginal():
-    """ELBO(q) <= E_q[log p(D|phi)] - KL(q||p) (Monte Carlo) and <= max_phi log p(D|phi) (exact)."""
-    rng = np.random.default_rng(6)
-    x, y = synthetic_episodes(rng, 40, 5, MU_STAR, SIGMA_STAR)
-    res = fit_linear(x, y, num_steps=300)
+@pytest.fixture(scope="module")
+def concentration_fits():
+    """Fits on 10 and on 150 episodes (6 points each) of the same population, shared by the bound and the
+    concentration tests (each fit compiles its own training program)."""
+    rng = np.random.default_rng(9)
+    out = []
+    for n in (10, 150):
+        x, y = synthetic_episodes(rng, n, 6, MU_STAR, SIGMA_STAR)
+        out.append((x, y, fit_linear(x, y, num_steps=600)))
+    return out
+
+
+def test_elbo_below_collapsed_bound_and_exact_marginal(concentration_fits):
+    """ELBO(q) <= E_q[log p(D|phi)] - KL(q||p) (Monte Carlo) and <= max_phi log p(D|phi) (exact): bounds
+    that hold for any q, here the fit on 10 episodes."""
+    x, y, res = concentration_fits[0]
     elbo = float(res.elbo(jax.random.key(0), (x, y)))
     mus, sigmas = res.sample_global(jax.random.key(1), 300)
     vals = np.array([exact_log_marginal(x, y, m, S) for m, S in zip(np.asarray(mus), np.asarray(sigmas))])
@@ -256,13 +267,11 @@ def _errors(res):
             np.linalg.norm(np.asarray(q.expected_covariance()) - SIGMA_STAR))
 
 
-def test_learned_niw_concentrates_fast():
+def test_learned_niw_concentrates_fast(concentration_fits):
     """Fast version: pseudo-counts track N and the expected covariance error shrinks (10 -> 150 episodes)."""
-    rng = np.random.default_rng(9)
     errs, gaps = [], []
-    for n in (10, 150):
-        x, y = synthetic_episodes(rng, n, 6, MU_STAR, SIGMA_STAR)
-        res = fit_linear(x, y, num_steps=600)
+    for x, y, res in concentration_fits:
+        n = x.shape[0]
         assert 0.8 * n < float(res.posterior.kappa) < 1.2 * n + 1
         errs.append(_errors(res)[1])
         gaps.append((exact_log_marginal(x, y, MU_STAR, SIGMA_STAR) - float(res.elbo(jax.random.key(0), (x, y)))) / n)
