@@ -158,7 +158,9 @@ def fit_gp(key, data, *, kernel: Callable = gpm.squared_exponential, priors: Map
 
     The NumPyro model is :func:`bayeskit.model.gp.gp_regression_model` (function values marginalised,
     so NUTS moves only in the few hyperparameters). The paper used random-walk Metropolis; NUTS
-    targets the same posterior.
+    targets the same posterior. NUTS runs as NumPyro's vectorised chains in one jitted program, compiled once
+    per ``kernel`` function, prior structure, data shape and sampler sizes: pass the same ``kernel`` object
+    on every call (a fresh lambda per call is a new program); new data and prior parameters reuse it.
     """
     priors = dict(gpm.default_priors() if priors is None else priors)
     fixed = {k: jnp.asarray(v) for k, v in priors.items() if not isinstance(v, numpyro.distributions.Distribution)}

@@ -248,6 +248,13 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
             observations, which keeps the ELBO gap nearly flat in H on a grid with one step per
             observation interval. Default (None): on when ``learn_hurst``, else off.
 
+    Repeated calls: the compiled programs are cached on the model object (``sde``, by identity), ``control``,
+    the optimiser objects, ``num_samples``, the static options and the array shapes; the observations, times,
+    mask, ``fixed_params``, ``hurst_prior`` and the key are arguments, so a second call with new data of the
+    same shapes compiles nothing. Build ``sde``, ``optimizer`` and a ``hurst_learning_rate`` schedule once and
+    reuse them: a fresh lambda or ``optax.adam(...)`` per call is a new program (the default optimiser and
+    schedule are shared per learning rate).
+
     Returns:
         :class:`VIResult`.
 
