@@ -288,9 +288,9 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
         ess_threshold=ess_threshold if not traced else float("nan"),
     )
     if not traced:
-        # one transfer for the flags and the evidence (a jax.Array keeps its host copy: a later
-        # float(result.log_evidence) does not wait on the device again)
-        jax.device_get((state.log_evidence, out.info.nonfinite))
+        # the evidence's host copy starts with the flags' (on an accelerator a later float(result.log_evidence)
+        # finds it on the host; on CPU both are views of the device buffers)
+        state.log_evidence.copy_to_host_async()
         check_weights(out.info.nonfinite, "particle_filter")
     return result
 
