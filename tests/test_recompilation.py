@@ -152,10 +152,7 @@ def compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-# still open (issue 21): bk.sde.fit_vi jits closures over the data built per call (bayeskit/inference/sde/vi.py);
-# the NUTS path of bk.gpdp.solve uses NumPyro's MCMC.run, which jits a fresh loop-body closure per run
-KNOWN_RECOMPILING = {"sde.fit_vi": "fit_vi jits closures built per call (jit(chunk), jit(evaluate_fn))",
-                     "gpdp.solve(nuts)": "NumPyro's MCMC.run jits a fresh loop body per run (jit(_fori_collect_loop))"}
+KNOWN_RECOMPILING: dict = {}  # drivers that still recompile on a second call (none)
 
 
 def _marks(name):

@@ -11,6 +11,7 @@ r"""Posterior inference for the dynamics models of GPDP, all through NumPyro.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
@@ -25,6 +26,7 @@ from numpyro.infer.util import initialize_model, log_likelihood
 
 from bayeskit.model import gp as gpm
 from bayeskit.models import fisheries
+from bayeskit.progress import progress, tick
 
 __all__ = ["GPPosterior", "fit_gp", "ParametricFit", "fit_parametric", "model_selection", "waic"]
 
@@ -111,6 +113,44 @@ def _map_estimate(key, model, *args, num_starts: int = 8, **kwargs):
     return postprocess_fn(unravel(jnp.asarray(best.x, dtype))), best
 
 
+@functools.lru_cache(maxsize=32)
+def _nuts_sampler(kernel: Callable):
+    """NumPyro's NUTS on :func:`bayeskit.model.gp.gp_regression_model` with covariance function ``kernel``: one
+    object per kernel, the static argument of :func:`_run_nuts` (so repeated fits reuse its compiled program)."""
+    return NUTS(partial(gpm.gp_regression_model, kernel=kernel))
+
+
+def _dynamic_priors(priors: Mapping) -> dict:
+    """The priors as a pytree of arrays (distributions are pytrees; fixed values become arrays), traced by
+    :func:`_run_nuts`: new prior parameters of the same structure reuse its program."""
+    return {k: v if isinstance(v, numpyro.distributions.Distribution) else jnp.asarray(v) for k, v in priors.items()}
+
+
+@partial(jax.jit, static_argnames=("sampler", "num_warmup", "num_samples", "num_chains", "progress_bar"))
+def _run_nuts(key, data, priors, *, sampler, num_warmup, num_samples, num_chains, progress_bar):
+    """``num_chains`` vectorised NUTS chains (``num_warmup`` adaptation steps, then ``num_samples`` kept) on the GP
+    hyperparameter posterior, as NumPyro's ``MCMC.run`` does them, in one compiled program; returns
+    ``(draws (num_chains, num_samples) per site, diverging (num_chains, num_samples))``."""
+    model_args, model_kwargs = (data,), {"priors": priors}
+    total = num_warmup + num_samples
+
+    def chain(k):
+        state = sampler.init(k, num_warmup, model_args=model_args, model_kwargs=model_kwargs)
+
+        def one(state, i):
+            state = sampler.sample(state, model_args, model_kwargs)
+            tick(i + 1, total, progress_bar)
+            return state, (state.z, state.diverging)
+
+        _, (zs, diverging) = jax.lax.scan(one, state, jnp.arange(total))
+        keep = jax.tree_util.tree_map(lambda a: a[num_warmup:], zs)
+        sites = jax.vmap(sampler.postprocess_fn(model_args, model_kwargs))(keep)
+        return sites, diverging[num_warmup:]
+
+    keys = jax.random.split(key, num_chains) if num_chains > 1 else key[None]
+    return jax.vmap(chain)(keys)
+
+
 def fit_gp(key, data, *, kernel: Callable = gpm.squared_exponential, priors: Mapping | None = None,
            method: str = "nuts", num_warmup: int = 500, num_samples: int = 500, num_chains: int = 1,
            progress_bar: bool = False) -> GPPosterior:
@@ -118,7 +158,9 @@ def fit_gp(key, data, *, kernel: Callable = gpm.squared_exponential, priors: Map
 
     The NumPyro model is :func:`bayeskit.model.gp.gp_regression_model` (function values marginalised,
     so NUTS moves only in the few hyperparameters). The paper used random-walk Metropolis; NUTS
-    targets the same posterior.
+    targets the same posterior. NUTS runs as NumPyro's vectorised chains in one jitted program, compiled once
+    per ``kernel`` function, prior structure, data shape and sampler sizes: pass the same ``kernel`` object
+    on every call (a fresh lambda per call is a new program); new data and prior parameters reuse it.
     """
     priors = dict(gpm.default_priors() if priors is None else priors)
     fixed = {k: jnp.asarray(v) for k, v in priors.items() if not isinstance(v, numpyro.distributions.Distribution)}
@@ -127,12 +169,12 @@ def fit_gp(key, data, *, kernel: Callable = gpm.squared_exponential, priors: Map
         draws = {k: jnp.asarray(v).reshape(1, 1) for k, v in params.items()}
         diverging = jnp.zeros((1, 1), bool)
     else:
-        mcmc = MCMC(NUTS(gpm.gp_regression_model), num_warmup=num_warmup, num_samples=num_samples,
-                    num_chains=num_chains, chain_method="vectorized" if num_chains > 1 else "sequential",
-                    progress_bar=progress_bar)
-        mcmc.run(key, data, kernel=kernel, priors=priors, extra_fields=("diverging",))
-        draws = dict(mcmc.get_samples(group_by_chain=True))
-        diverging = mcmc.get_extra_fields(group_by_chain=True)["diverging"]
+        with progress(progress_bar, num_warmup + num_samples, "fit_gp"):
+            draws, diverging = _run_nuts(key, data, _dynamic_priors(priors), sampler=_nuts_sampler(kernel),
+                                         num_warmup=int(num_warmup), num_samples=int(num_samples),
+                                         num_chains=int(num_chains), progress_bar=bool(progress_bar))
+            jax.block_until_ready(diverging)
+        draws = dict(draws)
     draws.update(fixed)
     return GPPosterior(data, draws, diverging, kernel, method)
 

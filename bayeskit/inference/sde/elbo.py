@@ -55,7 +55,7 @@ from bayeskit.inference.sde.controls import MLPControl
 from bayeskit.model.fbm import psd_sqrt
 from bayeskit.model.sde import SDE, make_grid, solve_augmented
 
-__all__ = ["build_elbo", "ElboSetup"]
+__all__ = ["build_elbo", "ElboSetup", "ElboData", "ElboStatic", "elbo_estimate", "elbo_evaluate"]
 
 
 def _logit(p):
@@ -106,6 +106,179 @@ class ElboSetup(NamedTuple):
     mask: Any
 
 
+class ElboData(NamedTuple):
+    """The arrays an ELBO program reads (a pytree, traced under ``jit``; ``elbo_fn.data``): the solver grid,
+    the grid index of each observation time, the times, the (masked) observations, the mask, the fixed model
+    parameters and the prior of H (a NumPyro distribution, or None)."""
+
+    grid: Any
+    obs_index: Any
+    times: Any
+    observations: Any
+    mask: Any
+    fixed_params: Any
+    hurst_prior: Any
+
+
+class _ByIdentity:
+    """Hash and compare an object by identity (an SDE with array fields has no value hash)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.obj is self.obj
+
+
+class ElboStatic(NamedTuple):
+    """What determines an ELBO program besides the shapes of :class:`ElboData` (hashable: the static argument
+    of the jitted drivers; ``elbo_fn.static``). The model is compared by identity."""
+
+    sde: Any
+    control: Any
+    learn_hurst: bool
+    variational_hurst: bool
+    solver: Any
+    dtype: Any
+    learn_noise: bool
+
+
+def _draw(static, data, key, vp, num_samples, pick, antithetic=False):
+    """Run one path for every series and ``num_samples`` paths; returns (outputs, hursts, kl_h).
+
+    ``antithetic`` (training): the standard normal draws behind q(H) are stratified, in pairs
+    ``(e, -e)`` that share the path noise, which takes most of the Monte Carlo noise out of the
+    gradients in the width of q(H) and in the H-dependence of the path posterior; each draw keeps
+    its marginal law, so the estimate stays unbiased.
+    """
+    sde, control, dtype = static.sde.obj, static.control, static.dtype
+    fractional = bool(getattr(sde.noise, "fractional", False))
+    d, K = sde.state_dim, sde.num_ou
+    span = float(sde.t1 - sde.t0)
+    learn_y0 = fractional and sde.noise.kind == "I"
+    y0_sqrt = psd_sqrt(sde.noise.initial_covariance(dtype)) if learn_y0 else None
+    variational_hurst = static.variational_hurst
+    grid_j, times_j = jnp.asarray(data.grid, dtype), jnp.asarray(data.times, dtype)
+    obs_j, mask_j, fixed_params = data.observations, data.mask, data.fixed_params
+    num_series = obs_j.shape[0]
+
+    def sample_hurst(eps, vp):
+        if not fractional:
+            return 0.5, jnp.zeros((), dtype)
+        loc = vp["hurst"]["loc"]
+        if not static.learn_hurst:
+            return jax.lax.stop_gradient(jax.nn.sigmoid(loc)), jnp.zeros((), dtype)
+        if not variational_hurst:
+            return jax.nn.sigmoid(loc), jnp.zeros((), dtype)
+        scale = jnp.exp(vp["hurst"]["log_scale"])
+        logit_h = loc + scale * eps
+        h = jax.nn.sigmoid(logit_h)
+        # log q(H) = log N(logit H) - log H(1 - H); one-sample KL estimate (reparameterised)
+        log_q = -0.5 * eps**2 - jnp.log(scale) - 0.5 * math.log(2 * math.pi) - jnp.log(h) - jnp.log1p(-h)
+        return h, log_q - data.hurst_prior.log_prob(h)
+
+    def one_path(key, vp, series, hurst):
+        params = {**vp["model"], **fixed_params}
+        offset = (jnp.log(hurst) - jnp.log1p(-hurst) - jax.lax.stop_gradient(vp["hurst"]["center"])
+                  if variational_hurst else 0.0)
+        kx, ky, kw = jax.random.split(key, 3)
+        if sde.fixed_initial:
+            x0 = jnp.asarray(sde.initial, dtype)
+            kl_x0 = jnp.zeros((), dtype)
+        else:
+            mean = vp["x0"]["mean"][series]
+            scale = jnp.exp(vp["x0"]["log_scale"][series])
+            x0 = mean + scale * jax.random.normal(kx, (d,), dtype)
+            kl, qp = _kl_initial(sde.initial(params), mean, scale)
+            kl_x0 = kl if qp is None else qp[0].log_prob(x0) - qp[1].log_prob(x0)
+        if learn_y0:
+            m = vp["y0"]["mean"][series] + offset * vp["y0"]["mean_h"][series]
+            L = _tril(vp["y0"]["tril_raw"][series])
+            w = m + jnp.einsum("dij,dj->di", L, jax.random.normal(ky, (d, K), dtype))
+            y0 = w @ y0_sqrt.T
+            kl_y0 = jnp.sum(_kl_std_normal(m, L))
+        else:
+            y0 = jnp.zeros((d, K), dtype)
+            kl_y0 = jnp.zeros((), dtype)
+
+        def u(t, x, y):  # controls written for a fixed H take no offset
+            extra = (offset,) if variational_hurst else ()
+            return control.apply(vp["control"], series, (t - sde.t0) / span, x, y, hurst, *extra)
+
+        factor = _tril(vp["noise"]["raw"] + offset * vp["noise"]["raw_h"]) if static.learn_noise else None
+        path, kl_path = solve_augmented(kw, sde, params, grid_j, x0, y0, control=u, hurst=hurst, solver=static.solver,
+                                        noise_factor=factor)
+        xs = path[data.obs_index]
+
+        def lp(x, t, y):
+            return jnp.sum(sde.observation(params, x, t).log_prob(y))
+
+        logliks = jax.vmap(lp)(xs, times_j, obs_j[series])
+        loglik = jnp.sum(jnp.where(mask_j[series], logliks, 0.0))
+        return loglik, kl_path, kl_x0, kl_y0, path
+
+    kh, kp = jax.random.split(key)
+    series = jnp.arange(num_series)
+    if variational_hurst:
+        if antithetic:
+            half = (num_samples + 1) // 2
+            u = (jnp.arange(half, dtype=dtype) + jax.random.uniform(kh, (), dtype)) / half
+            e = jax.scipy.special.ndtri(u)
+            eps = jnp.concatenate([e, -e])[:num_samples]
+            keys = jax.random.split(kp, (num_series, half))
+            keys = jnp.concatenate([keys, keys], axis=1)[:, :num_samples]
+        else:
+            eps = jax.random.normal(kh, (num_samples,), dtype)
+            keys = jax.random.split(kp, (num_series, num_samples))
+        hursts, kl_h = jax.vmap(lambda e_: sample_hurst(e_, vp))(eps)
+        out = jax.vmap(lambda ks, s: jax.vmap(lambda k, h: pick(one_path(k, vp, s, h)))(ks, hursts))(keys, series)
+    else:  # one H for all paths: the weights are computed once per call
+        keys = jax.random.split(kp, (num_series, num_samples))
+        h, _ = sample_hurst(None, vp)
+        hursts, kl_h = jnp.full((num_samples,), h, dtype), jnp.zeros((num_samples,), dtype)
+        out = jax.vmap(lambda ks, s: jax.vmap(lambda k: pick(one_path(k, vp, s, h)))(ks))(keys, series)
+    return out, hursts, kl_h
+
+
+def elbo_estimate(static: ElboStatic, data: ElboData, key, vp, num_samples: int):
+    """``elbo_fn(key, vp, num_samples)`` of :func:`build_elbo` with its static part and data as arguments.
+
+    Args:
+        static: ``elbo_fn.static``.
+        data: ``elbo_fn.data`` (or other arrays of the same structure).
+        key: a ``jax.random`` key.
+        vp: the variational parameters.
+        num_samples: Monte Carlo paths per series.
+    """
+    out, hursts, kl_h = _draw(static, data, key, vp, num_samples, lambda o: o[:4], antithetic=True)
+    loglik, kl_path, kl_x0, kl_y0 = (jnp.mean(o, axis=1).sum() for o in out)
+    kl_hurst = jnp.mean(kl_h)
+    elbo = loglik - kl_path - kl_x0 - kl_y0 - kl_hurst
+    aux = {"loglik": loglik, "kl_path": kl_path, "kl_x0": kl_x0, "kl_y0": kl_y0, "kl_hurst": kl_hurst,
+           "hurst": jnp.mean(hursts)}
+    return elbo, aux
+
+
+def elbo_evaluate(static: ElboStatic, data: ElboData, key, vp, num_samples: int):
+    """``elbo_fn.evaluate(key, vp, num_samples)`` of :func:`build_elbo` with its static part and data as arguments.
+
+    Args:
+        static: ``elbo_fn.static``.
+        data: ``elbo_fn.data``.
+        key: a ``jax.random`` key.
+        vp: the variational parameters.
+        num_samples: paths per series.
+    """
+    (loglik, kl_path, kl_x0, kl_y0, paths), hursts, kl_h = _draw(static, data, key, vp, num_samples, lambda o: o)
+    per_draw = jnp.sum(loglik - kl_path - kl_x0 - kl_y0, axis=0) - kl_h
+    return per_draw, paths, hursts
+
+
 def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_params=None,
                learn_hurst=False, hurst_prior=None, num_steps=200, refine=4, refine_ratio=2.0, solver=None,
                dtype=None, noise_scale=False):
@@ -117,13 +290,16 @@ def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_
     ELBO (sum over series) with ``aux`` a dict of its parts (``loglik``, ``kl_path`` (control and
     noise scales), ``kl_x0``, ``kl_y0``, ``kl_hurst``, ``hurst``). Both are pure and jittable. The
     arguments are those of :func:`bayeskit.inference.sde.vi.fit_vi`.
+
+    ``elbo_fn`` closes over the data: jitting a fresh ``elbo_fn`` compiles a fresh program. To compile once
+    for many data sets of the same shapes, jit :func:`elbo_estimate` with ``elbo_fn.static`` as a static
+    argument and pass ``elbo_fn.data`` (an :class:`ElboData`) as an argument, as
+    :func:`~bayeskit.inference.sde.vi.fit_vi` does.
     """
     control = MLPControl() if control is None else control
     fixed_params = dict(fixed_params or {})
-    dtype = dtype or jnp.result_type(float)
+    dtype = jnp.dtype(dtype or jnp.result_type(float))
     grid, obs_index = make_grid(sde.t0, sde.t1, times, num_steps, refine, refine_ratio)
-    grid_j = jnp.asarray(grid, dtype)
-    times_j = jnp.asarray(times, dtype)
     obs_j = jnp.asarray(observations, dtype)
     num_series = obs_j.shape[0]
     mask_j = jnp.ones(obs_j.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
@@ -133,13 +309,14 @@ def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_
     if learn_hurst and not fractional:
         raise ConfigurationError("`learn_hurst=True` needs a fractional noise: pass noise=bk.sde.FractionalBM(...)")
     hurst0 = float(getattr(sde.noise, "hurst", 0.5))
-    span = float(sde.t1 - sde.t0)
     learn_y0 = fractional and sde.noise.kind == "I"
-    if learn_y0:
-        y0_sqrt = psd_sqrt(sde.noise.initial_covariance(dtype))
     variational_hurst = learn_hurst and hurst_prior is not None
     learn_noise = noise_scale and (solver is None or solver == "exact_ou")
     k_noise = max(K, 1)
+    static = ElboStatic(_ByIdentity(sde), control, bool(learn_hurst), bool(variational_hurst), solver, dtype,
+                        bool(learn_noise))
+    data = ElboData(jnp.asarray(grid, dtype), jnp.asarray(obs_index), jnp.asarray(times, dtype), obs_j, mask_j,
+                    fixed_params, hurst_prior if variational_hurst else None)
 
     def init_fn(key, params):
         k1, k2 = jax.random.split(key)
@@ -170,112 +347,21 @@ def build_elbo(sde: SDE, times, observations, mask=None, *, control=None, fixed_
                 vp["hurst"]["center"] = jnp.asarray(_logit(hurst0), dtype)  # see recenter_hurst
         return vp
 
-    def sample_hurst(eps, vp):
-        if not fractional:
-            return 0.5, jnp.zeros((), dtype)
-        loc = vp["hurst"]["loc"]
-        if not learn_hurst:
-            return jax.lax.stop_gradient(jax.nn.sigmoid(loc)), jnp.zeros((), dtype)
-        if not variational_hurst:
-            return jax.nn.sigmoid(loc), jnp.zeros((), dtype)
-        scale = jnp.exp(vp["hurst"]["log_scale"])
-        logit_h = loc + scale * eps
-        h = jax.nn.sigmoid(logit_h)
-        # log q(H) = log N(logit H) - log H(1 - H); one-sample KL estimate (reparameterised)
-        log_q = -0.5 * eps**2 - jnp.log(scale) - 0.5 * math.log(2 * math.pi) - jnp.log(h) - jnp.log1p(-h)
-        return h, log_q - hurst_prior.log_prob(h)
-
-    def one_path(key, vp, series, hurst):
-        params = {**vp["model"], **fixed_params}
-        offset = (jnp.log(hurst) - jnp.log1p(-hurst) - jax.lax.stop_gradient(vp["hurst"]["center"])
-                  if variational_hurst else 0.0)
-        kx, ky, kw = jax.random.split(key, 3)
-        if sde.fixed_initial:
-            x0 = jnp.asarray(sde.initial, dtype)
-            kl_x0 = jnp.zeros((), dtype)
-        else:
-            mean = vp["x0"]["mean"][series]
-            scale = jnp.exp(vp["x0"]["log_scale"][series])
-            x0 = mean + scale * jax.random.normal(kx, (d,), dtype)
-            kl, qp = _kl_initial(sde.initial(params), mean, scale)
-            kl_x0 = kl if qp is None else qp[0].log_prob(x0) - qp[1].log_prob(x0)
-        if learn_y0:
-            m = vp["y0"]["mean"][series] + offset * vp["y0"]["mean_h"][series]
-            L = _tril(vp["y0"]["tril_raw"][series])
-            w = m + jnp.einsum("dij,dj->di", L, jax.random.normal(ky, (d, K), dtype))
-            y0 = w @ y0_sqrt.T
-            kl_y0 = jnp.sum(_kl_std_normal(m, L))
-        else:
-            y0 = jnp.zeros((d, K), dtype)
-            kl_y0 = jnp.zeros((), dtype)
-
-        def u(t, x, y):  # controls written for a fixed H take no offset
-            extra = (offset,) if variational_hurst else ()
-            return control.apply(vp["control"], series, (t - sde.t0) / span, x, y, hurst, *extra)
-
-        factor = _tril(vp["noise"]["raw"] + offset * vp["noise"]["raw_h"]) if learn_noise else None
-        path, kl_path = solve_augmented(kw, sde, params, grid_j, x0, y0, control=u, hurst=hurst, solver=solver,
-                                        noise_factor=factor)
-        xs = path[obs_index]
-
-        def lp(x, t, y):
-            return jnp.sum(sde.observation(params, x, t).log_prob(y))
-
-        logliks = jax.vmap(lp)(xs, times_j, obs_j[series])
-        loglik = jnp.sum(jnp.where(mask_j[series], logliks, 0.0))
-        return loglik, kl_path, kl_x0, kl_y0, path
-
-    def draw(key, vp, num_samples, pick, antithetic=False):
-        """Run ``one_path`` for every series and ``num_samples`` paths; returns (outputs, hursts, kl_h).
-
-        ``antithetic`` (training): the standard normal draws behind q(H) are stratified, in pairs
-        ``(e, -e)`` that share the path noise, which takes most of the Monte Carlo noise out of the
-        gradients in the width of q(H) and in the H-dependence of the path posterior; each draw keeps
-        its marginal law, so the estimate stays unbiased.
-        """
-        kh, kp = jax.random.split(key)
-        series = jnp.arange(num_series)
-        if variational_hurst:
-            if antithetic:
-                half = (num_samples + 1) // 2
-                u = (jnp.arange(half, dtype=dtype) + jax.random.uniform(kh, (), dtype)) / half
-                e = jax.scipy.special.ndtri(u)
-                eps = jnp.concatenate([e, -e])[:num_samples]
-                keys = jax.random.split(kp, (num_series, half))
-                keys = jnp.concatenate([keys, keys], axis=1)[:, :num_samples]
-            else:
-                eps = jax.random.normal(kh, (num_samples,), dtype)
-                keys = jax.random.split(kp, (num_series, num_samples))
-            hursts, kl_h = jax.vmap(lambda e_: sample_hurst(e_, vp))(eps)
-            out = jax.vmap(lambda ks, s: jax.vmap(lambda k, h: pick(one_path(k, vp, s, h)))(ks, hursts))(keys, series)
-        else:  # one H for all paths: the weights are computed once per call
-            keys = jax.random.split(kp, (num_series, num_samples))
-            h, _ = sample_hurst(None, vp)
-            hursts, kl_h = jnp.full((num_samples,), h, dtype), jnp.zeros((num_samples,), dtype)
-            out = jax.vmap(lambda ks, s: jax.vmap(lambda k: pick(one_path(k, vp, s, h)))(ks))(keys, series)
-        return out, hursts, kl_h
-
     def elbo_fn(key, vp, num_samples):
-        out, hursts, kl_h = draw(key, vp, num_samples, lambda o: o[:4], antithetic=True)
-        loglik, kl_path, kl_x0, kl_y0 = (jnp.mean(o, axis=1).sum() for o in out)
-        kl_hurst = jnp.mean(kl_h)
-        elbo = loglik - kl_path - kl_x0 - kl_y0 - kl_hurst
-        aux = {"loglik": loglik, "kl_path": kl_path, "kl_x0": kl_x0, "kl_y0": kl_y0, "kl_hurst": kl_hurst,
-               "hurst": jnp.mean(hursts)}
-        return elbo, aux
+        return elbo_estimate(static, data, key, vp, num_samples)
 
     def paths_fn(key, vp, num_samples):
         """Posterior paths on the grid: ``(num_series, num_samples, len(grid), d)`` and the H draws."""
-        paths, hursts, _ = draw(key, vp, num_samples, lambda o: o[4])
+        paths, hursts, _ = _draw(static, data, key, vp, num_samples, lambda o: o[4])
         return paths, hursts
 
     def evaluate_fn(key, vp, num_samples):
         """One pass: per-draw ELBO terms ``(num_samples,)`` (summed over series) and the paths."""
-        (loglik, kl_path, kl_x0, kl_y0, paths), hursts, kl_h = draw(key, vp, num_samples, lambda o: o)
-        per_draw = jnp.sum(loglik - kl_path - kl_x0 - kl_y0, axis=0) - kl_h
-        return per_draw, paths, hursts
+        return elbo_evaluate(static, data, key, vp, num_samples)
 
     elbo_fn.paths = paths_fn
     elbo_fn.evaluate = evaluate_fn
     elbo_fn.setup = ElboSetup(grid, obs_index, np.asarray(times), observations, mask)
+    elbo_fn.static = static
+    elbo_fn.data = data
     return elbo_fn, init_fn

@@ -7,8 +7,10 @@ learning the Hurst index uses the warm-up and two-time-scale schedule of
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -18,7 +20,7 @@ import optax
 
 from bayeskit._checks import check_finite_array, check_key, check_positive_int
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError, ModelError
-from bayeskit.inference.sde.elbo import build_elbo
+from bayeskit.inference.sde.elbo import build_elbo, elbo_estimate, elbo_evaluate
 from bayeskit.inference.sde.hurst import at_hurst, hurst_optimizer, profile_start, recenter_hurst
 from bayeskit.model.sde import SDE, validate_times
 from bayeskit.progress import chunk_loop
@@ -164,6 +166,38 @@ def _start_nodes(hurst_start, hurst0):
     return nodes
 
 
+@functools.lru_cache(maxsize=32)
+def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """``optax.adam(learning_rate)``, one object per learning rate (an optax transformation is hashed by identity,
+    so a fresh one per call would be a fresh program)."""
+    return optax.adam(learning_rate)
+
+
+@functools.lru_cache(maxsize=32)
+def _split_optimizer(optimizer, treedef, warmup, hurst_learning_rate):
+    """:func:`hurst_optimizer` for variational parameters of structure ``treedef``, one object per options."""
+    if isinstance(hurst_learning_rate, tuple):
+        hurst_learning_rate = optax.exponential_decay(*hurst_learning_rate[1:])
+    return hurst_optimizer(optimizer, jax.tree_util.tree_unflatten(treedef, [0.0] * treedef.num_leaves),
+                           warmup=warmup, learning_rate=hurst_learning_rate)
+
+
+@partial(jax.jit, static_argnames=("static", "optimizer", "num_samples", "num_steps"))
+def _train_chunk(state, key, start, data, *, static, optimizer, num_samples, num_steps):
+    """``num_steps`` optimiser steps from ``state``, step ``i`` with key ``fold_in(key, start + i)``."""
+    def one(state, k):
+        state, info = step(k, state, lambda k_, p, n: elbo_estimate(static, data, k_, p, n), optimizer, num_samples)
+        return state._replace(params=recenter_hurst(state.params)), info
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(num_steps))
+    return jax.lax.scan(one, state, keys)
+
+
+@partial(jax.jit, static_argnames=("static", "num_samples"))
+def _evaluate(key, vp, data, *, static, num_samples):
+    return elbo_evaluate(static, data, key, vp, num_samples)
+
+
 def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | None = None,
            fixed_params: dict | None = None, mask: Any = None, control: Any = None,
            learn_hurst: bool = False, hurst_prior: Any = None, num_steps: int = 200, refine: int = 4,
@@ -214,6 +248,13 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
             observations, which keeps the ELBO gap nearly flat in H on a grid with one step per
             observation interval. Default (None): on when ``learn_hurst``, else off.
 
+    Repeated calls: the compiled programs are cached on the model object (``sde``, by identity), ``control``,
+    the optimiser objects, ``num_samples``, the static options and the array shapes; the observations, times,
+    mask, ``fixed_params``, ``hurst_prior`` and the key are arguments, so a second call with new data of the
+    same shapes compiles nothing. Build ``sde``, ``optimizer`` and a ``hurst_learning_rate`` schedule once and
+    reuse them: a fresh lambda or ``optax.adam(...)`` per call is a new program (the default optimiser and
+    schedule are shared per learning rate).
+
     Returns:
         :class:`VIResult`.
 
@@ -252,7 +293,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
     start_nodes = np.zeros(0)
     if learn_hurst:
         start_nodes = _start_nodes(hurst_start, float(sde.noise.hurst))
-    optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
+    optimizer = _default_optimizer(learning_rate) if optimizer is None else optimizer
     noise_scale = bool(learn_hurst) if noise_scale is None else bool(noise_scale)
     elbo_fn, init_fn = build_elbo(sde, times, obs, mask, control=control, fixed_params=fixed_params,
                                   learn_hurst=learn_hurst, hurst_prior=hurst_prior, num_steps=num_steps, refine=refine,
@@ -262,23 +303,19 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
     warmup = 0
     if learn_hurst:
         warmup = num_iterations // 4 if hurst_warmup is None else min(hurst_warmup, num_iterations)
-        if hurst_learning_rate is None:
-            hurst_learning_rate = optax.exponential_decay(0.05, max(num_iterations - warmup, 1), 0.1)
-        optimizer = hurst_optimizer(optimizer, vp0, warmup=warmup, learning_rate=hurst_learning_rate)
+        if hurst_learning_rate is None:  # a key, not a fresh schedule: equal options share the compiled program
+            hurst_learning_rate = ("exponential_decay", 0.05, max(num_iterations - warmup, 1), 0.1)
+        optimizer = _split_optimizer(optimizer, jax.tree_util.tree_structure(vp0), warmup, hurst_learning_rate)
+    static, data = elbo_fn.static, elbo_fn.data
 
-    def one(state, k):
-        state, info = step(k, state, elbo_fn, optimizer, num_samples)
-        return state._replace(params=recenter_hurst(state.params)), info
-
-    def run(chunk_j, state, start, stop):
+    def run(state, start, stop):
         def body(state, a, n):
-            keys = jax.vmap(lambda i: jax.random.fold_in(k_loop, i))(jnp.arange(start + a, start + a + n))
-            return chunk_j(state, keys)
+            return _train_chunk(state, k_loop, start + a, data, static=static, optimizer=optimizer,
+                                num_samples=num_samples, num_steps=n)
 
         return chunk_loop(body, state, stop - start, chunk_size=chunk_size, progress_bar=progress_bar, desc="fit_vi",
                           postfix=lambda _, info: {"elbo": f"{float(np.mean(np.asarray(info.elbo)[-1])):.3f}"})
 
-    chunk_j = jax.jit(lambda s, ks: jax.lax.scan(one, s, ks))
     infos = []
     done = 0
     if warmup and len(start_nodes) > 1:
@@ -286,7 +323,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         # the same compiled chunk as the rest of the run; then go on from the best
         etas = np.log(start_nodes) - np.log1p(-start_nodes)
         dtype_h = vp0["hurst"]["loc"].dtype
-        warm = [run(chunk_j, init(at_hurst(vp0, eta), optimizer), 0, warmup) for eta in etas]
+        warm = [run(init(at_hurst(vp0, eta), optimizer), 0, warmup) for eta in etas]
         elbos = [np.concatenate([np.asarray(i.elbo) for i in w_infos])[-max(warmup // 5, 1):] for _, w_infos in warm]
         best, eta, sd = profile_start(etas, [np.nanmean(e) for e in elbos])
         state, infos = warm[best]
@@ -297,7 +334,7 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
         done = warmup
     else:  # one start (or H not learned): a warm-up, if any, is the frozen first steps of H's optimiser
         state = init(vp0, optimizer)
-    state, more = run(chunk_j, state, done, num_iterations)
+    state, more = run(state, done, num_iterations)
     infos += more
     if infos:
         info = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *infos)
@@ -308,12 +345,11 @@ def fit_vi(key: Any, sde: SDE, observations: Any, times: Any, *, params: dict | 
                                "reduce the learning rate or check the model callables")
     vp = state.params
     # final ELBO estimate and posterior paths from one compiled pass
-    evaluate_j = jax.jit(elbo_fn.evaluate, static_argnums=2)
-    per_draw, paths, hursts = evaluate_j(k_paths, vp, num_posterior_samples)
+    per_draw, paths, hursts = _evaluate(k_paths, vp, data, static=static, num_samples=num_posterior_samples)
     per_draw = np.asarray(per_draw)
     final_elbo = float(per_draw.mean())
     final_se = float(per_draw.std(ddof=1) / math.sqrt(per_draw.size)) if per_draw.size > 1 else float("nan")
-    elbo_fn.paths_jit = lambda k, v, n: evaluate_j(k, v, n)[1:]
+    elbo_fn.paths_jit = lambda k, v, n: _evaluate(k, v, data, static=static, num_samples=n)[1:]
     learned = {**jax.tree_util.tree_map(np.asarray, vp["model"]), **dict(fixed_params or {})}
     hursts = np.asarray(hursts)
     if learn_hurst and hurst_prior is not None:

@@ -259,18 +259,8 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
     traced = _is_traced(key, params, ys)
     ys = ys if isinstance(ys, jax.Array) else jnp.asarray(ys)
     if not traced:
-        if not _is_single_typed_key(key):  # the common case skips the full (slower) check
-            _checks.check_key(key)
-        num_particles = _checks.check_positive_int(num_particles, "num_particles")
-        get_scheme(resampling)
-        ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
-        check_model(ssm, params, ys)
-        if sharding is not None:
-            n_dev = len(sharding.device_set)
-            if num_particles % n_dev:
-                raise ConfigurationError(
-                    f"`num_particles` ({num_particles}) must be divisible by the number of devices in "
-                    f"`sharding` ({n_dev})")
+        num_particles, ess_threshold = _check_filter_call(key, ssm, params, ys, num_particles, resampling,
+                                                          ess_threshold, sharding)
     progress_bar = bool(progress_bar) and not traced
     with progress(progress_bar, jnp.shape(ys)[0], "particle filter"):
         state, out = _run_filter(key, ssm, params, ys, ess_threshold, num_particles=num_particles,
@@ -298,8 +288,49 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
         ess_threshold=ess_threshold if not traced else float("nan"),
     )
     if not traced:
+        # the evidence's host copy starts with the flags' (on an accelerator a later float(result.log_evidence)
+        # finds it on the host; on CPU both are views of the device buffers)
+        state.log_evidence.copy_to_host_async()
         check_weights(out.info.nonfinite, "particle_filter")
     return result
+
+
+_CALLS: dict = {}  # signatures of validated particle_filter calls (model, options, shapes, parameter values)
+
+
+def _check_filter_call(key, ssm, params, ys, num_particles, resampling, ess_threshold, sharding):
+    """The input checks of :func:`particle_filter`; returns ``(num_particles, ess_threshold)``. A call whose
+    model, options, key kind, parameter values and data shape passed before only has the values of ``ys``
+    checked (the hot path of a filter called in a loop)."""
+    fp = _fingerprint(params)
+    try:
+        sig = (ssm, num_particles, type(num_particles), resampling, ess_threshold, type(ess_threshold), sharding,
+               type(key), key.dtype, key.shape, fp, ys.shape, ys.dtype)
+        known = fp is not None and sig in _CALLS
+    except (TypeError, AttributeError):  # unhashable options or an unusual key: the full checks, every call
+        sig, known = None, False
+    if known:
+        arr = np.asarray(ys)
+        if not (arr.dtype.kind == "f" and np.isfinite(arr).all()):
+            _checks.check_finite_array(arr, "ys")
+        return _CALLS[sig]
+    if not _is_single_typed_key(key):  # the common case skips the full (slower) check
+        _checks.check_key(key)
+    num_particles = _checks.check_positive_int(num_particles, "num_particles")
+    get_scheme(resampling)
+    ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
+    check_model(ssm, params, ys)
+    if sharding is not None:
+        n_dev = len(sharding.device_set)
+        if num_particles % n_dev:
+            raise ConfigurationError(
+                f"`num_particles` ({num_particles}) must be divisible by the number of devices in "
+                f"`sharding` ({n_dev})")
+    if sig is not None and fp is not None:
+        if len(_CALLS) >= _VALIDATED_MAX:
+            _CALLS.pop(next(iter(_CALLS)))
+        _CALLS[sig] = (num_particles, ess_threshold)
+    return num_particles, ess_threshold
 
 
 def check_weights(nonfinite, where: str):
