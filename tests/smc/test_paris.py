@@ -169,7 +169,7 @@ def _ppg_chains(key, params, ys, num_particles, num_iterations, R, start, num_tr
     if start == "exact":
         paths = jax.jit(jax.vmap(lambda k: _exact_posterior_path(k, params, ys)))(jax.random.split(k_start, R))
     else:
-        paths = jax.jit(jax.vmap(lambda k: bk.smc.ffbs(k, AR, params, ys, num_particles, num_paths=1).paths[0]))(
+        paths = jax.jit(jax.vmap(lambda k: bk.smc.ffbs(k, AR, params, ys, num_particles, num_samples=1).paths[0]))(
             jax.random.split(k_start, R))
     out = _ppg_from_paths(jax.random.split(k_run, R), paths, params, ys, num_particles, num_iterations, num_trials)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -240,11 +240,11 @@ def test_smoothing_drivers_run_under_vmap_and_jit():
     checks and return the same values as the same call made eagerly (ffbs used to fail on a traced log-density)."""
     _, ys = AR.simulate(jax.random.key(0), PARAMS, 8)
     keys = jax.random.split(jax.random.key(1), 2)
-    batched = jax.jit(jax.vmap(lambda k: (bk.smc.ffbs(k, AR, PARAMS, ys, 16, num_paths=2).paths,
+    batched = jax.jit(jax.vmap(lambda k: (bk.smc.ffbs(k, AR, PARAMS, ys, 16, num_samples=2).paths,
                                           bk.smc.paris(k, AR, PARAMS, ys, 16).estimate,
                                           bk.smc.ppg(k, AR, PARAMS, ys, 8, num_iterations=2,
                                                      initial_path=jnp.zeros(8)).estimate)))(keys)
-    eager = (bk.smc.ffbs(keys[1], AR, PARAMS, ys, 16, num_paths=2).paths,
+    eager = (bk.smc.ffbs(keys[1], AR, PARAMS, ys, 16, num_samples=2).paths,
              bk.smc.paris(keys[1], AR, PARAMS, ys, 16).estimate,
              bk.smc.ppg(keys[1], AR, PARAMS, ys, 8, num_iterations=2, initial_path=jnp.zeros(8)).estimate)
     for b, e in zip(batched, eager):
