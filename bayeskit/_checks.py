@@ -32,6 +32,25 @@ def renamed_kwargs(where: str, kwargs: dict, renames: dict[str, str]) -> dict:
     return out
 
 
+def renamed_attribute(where: str, old: str, new: str) -> property:
+    """A read-only property ``old`` that returns attribute ``new`` with a DeprecationWarning (an attribute renamed in
+    this release; the old name stays for one release).
+
+    Args:
+        where: the class's public name, for the message (``"FFBSResult"``).
+        old: the old attribute name.
+        new: the new attribute name.
+    """
+
+    def get(self):
+        warnings.warn(f"`{where}.{old}` is renamed `{new}`; the old name will be removed in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self, new)
+
+    get.__doc__ = f"Deprecated name of ``{new}``."
+    return property(get)
+
+
 def check_key(key: Any, name: str = "key") -> jax.Array:
     """Return ``key`` if it is a single ``jax.random`` key (typed or raw uint32[2])."""
     try:

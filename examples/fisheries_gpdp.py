@@ -59,7 +59,7 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_
     # ---- GPDP: GP posterior by NUTS -> transition tensor -> exact discounted DP (policy iteration)
     t0 = time.perf_counter()
     gp = bk.gpdp.solve(key_gp, x_obs, y_obs, grid, profit, discount=discount, pseudo_observations=[(0.0, 0.0)],
-                       num_warmup=warmup, num_samples=samples, num_posterior_draws=100, progress_bar=progress_bar)
+                       num_warmup=warmup, num_samples=samples, num_transition_samples=100, progress_bar=progress_bar)
     t_gp = time.perf_counter() - t0
 
     # ---- the true model and the parametric competitors (NUTS with the paper's uniform priors)
@@ -70,14 +70,14 @@ def main(outdir: str = "out/gpdp", quick: bool = False, seed: int = 0, progress_
     for name, growth, k in zip(("Allen", "Ricker", "Myers"), ("allen", "ricker", "myers"),
                                jax.random.split(key_fit, 3)):
         fits[name] = bk.gpdp.fit_parametric(k, series, growth, num_warmup=warmup, num_samples=samples)
-        tensors[name] = bk.gpdp.parametric_fit_tensor(fits[name], grid, grid, num_draws=100)
+        tensors[name] = bk.gpdp.parametric_fit_tensor(fits[name], grid, grid, num_samples=100)
     tensors["MLE"] = bk.gpdp.parametric_fit_tensor(fits["Allen"], grid, grid, use_mle=True)
     t_fit = time.perf_counter() - t0
     # two DP conventions: "exact" = escapement-exact GP rows + the discounted DP (gamma = 0.99) solved exactly;
     # "paper" = the published code: GP mean one grid step below the escapement, variance at the
     # pre-harvest stock, and its value iteration = 999-step undiscounted backward induction
     tensors_paper = dict(tensors)
-    tensors_paper["GP"] = bk.gpdp.gp_transition_tensor(gp.posterior, grid, grid, num_draws=100, convention="paper")
+    tensors_paper["GP"] = bk.gpdp.gp_transition_tensor(gp.posterior, grid, grid, num_samples=100, convention="paper")
     policies = {"exact": {"GP": gp.policy_actions}, "paper": {}}
     for name in METHODS:
         if name != "GP":

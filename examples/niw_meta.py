@@ -218,7 +218,7 @@ def classification_experiment(key, shots, args):
         return sample_classification(k, bank, b, ways, shots + 5)
 
     steps = max(50, args.steps // 2)
-    niw = M.NIWMeta(model, covariance="diag", local_approximation="laplace", num_inner_steps=5,
+    niw = M.NIWMeta(model, covariance="diag", local_approximation="laplace", num_inner_iterations=5,
                     inner_step_size=0.05, optimizer=optax.adam(3e-2), batch_size=args.batch, num_iterations=steps,
                     chunk_size=max(1, steps // 5), progress_bar=args.progress_bar)
     niw_fit = niw.fit(k_niw, sampler)

@@ -60,7 +60,7 @@ def ppg_replicates(key, ys, params, num_particles, num_iterations, R):
     bootstrap filter with the same N: the per-iteration estimates, shape (R, num_iterations)."""
     def one(k):
         k1, k2 = jax.random.split(k)
-        path = bk.smc.ffbs(k1, AR, params, ys, num_particles, num_paths=1).paths[0]
+        path = bk.smc.ffbs(k1, AR, params, ys, num_particles, num_samples=1).paths[0]
         return bk.smc.ppg(k2, AR, params, ys, num_particles, functional=h_cross, num_iterations=num_iterations,
                           initial_path=path).estimates
 
@@ -194,7 +194,7 @@ def main(argv=None):
     # the learned SV model: filtering and FFBS smoothing bands against the true log-volatility, and the
     # filter's ESS and resampling steps (bk.plots draws from the results' ArviZ trees)
     pf_sv = bk.smc.particle_filter(jax.random.key(6), sv.ssm, sv_fit.params, ys_sv, 500, history=True)
-    ffbs_sv = bk.smc.ffbs(jax.random.key(7), sv.ssm, sv_fit.params, ys_sv, 500, num_paths=200)
+    ffbs_sv = bk.smc.ffbs(jax.random.key(7), sv.ssm, sv_fit.params, ys_sv, 500, num_samples=200)
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True, constrained_layout=True)
     bk.plots.states([pf_sv, ffbs_sv], labels=["particle filter", "FFBS smoother"], truth=xs_sv, ax=axes[0],
                     title="stochastic volatility at the learned parameters: log-volatility x_t")

@@ -82,7 +82,7 @@ def _make(name):
         return bk.smc.particle_filter(key, lg.ssm, params, ys, 16)
     if name == "ffbs":
         params, ys = _lg_data()
-        return bk.smc.ffbs(key, lg.ssm, params, ys, 16, num_paths=8, functional=h_sum)
+        return bk.smc.ffbs(key, lg.ssm, params, ys, 16, num_samples=8, functional=h_sum)
     if name == "particle_gibbs":
         params, ys = _lg_data()
         return bk.smc.particle_gibbs(key, lg.ssm, params, ys, num_particles=8, num_iterations=12)

@@ -41,9 +41,11 @@ def blocks(path):
 
 
 EXAMPLE_PAGES = [p for p in PAGES if blocks(p)]
-# pages whose examples take more than 20 s of CPU time each (cold compilation cache: smc 31 s, bridges 25 s,
-# smoothing 42 s, scaling 24 s; the other nine pages 2-19 s) run with -m slow until their examples are made
-# smaller
+# pages whose examples take about 20 s of CPU time or more each run with -m slow. Measured with a cold compilation
+# cache on 2 busy cores after the examples' sizes were cut (user+sys of the process, per page): smoothing 34 s,
+# smc 28 s, scaling 25 s, bridges 21 s; the other nine pages 7-17 s, 229 s for the whole file. Compiling each
+# page's few jitted programs is most of it, so smaller sizes barely help (225 s before the cut): running these
+# four in the fast suite would add about 110 s of CPU to it.
 SLOW_PAGES = {"docs/bridges.md", "docs/smc.md", "docs/smoothing.md", "docs/scaling.md"}
 
 

@@ -48,7 +48,7 @@ def _smc_cases():
         "smc.particle_filter": lambda: bk.smc.particle_filter(K, AR, P, YS, 8),
         "smc.paris": lambda: bk.smc.paris(K, AR, P, YS, 8),
         "smc.forward_smoother": lambda: bk.smc.forward_smoother(K, AR, P, YS, 4),
-        "smc.ffbs": lambda: bk.smc.ffbs(K, AR, P, YS, 8, num_paths=4),
+        "smc.ffbs": lambda: bk.smc.ffbs(K, AR, P, YS, 8, num_samples=4),
         "smc.ppg": lambda: bk.smc.ppg(K, AR, P, YS, 4, num_iterations=2),
         "smc.particle_gibbs": lambda: bk.smc.particle_gibbs(K, AR, P, YS, 4, num_iterations=3),
         "smc.particle_gibbs(update)": lambda: bk.smc.particle_gibbs(K, AR, P, YS, 4, num_iterations=3,
@@ -119,13 +119,13 @@ def _other_cases():
     return {
         "gpdp.solve(map)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, method="map"),
         "gpdp.solve(nuts)": lambda: bk.gpdp.solve(K, gx, gy, ggrid, _profit, discount=0.95, num_warmup=2,
-                                                  num_samples=2, num_posterior_draws=2),
+                                                  num_samples=2, num_transition_samples=2),
         "bridges.LightSB.fit": lambda: bk.bridges.LightSB.fit(K, x0, x1, epsilon=0.5, num_components=2, num_iterations=3,
                                                               batch_size=8),
         "bridges.multimarginal": lambda: bk.bridges.multimarginal(K, snaps, [0.0, 0.5, 1.0], reference=ou,
                                                                   num_refinements=1, num_ipf_iterations=1,
                                                                   time_step=0.25, max_gp_points=16,
-                                                                  fit_iterations=2),
+                                                                  num_fit_iterations=2),
         "meta.NIWMeta.fit": lambda: meta.fit(K, (ex, ey)),
         "meta.NIWMetaResult.predict": meta_predict,
         "sde.fit_vi": lambda: bk.sde.fit_vi(K, sde, np.array([0.0]), np.array([2.0]), fixed_params=sde_params,
@@ -190,7 +190,7 @@ def test_bridges_refinements_and_repeated_fits_compile_nothing(compiles):
     times = [0.0, 0.5, 1.0]
     snaps = [rng.normal(m, 0.2, (12, 2)) for m in (1.0, 1.5, 2.0)]
     lv = bk.bridges.LotkaVolterra(sigma=0.1)
-    kw = dict(num_ipf_iterations=1, time_step=0.25, max_gp_points=16, fit_iterations=3)
+    kw = dict(num_ipf_iterations=1, time_step=0.25, max_gp_points=16, num_fit_iterations=3)
 
     def sbirr(key):
         return bk.bridges.multimarginal(key, snaps, times, reference=lv, num_refinements=2, **kw)

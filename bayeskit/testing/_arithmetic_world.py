@@ -18,7 +18,7 @@ import numpy as np
 
 from bayeskit._checks import check_positive_int
 from bayeskit.errors import ConfigurationError
-from bayeskit.inference.scaling._generator import Generator, RewardModel
+from bayeskit.inference.scaling import Generator, RewardModel
 
 __all__ = ["ArithState", "ArithmeticWorld", "LearnedPRM"]
 

@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bayeskit.inference.scaling._fkc import VESDE
+from bayeskit.inference.scaling import VESDE
 
 __all__ = ["GaussianMixture", "product_of_mixtures", "mmd"]
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayeskit.errors import ConfigurationError
-from bayeskit.inference.scaling._generator import Generator, RewardModel
+from bayeskit.inference.scaling import Generator, RewardModel
 
 __all__ = ["ChainState", "MarkovWorld", "random_markov_world"]
 

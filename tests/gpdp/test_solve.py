@@ -54,7 +54,7 @@ def test_solve_value_is_bellman_fixed_point(map_result):
 def nuts_result(training):
     x, y = training
     return bk.gpdp.solve(jax.random.key(3), x, y, GRID, profit, discount=0.95, num_warmup=30, num_samples=20,
-                         num_posterior_draws=10)
+                         num_transition_samples=10)
 
 
 def test_to_arviz(nuts_result):
@@ -80,7 +80,7 @@ def test_paper_convention_and_policy_iteration(map_result, training):
 def test_nuts_key_reproducibility(training, nuts_result):
     x, y = training
     b = bk.gpdp.solve(jax.random.key(3), x, y, GRID, profit, discount=0.95, num_warmup=30, num_samples=20,
-                      num_posterior_draws=10)
+                      num_transition_samples=10)
     np.testing.assert_array_equal(nuts_result.posterior.draws["lengthscale"], b.posterior.draws["lengthscale"])
     np.testing.assert_array_equal(nuts_result.policy, b.policy)
 

@@ -62,7 +62,7 @@ def test_predict_shapes_and_uncertainty(fitted):
     assert np.all(np.asarray(pred.std) > 0.8 * SIGMA)
     same = fitted.predict(jax.random.key(1), (sx, sy), (qx, qy), num_samples=64)
     np.testing.assert_array_equal(same.theta, pred.theta)
-    vi = fitted.predict(jax.random.key(1), (sx, sy), qx, method="vi", num_vi_steps=20)
+    vi = fitted.predict(jax.random.key(1), (sx, sy), qx, method="vi", num_vi_iterations=20)
     assert vi.log_predictive_density is None and vi.mean.shape == (3, 7)
 
 

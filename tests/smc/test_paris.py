@@ -178,7 +178,7 @@ def _ppg_chains(key, params, ys, num_particles, num_iterations, R, start, num_tr
     if start == "exact":
         paths = jax.jit(jax.vmap(lambda k: _exact_posterior_path(k, params, ys)))(jax.random.split(k_start, R))
     else:
-        paths = jax.jit(jax.vmap(lambda k: bk.smc.ffbs(k, AR, params, ys, num_particles, num_paths=1).paths[0]))(
+        paths = jax.jit(jax.vmap(lambda k: bk.smc.ffbs(k, AR, params, ys, num_particles, num_samples=1).paths[0]))(
             jax.random.split(k_start, R))
     out = _ppg_from_paths(jax.random.split(k_run, R), paths, params, ys, num_particles, num_iterations, num_trials)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -253,9 +253,9 @@ def test_smoothing_drivers_run_under_vmap_and_jit(problem, ppg_run):
     _, opts = ppg_run
     n = opts["num_particles"]
     keys = jax.random.split(jax.random.key(1), 2)
-    batched = jax.jit(jax.vmap(lambda k: (bk.smc.ffbs(k, AR, PARAMS, ys, n, num_paths=1).paths,
+    batched = jax.jit(jax.vmap(lambda k: (bk.smc.ffbs(k, AR, PARAMS, ys, n, num_samples=1).paths,
                                           bk.smc.ppg(k, AR, PARAMS, ys, **opts).estimate)))(keys)
-    eager = (bk.smc.ffbs(keys[1], AR, PARAMS, ys, n, num_paths=1).paths,
+    eager = (bk.smc.ffbs(keys[1], AR, PARAMS, ys, n, num_samples=1).paths,
              bk.smc.ppg(keys[1], AR, PARAMS, ys, **opts).estimate)
     for b, e in zip(batched, eager):
         jax.tree_util.tree_map(lambda bb, ee: np.testing.assert_allclose(np.asarray(bb[1]), np.asarray(ee),

@@ -73,7 +73,7 @@ def test_forward_smoother_and_ffbs_match_rts(problem):
     fwd = [bk.smc.forward_smoother(jax.random.key(10 + r), lg.ssm, params, ys, 200, functional=h_sum).estimate
            for r in range(8)]
     _check_runs(fwd, exact)
-    ff = [bk.smc.ffbs(jax.random.key(20 + r), lg.ssm, params, ys, 200, num_paths=50, functional=h_sum).estimate
+    ff = [bk.smc.ffbs(jax.random.key(20 + r), lg.ssm, params, ys, 200, num_samples=50, functional=h_sum).estimate
           for r in range(8)]
     _check_runs(ff, exact)
 
@@ -99,9 +99,9 @@ def test_paris_converges_to_forward_smoother_as_K_grows(problem):
 
 def test_ffbs_shapes_and_arviz(problem):
     params, ys, _ = problem
-    res = bk.smc.ffbs(jax.random.key(1), lg.ssm, params, ys, 200, num_paths=50, functional=h_sum)
+    res = bk.smc.ffbs(jax.random.key(1), lg.ssm, params, ys, 200, num_samples=50, functional=h_sum)
     assert res.paths.shape == (50, T, 1)
-    again = bk.smc.ffbs(jax.random.key(1), lg.ssm, params, ys, 200, num_paths=50, functional=h_sum)
+    again = bk.smc.ffbs(jax.random.key(1), lg.ssm, params, ys, 200, num_samples=50, functional=h_sum)
     np.testing.assert_array_equal(res.paths, again.paths)
     tree = res.to_arviz()
     assert tree["posterior"]["x"].shape == (1, 50, T, 1)
@@ -109,8 +109,8 @@ def test_ffbs_shapes_and_arviz(problem):
 
 def test_bad_inputs(problem):
     params, ys, _ = problem
-    with pytest.raises(ConfigurationError, match="num_paths"):
-        bk.smc.ffbs(jax.random.key(0), lg.ssm, params, ys, num_paths=0)
+    with pytest.raises(ConfigurationError, match="num_samples"):
+        bk.smc.ffbs(jax.random.key(0), lg.ssm, params, ys, num_samples=0)
     with pytest.raises(ConfigurationError, match="functional"):
         bk.smc.forward_smoother(jax.random.key(0), lg.ssm, params, ys,
                                 functional=lambda t, xp, x: x if xp is None else jnp.concatenate([x, xp]))

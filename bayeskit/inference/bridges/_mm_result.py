@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from bayeskit.errors import ConfigurationError
-from bayeskit.inference.bridges._metrics import emd as earth_movers_distance
+from bayeskit.inference.bridges._emd import emd as earth_movers_distance
 from bayeskit.inference.bridges._reference import Reference
 
 __all__ = ["MultiMarginalResult"]

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int
+from bayeskit._checks import check_choice, check_finite_array, check_key, check_positive_int, renamed_kwargs
 from bayeskit._linalg import single_threaded_blas
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
 from bayeskit.inference.bridges._gp import ipf_interval, simulate_gp_drift
@@ -174,8 +174,9 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
                   num_refinements: int = 10, num_ipf_iterations: int = 10, time_step: float | None = None,
                   kernel: str = "exponential", lengthscale: float = 1.0, kernel_variance: float | None = 1.0,
                   max_gp_points: int = 1000,
-                  gp_mean: str = "linear", fit_iterations: int = 200, solver: str = "ipf-gp",
-                  lightsb_options: dict | None = None, progress_bar: bool = False) -> MultiMarginalResult:
+                  gp_mean: str = "linear", num_fit_iterations: int = 200, solver: str = "ipf-gp",
+                  lightsb_options: dict | None = None, progress_bar: bool = False,
+                  **deprecated) -> MultiMarginalResult:
     """Multi-marginal SB with iterative reference refinement (module docstring).
 
     Args:
@@ -194,7 +195,8 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
         gp_mean: ``"linear"`` (default: GP on the residuals of a least-squares fit of the basis
             (1, x, tau, x tau)), ``"zero"`` (SBIRR's code; use with ``kernel_variance=None``) or ``"reference"``
             (GP prior mean = reference drift).
-        fit_iterations: L-BFGS iterations of each reference refit (nonlinear families).
+        num_fit_iterations: L-BFGS iterations of each reference refit (nonlinear families; ``fit_iterations``
+            before this release, which still works with a DeprecationWarning).
         solver: per-interval two-marginal solver: ``"ipf-gp"`` (the paper's IPF with GP drift regression; any
             reference) or ``"lightsb"`` (closed-form LightSB under a linear reference, :class:`LinearLightSB`:
             Brownian, OU or Linear references only; bridges between the plan's end points are sampled
@@ -203,6 +205,8 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
             ``kernel_variance``, ``max_gp_points`` and ``gp_mean`` options belong to ``"ipf-gp"``.
         lightsb_options: options of :meth:`LightSB.fit` for ``solver="lightsb"`` (default
             ``num_components=4, covariance="full", num_iterations=1000, batch_size=128, learning_rate=1e-2``).
+        progress_bar: show a tqdm bar over the refinement passes.
+        **deprecated: ``fit_iterations``, the old name of ``num_fit_iterations``.
 
     Example:
         >>> import numpy as np, jax
@@ -214,6 +218,8 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
         >>> res.trajectories.shape
         (21, 90, 1)
     """
+    num_fit_iterations = renamed_kwargs("multimarginal", deprecated, {"fit_iterations": "num_fit_iterations"}).get(
+        "num_fit_iterations", num_fit_iterations)
     check_key(key)
     snaps, times = _check_snapshots(snapshots, times)
     reference = Brownian(1.0) if reference is None else reference
@@ -223,7 +229,7 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
     num_refinements = check_positive_int(num_refinements, "num_refinements")
     num_ipf_iterations = check_positive_int(num_ipf_iterations, "num_ipf_iterations")
     max_gp_points = check_positive_int(max_gp_points, "max_gp_points")
-    fit_iterations = check_positive_int(fit_iterations, "fit_iterations")
+    num_fit_iterations = check_positive_int(num_fit_iterations, "num_fit_iterations")
     check_choice(kernel, "kernel", {"exponential", "rbf"})
     check_choice(gp_mean, "gp_mean", {"zero", "reference", "linear"})
     check_choice(solver, "solver", {"ipf-gp", "lightsb"})
@@ -257,7 +263,7 @@ def multimarginal(key: jax.Array, snapshots: Sequence, times: Any, *, reference:
         if not np.all(np.isfinite(traj)):
             raise ConvergenceError(f"non-finite bridge trajectories at refinement {r}; decrease `time_step` "
                                    "or rescale the data")
-        reference = reference.fit(traj, grid, num_iterations=fit_iterations)
+        reference = reference.fit(traj, grid, num_iterations=num_fit_iterations)
         return (reference, traj), reference.to_dict()
 
     (reference, traj), history = chunk_loop(refine, (reference, None), num_refinements, chunk_size=1,
@@ -273,11 +279,13 @@ def vanilla_sb(key, snapshots: Sequence, times, *, reference: Reference | None =
     parameters are reported in ``result.reference``; the bridges never used it). ``sigma`` defaults to
     ``reference.sigma`` (or 1).
     """
+    options.update(renamed_kwargs("vanilla_sb", {k: options.pop(k) for k in ("fit_iterations",) if k in options},
+                                  {"fit_iterations": "num_fit_iterations"}))
     if sigma is None:
         sigma = reference.sigma if reference is not None else 1.0
     result = multimarginal(key, snapshots, times, reference=Brownian(sigma), num_refinements=1, **options)
     if reference is not None:
         fitted = reference.replace(sigma=sigma).fit(result.trajectories, result.grid,
-                                                    num_iterations=options.get("fit_iterations", 200))
+                                                    num_iterations=options.get("num_fit_iterations", 200))
         result = dataclasses.replace(result, reference=fitted, reference_history=(fitted.to_dict(),))
     return result

@@ -8,9 +8,15 @@
 * SBIRR's per-interval solver: :func:`ipf_interval` (IPF with GP drift regression), :func:`gp_fit`,
   :func:`gp_predict`, :class:`GPDrift`, :func:`simulate_gp_drift` (the SDE with a fitted GP drift);
 * references: :func:`simulate_reference` (Euler–Maruyama paths of a drift function), :func:`em_residual_loss`
-  (the objective of a reference refit).
+  (the objective of a reference refit);
+* the closed form of the Brownian-reference bridge between two Gaussians, :func:`gaussian_bridge` (a
+  :class:`GaussianBridge`; LightSB's initialisation and :func:`~bayeskit.bridges.gaussian_bridge_linear` use it), and
+  the earth mover's distance :func:`emd` (:meth:`~bayeskit.bridges.MultiMarginalResult.emd`). Both are also in
+  :mod:`bayeskit.testing`, with the benchmark and the other metrics.
 """
 
+from bayeskit.inference.bridges._emd import emd
+from bayeskit.inference.bridges._gaussian import GaussianBridge, gaussian_bridge
 from bayeskit.inference.bridges._gp import GPDrift, gp_fit, gp_predict, ipf_interval, simulate_gp_drift
 from bayeskit.inference.bridges._lightsb_model import (conditional_components, conditional_log_prob,
                                                        conditional_sample, covariances, drift, euler_maruyama,
@@ -38,6 +44,9 @@ __all__ = [
     "simulate_gp_drift",
     "simulate_reference",
     "em_residual_loss",
+    "gaussian_bridge",
+    "GaussianBridge",
+    "emd",
 ]
 
 # names renamed in this release: reachable for one release, with a warning

@@ -24,6 +24,7 @@ import numpyro
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import initialize_model, log_likelihood
 
+from bayeskit._checks import renamed_kwargs
 from bayeskit.model import gp as gpm
 from bayeskit.models import fisheries
 from bayeskit.progress import progress, tick
@@ -48,22 +49,27 @@ class GPPosterior(NamedTuple):
     kernel: Callable
     method: str
 
-    def flat_draws(self, num_draws: int | None = None) -> dict:
+    def flat_draws(self, num_samples: int | None = None, **deprecated) -> dict:
         """Draws with chains merged (sampled hyperparameters (D,), fixed ones scalars), optionally
-        thinned evenly to ``num_draws``."""
+        thinned evenly to ``num_samples`` draws (``num_draws`` before this release; the old name warns)."""
+        num_samples = renamed_kwargs("GPPosterior.flat_draws", deprecated, {"num_draws": "num_samples"}).get(
+            "num_samples", num_samples)
         out = {}
         for k, v in self.draws.items():
             v = jnp.asarray(v)
             if v.ndim >= 2:
                 v = v.reshape(-1)
-                if num_draws is not None and num_draws < v.shape[0]:
-                    v = v[jnp.linspace(0, v.shape[0] - 1, num_draws).round().astype(int)]
+                if num_samples is not None and num_samples < v.shape[0]:
+                    v = v[jnp.linspace(0, v.shape[0] - 1, num_samples).round().astype(int)]
             out[k] = v
         return out
 
-    def predict(self, test_inputs, num_draws: int | None = None):
-        """Predictive mean and latent variance at ``test_inputs`` for every draw: (D, *shape) each."""
-        return gpm.predict_draws(self.data, self.flat_draws(num_draws), test_inputs, kernel=self.kernel)
+    def predict(self, test_inputs, num_samples: int | None = None, **deprecated):
+        """Predictive mean and latent variance at ``test_inputs`` for every draw, the draws thinned evenly to
+        ``num_samples`` (``num_draws`` before this release; the old name warns): (D, *shape) each."""
+        num_samples = renamed_kwargs("GPPosterior.predict", deprecated, {"num_draws": "num_samples"}).get(
+            "num_samples", num_samples)
+        return gpm.predict_draws(self.data, self.flat_draws(num_samples), test_inputs, kernel=self.kernel)
 
 
 def _is_pytree(v) -> bool:
@@ -217,12 +223,15 @@ class ParametricFit:
     def num_parameters(self) -> int:
         return len(fisheries.PARAMETER_NAMES[self.growth]) + 1
 
-    def flat_draws(self, num_draws: int | None = None) -> dict:
-        """Chains merged, optionally thinned evenly to ``num_draws``: name -> (D,)."""
+    def flat_draws(self, num_samples: int | None = None, **deprecated) -> dict:
+        """Chains merged, optionally thinned evenly to ``num_samples`` draws (``num_draws`` before this release;
+        the old name warns): name -> (D,)."""
+        num_samples = renamed_kwargs("ParametricFit.flat_draws", deprecated, {"num_draws": "num_samples"}).get(
+            "num_samples", num_samples)
         out = {k: np.asarray(v).reshape(-1) for k, v in self.draws.items()}
         n = next(iter(out.values())).shape[0]
-        if num_draws is not None and num_draws < n:
-            idx = np.linspace(0, n - 1, num_draws).round().astype(int)
+        if num_samples is not None and num_samples < n:
+            idx = np.linspace(0, n - 1, num_samples).round().astype(int)
             out = {k: v[idx] for k, v in out.items()}
         return out
 

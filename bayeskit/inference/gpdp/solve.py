@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit._checks import check_choice, check_finite_array, check_in_interval, check_key, check_positive_int
+from bayeskit._checks import (check_choice, check_finite_array, check_in_interval, check_key, check_positive_int,
+                              renamed_kwargs)
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
 from bayeskit.inference.gpdp import dp
 from bayeskit.inference.gpdp.fit import GPPosterior, ParametricFit, fit_gp
@@ -90,11 +91,12 @@ def solve_mdp(transitions, rewards, discount, *, solver: str = "policy_iteration
     return sol
 
 
-def gp_transition_tensor(posterior: GPPosterior, state_grid, actions_grid, *, num_draws: int | None = 100,
+def gp_transition_tensor(posterior: GPPosterior, state_grid, actions_grid, *, num_samples: int | None = 100,
                          absorbing_states: tuple[int, ...] = (0,), escapement_fn: Callable = dp.escapement,
-                         convention: str = "exact"):
+                         convention: str = "exact", **deprecated):
     """:math:`P_{aij}` from the GP predictive (normal rows with the latent variance), averaged over
-    ``num_draws`` hyperparameter draws. Returns (A, N, N).
+    ``num_samples`` hyperparameter draws (the posterior's draws thinned evenly; None: all of them; ``num_draws``
+    before this release, which warns). Returns (A, N, N).
 
     ``convention="exact"`` (default) evaluates the predictive at the escapement
     :math:`S_{ai} = \\max(x_i - h_a, 0)`, as the paper's text defines it. ``convention="paper"``
@@ -102,14 +104,16 @@ def gp_transition_tensor(posterior: GPPosterior, state_grid, actions_grid, *, nu
     one grid step *below* the escapement (grid index :math:`i - j - 1`, and 0 when :math:`i - j \\le 1`)
     and the variance at the pre-harvest state :math:`x_i`; it needs ``actions_grid`` on the state grid.
     """
+    num_samples = renamed_kwargs("gp_transition_tensor", deprecated, {"num_draws": "num_samples"}).get(
+        "num_samples", num_samples)
     check_choice(convention, "convention", ("exact", "paper"))
     grid = jnp.asarray(state_grid, jnp.result_type(float))
     acts = jnp.asarray(actions_grid, grid.dtype)
     if convention == "exact":
         s = escapement_fn(grid[None, :], acts[:, None])
-        mean, var = posterior.predict(s, num_draws)
+        mean, var = posterior.predict(s, num_samples)
     else:
-        m, v = posterior.predict(grid, num_draws)  # (D, N)
+        m, v = posterior.predict(grid, num_samples)  # (D, N)
         j = jnp.argmin(jnp.abs(grid[None, :] - acts[:, None]), axis=1)  # (A,)
         k = jnp.arange(grid.shape[0])[None, :] - j[:, None]  # (A, N) grid index of x_i - h_a
         mean = jnp.where(k[None] <= 1, 0.0, m[:, jnp.clip(k - 1, 0, grid.shape[0] - 1)])
@@ -134,13 +138,16 @@ def parametric_transition_tensor(growth: str, params: Mapping, sigma, state_grid
                                 absorbing_states=tuple(absorbing_states))
 
 
-def parametric_fit_tensor(fit: ParametricFit, state_grid, actions_grid, *, num_draws: int = 100, use_mle=False,
-                          absorbing_states=(0,)):
-    """Transition tensor from a :class:`ParametricFit`: posterior draws (default) or its MLE."""
+def parametric_fit_tensor(fit: ParametricFit, state_grid, actions_grid, *, num_samples: int = 100, use_mle=False,
+                          absorbing_states=(0,), **deprecated):
+    """Transition tensor from a :class:`ParametricFit`: averaged over ``num_samples`` posterior draws (default;
+    ``num_draws`` before this release, which warns) or from its MLE."""
+    num_samples = renamed_kwargs("parametric_fit_tensor", deprecated, {"num_draws": "num_samples"}).get(
+        "num_samples", num_samples)
     if use_mle:
         src = fit.mle
     else:
-        src = fit.flat_draws(num_draws)
+        src = fit.flat_draws(num_samples)
     params = {k: src[k] for k in fisheries.PARAMETER_NAMES[fit.growth]}
     return parametric_transition_tensor(fit.growth, params, src["sigma"], state_grid, actions_grid,
                                         absorbing_states=absorbing_states)
@@ -227,9 +234,10 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
           observed_actions=None, state_grid=None, kernel: str | Callable = "squared_exponential",
           priors: Mapping | None = None, pseudo_observations=((0.0, 0.0),), pseudo_noise: float | None = None,
           method: str = "nuts", num_warmup: int = 500, num_samples: int = 500, num_chains: int = 1,
-          num_posterior_draws: int = 100, absorbing_states: tuple[int, ...] = (0,),
+          num_transition_samples: int = 100, absorbing_states: tuple[int, ...] = (0,),
           solver: str = "policy_iteration", tolerance: float = 1e-6, max_iterations: int = 10_000,
-          horizon: int | None = None, convention: str = "exact", progress_bar: bool = False) -> GPDPResult:
+          horizon: int | None = None, convention: str = "exact", progress_bar: bool = False,
+          **deprecated) -> GPDPResult:
     """Gaussian-process dynamic programming, end to end.
 
     Args:
@@ -247,7 +255,8 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
         pseudo_observations (array): pairs (S, f(S)) added to the training data, default f(0) = 0.
         pseudo_noise (float | None): their noise sd (None: the observation noise, as in the paper).
         method (str): ``"nuts"`` or ``"map"``.
-        num_posterior_draws (int): hyperparameter draws averaged in the transition tensor.
+        num_transition_samples (int): hyperparameter draws (the NUTS draws thinned evenly) averaged in the
+            transition tensor (``num_posterior_draws`` before this release; the old name warns).
         absorbing_states (tuple[int, ...]): grid indices that are absorbing (default: the first, stock 0).
         solver (str): ``"policy_iteration"`` (default: exact, a handful of linear solves) or
             ``"value_iteration"``.
@@ -269,6 +278,8 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
         >>> res.policy.shape
         (30,)
     """
+    num_transition_samples = renamed_kwargs("solve", deprecated, {"num_posterior_draws": "num_transition_samples"}).get(
+        "num_transition_samples", num_transition_samples)
     key = check_key(key)
     check_finite_array(observed_states, "observed_states", ndim=1)
     n = np.shape(observed_states)[0]
@@ -291,7 +302,7 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
     else:
         raise ConfigurationError("`kernel` must be a kernel name or a callable kernel(x1, x2, **hyper)")
     for name, val in (("num_warmup", num_warmup), ("num_samples", num_samples), ("num_chains", num_chains),
-                      ("num_posterior_draws", num_posterior_draws)):
+                      ("num_transition_samples", num_transition_samples)):
         check_positive_int(val, name)
     x = np.asarray(observed_states, dtype=float)
     y = np.asarray(next_states, dtype=float)
@@ -319,13 +330,13 @@ def solve(key, observed_states, next_states, actions_grid, reward_fn: Callable, 
                             pseudo_noise)
     posterior = fit_gp(key, data, kernel=kernel_fn, priors=priors, method=method, num_warmup=num_warmup,
                        num_samples=num_samples, num_chains=num_chains, progress_bar=progress_bar)
-    transitions = gp_transition_tensor(posterior, grid, acts, num_draws=num_posterior_draws,
+    transitions = gp_transition_tensor(posterior, grid, acts, num_samples=num_transition_samples,
                                        absorbing_states=tuple(int(i) for i in absorbing_states), convention=convention)
     if not bool(jnp.all(jnp.isfinite(transitions))):
         raise ConvergenceError("the GP transition tensor has non-finite entries (degenerate hyperparameters?)")
     sol = solve_mdp(transitions, rewards, discount, solver=solver, tolerance=tolerance, max_iterations=max_iterations,
                     horizon=horizon)
-    mean, var = posterior.predict(jnp.asarray(grid, dtype), num_posterior_draws)
+    mean, var = posterior.predict(jnp.asarray(grid, dtype), num_transition_samples)
     pol = np.asarray(sol.policy)
     return GPDPResult(grid, acts, pol, acts[pol], np.asarray(sol.value), np.asarray(sol.q_values),
                       np.asarray(transitions), np.asarray(mean), np.asarray(var), posterior,

@@ -61,7 +61,7 @@ def __getattr__(name):
 
         import importlib
 
-        baselines = importlib.import_module("bayeskit.inference.meta._baselines")
+        baselines = importlib.import_module("bayeskit.testing.meta_baselines")
         warnings.warn("bayeskit.meta.baselines moved to bayeskit.testing.meta_baselines; the old name will be "
                       "removed in the next release", FutureWarning, stacklevel=2)
         return baselines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bayeskit._checks import renamed_kwargs
 from bayeskit.inference.meta.conjugate import QuadraticApproximation
 from bayeskit.inference.meta.episode import EpisodeModel
 
@@ -28,21 +29,24 @@ def _clip_grad(g, max_norm):
 
 
 def laplace_approximation(episode_model: EpisodeModel, x, y, start, *, diagonal: bool, curvature: str = "hessian",
-                          num_steps: int = 0, step_size: float = 0.0, curvature_min: float = 0.0,
-                          curvature_max: float = jnp.inf, max_grad_norm: float | None = None
+                          num_iterations: int = 0, step_size: float = 0.0, curvature_min: float = 0.0,
+                          curvature_max: float = jnp.inf, max_grad_norm: float | None = None, **deprecated
                           ) -> QuadraticApproximation:
-    """Second-order expansion of ``-log p(D|θ)`` after ``num_steps`` gradient-ascent steps from ``start``.
+    """Second-order expansion of ``-log p(D|θ)`` after ``num_iterations`` gradient-ascent iterations from ``start``
+    (``num_steps`` before this release; the old name warns).
 
     ``curvature="hessian"``: the exact Hessian (or its diagonal; computed densely, so for moderate d);
     ``"fisher"``: the empirical Fisher ``Σ_n ∇log p_n ∇log p_nᵀ`` (or its diagonal; cheap for networks).
     Exact for a likelihood quadratic in θ (linear-Gaussian) with ``"hessian"``, whatever the start.
     """
+    num_iterations = renamed_kwargs("laplace_approximation", deprecated, {"num_steps": "num_iterations"}).get(
+        "num_iterations", num_iterations)
     loglik = lambda th: episode_model.log_likelihood(th, x, y)  # noqa: E731
 
     def body(_, th):
         return th + step_size * _clip_grad(jax.grad(loglik)(th), max_grad_norm)
 
-    center = jax.lax.fori_loop(0, num_steps, body, start) if num_steps > 0 else start
+    center = jax.lax.fori_loop(0, num_iterations, body, start) if num_iterations > 0 else start
     value, grad = jax.value_and_grad(loglik)(center)
     if curvature == "hessian":
         H = -jax.hessian(loglik)(center)

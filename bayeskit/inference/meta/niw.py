@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bayeskit._checks import check_choice, check_key, check_positive_int, renamed_kwargs
+from bayeskit._checks import check_choice, check_key, check_positive_int, renamed_attribute, renamed_kwargs
 from bayeskit.errors import ConfigurationError, ConvergenceError, DataError
 from bayeskit.inference.meta.conjugate import NIWParams, NIWPosterior, NIWPrior, constrain, unconstrain
 from bayeskit.inference.meta.episode import EpisodeModel
@@ -42,8 +42,8 @@ class NIWMeta:
         local_approximation: ``"sgld"`` (the paper's SGLD moments; diagonal curvature) or ``"laplace"``
             (Taylor expansion, exact for linear-Gaussian likelihoods).
         curvature: for ``"laplace"``: ``"hessian"`` (exact, dense) or ``"fisher"`` (empirical Fisher).
-        num_inner_steps: Laplace: gradient-ascent steps before the expansion (0 = expand at the global
-            mean).
+        num_inner_iterations: Laplace: gradient-ascent iterations before the expansion (0 = expand at the global
+            mean; ``num_inner_steps`` before this release, which still works with a DeprecationWarning).
         inner_step_size: the step size of those gradient steps (Laplace) or the step size η of the SGLD
             iterations (SGLD).
         num_burnin: SGLD iterations discarded.
@@ -73,7 +73,7 @@ class NIWMeta:
     covariance: str = "diag"
     local_approximation: str = "sgld"
     curvature: str = "hessian"
-    num_inner_steps: int = 0
+    num_inner_iterations: int = 0
     inner_step_size: float = 1e-3
     num_burnin: int = 2
     num_sgld_samples: int = 3
@@ -105,7 +105,7 @@ class NIWMeta:
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.num_iterations, "num_iterations")
         check_positive_int(self.chunk_size, "chunk_size")
-        check_positive_int(self.num_inner_steps, "num_inner_steps", minimum=0)
+        check_positive_int(self.num_inner_iterations, "num_inner_iterations", minimum=0)
         check_positive_int(self.num_burnin, "num_burnin", minimum=0)
         check_positive_int(self.num_sgld_samples, "num_sgld_samples", minimum=2)
         for name in ("inner_step_size", "init_prior_std", "init_kappa", "prior_std"):
@@ -183,7 +183,7 @@ class NIWMeta:
         cmax = self.curvature_max if self.curvature_max is not None else (1e6 if sgld else float("inf"))
         return build_step(self.episode_model, optimizer=self._optimizer(), covariance=self.covariance,
                           local_approximation=self.local_approximation, curvature=self.curvature,
-                          num_inner_steps=self.num_inner_steps, inner_step_size=self.inner_step_size,
+                          num_inner_iterations=self.num_inner_iterations, inner_step_size=self.inner_step_size,
                           num_burnin=self.num_burnin, num_sgld_samples=self.num_sgld_samples,
                           sgld_temperature=self.sgld_temperature, curvature_min=cmin, curvature_max=cmax,
                           prior=self.hyperprior() if dataset_size is not None else None, dataset_size=dataset_size,
@@ -344,15 +344,16 @@ class NIWMeta:
                         "-> (x, y), or an iterator of (x, y) minibatches")
 
 
-# `num_steps` (optimisation iterations) is renamed `num_iterations` (glossary: `num_steps` counts time steps only);
-# the old keyword and attribute stay for one release, with a DeprecationWarning
+# `num_steps` (optimisation iterations) is renamed `num_iterations` and `num_inner_steps` `num_inner_iterations`
+# (glossary: `num_steps` counts time steps only); the old keywords and attributes stay for one release, with a
+# DeprecationWarning
 _dataclass_init = NIWMeta.__init__
 
 
 @functools.wraps(_dataclass_init)
 def _init_with_renamed(self, *args, **kwargs):
-    kwargs.update(renamed_kwargs("NIWMeta", {k: kwargs.pop(k) for k in ("num_steps",) if k in kwargs},
-                                 {"num_steps": "num_iterations"}))
+    kwargs.update(renamed_kwargs("NIWMeta", {k: kwargs.pop(k) for k in ("num_steps", "num_inner_steps") if k in kwargs},
+                                 {"num_steps": "num_iterations", "num_inner_steps": "num_inner_iterations"}))
     _dataclass_init(self, *args, **kwargs)
 
 
@@ -365,3 +366,4 @@ def _num_steps(self) -> int:
 
 NIWMeta.__init__ = _init_with_renamed
 NIWMeta.num_steps = property(_num_steps)
+NIWMeta.num_inner_steps = renamed_attribute("NIWMeta", "num_inner_steps", "num_inner_iterations")

@@ -74,7 +74,8 @@ class NIWMetaResult:
 
     # ---- prediction
     def predict(self, key, support, query, *, num_samples: int = 32, method: str = "auto",
-                num_vi_steps: int = 100, vi_learning_rate: float = 1e-2, num_vi_samples: int = 4) -> MetaPrediction:
+                num_vi_iterations: int = 100, vi_learning_rate: float = 1e-2, num_vi_samples: int = 4,
+                **deprecated) -> MetaPrediction:
         """Adapt to new episodes from their support sets and predict their queries.
 
         Args:
@@ -87,17 +88,25 @@ class NIWMetaResult:
                 Gauss-Newton curvature and the Student-t marginal of θ under q(φ) (needs a Gaussian
                 likelihood: an episode model with ``noise_scale`` and ``predict_fn``; see
                 :mod:`bayeskit.inference.meta.predictive`); ``"closed_form"``: Monte Carlo over the
-                quadratic-approximation local posterior; ``"vi"``: start there, then ``num_vi_steps`` Adam
+                quadratic-approximation local posterior; ``"vi"``: start there, then ``num_vi_iterations`` Adam
                 steps of reparameterised VI on ``E_q log p(S|θ) - E_{q(φ)} KL(q || N(μ, Σ))`` with a
                 diagonal Gaussian q; ``"auto"`` (default): ``"linearized"`` when the model has a Gaussian
                 likelihood, else ``"closed_form"``.
-            num_vi_steps: VI steps (``method="vi"``).
-            vi_learning_rate: Adam learning rate of those steps.
-            num_vi_samples: reparameterised draws per VI step.
+            num_vi_iterations: VI iterations (``method="vi"``; ``num_vi_steps`` before this release, which still
+                works with a DeprecationWarning).
+            vi_learning_rate: Adam learning rate of those iterations.
+            num_vi_samples: reparameterised draws per VI iteration.
+            **deprecated: ``num_vi_steps``, the old name of ``num_vi_iterations``.
         """
+        num_vi_iterations = renamed_kwargs("NIWMetaResult.predict", deprecated,
+                                           {"num_vi_steps": "num_vi_iterations"}).get("num_vi_iterations",
+                                                                                      num_vi_iterations)
         key = check_key(key)
         num_samples = check_positive_int(num_samples, "num_samples")
         check_choice(method, "method", ("auto", "linearized", "closed_form", "vi"))
+        if method == "vi":
+            check_positive_int(num_vi_iterations, "num_vi_iterations")
+            check_positive_int(num_vi_samples, "num_vi_samples")
         model = self.config.episode_model
         sx, sy = batch_episodes(*as_pair(support, "support"), name="support")
         gaussian = (model.noise_scale is not None and model.predict_fn is not None
@@ -131,7 +140,8 @@ class NIWMetaResult:
             theta, outputs, y_samples, lpd, mean, scale, df = out
             return MetaPrediction(theta, outputs, y_samples, lpd, local, qy, mean, scale, df)
         if method == "vi":
-            local = refine_local_vi(k_vi, model, q, local, sx, sy, num_vi_steps, vi_learning_rate, num_vi_samples)
+            local = refine_local_vi(k_vi, model, q, local, sx, sy, num_vi_iterations, vi_learning_rate,
+                                    num_vi_samples)
         theta, outputs, y_samples, lpd = self.config.compiled("predict")(k_draw, k_pred, local, qx, qy, num_samples)
         return MetaPrediction(theta, outputs, y_samples, lpd, local, qy)
 

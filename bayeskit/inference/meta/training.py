@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bayeskit._checks import renamed_kwargs
 from bayeskit.inference.meta.conjugate import NIWPrior, constrain, episode_loss, niw_kl
 from bayeskit.inference.meta.episode import EpisodeModel
 from bayeskit.inference.meta.local import laplace_approximation, sgld_approximation
@@ -35,15 +36,20 @@ class StepInfo(NamedTuple):
 
 
 def build_step(episode_model: EpisodeModel, *, optimizer, covariance: str, local_approximation: str,
-               curvature: str, num_inner_steps: int, inner_step_size: float, num_burnin: int,
+               curvature: str, num_inner_iterations: int | None = None, inner_step_size: float, num_burnin: int,
                num_sgld_samples: int, sgld_temperature: float, curvature_min: float, curvature_max: float,
-               prior: NIWPrior | None, dataset_size: float | None, max_grad_norm: float | None = None):
+               prior: NIWPrior | None, dataset_size: float | None, max_grad_norm: float | None = None, **deprecated):
     """Build the pure episodic-optimisation kernel ``step(key, state, (x, y)) -> (state, StepInfo)``.
 
     Each call: quadratic approximations of the minibatch's episodes (stop-gradient, from the current
     global mean), closed-form local posteriors, loss ``mean_i (f_i + E KL_i) + KL(q||p)/dataset_size``,
-    one optax update. Nothing about past episodes is stored.
+    one optax update. Nothing about past episodes is stored. ``num_inner_iterations`` (required) are the Laplace
+    approximation's gradient-ascent iterations (``num_inner_steps`` before this release; the old name warns).
     """
+    num_inner_iterations = renamed_kwargs("build_step", deprecated, {"num_inner_steps": "num_inner_iterations"}).get(
+        "num_inner_iterations", num_inner_iterations)
+    if num_inner_iterations is None:
+        raise TypeError("build_step() missing required keyword argument 'num_inner_iterations'")
     diagonal = covariance == "diag"
 
     def quad_fn(key, q_mean, x, y):
@@ -54,7 +60,7 @@ def build_step(episode_model: EpisodeModel, *, optimizer, covariance: str, local
                                       temperature=sgld_temperature, curvature_min=curvature_min,
                                       curvature_max=curvature_max, max_grad_norm=max_grad_norm)
         return laplace_approximation(episode_model, x, y, start, diagonal=diagonal, curvature=curvature,
-                                     num_steps=num_inner_steps, step_size=inner_step_size,
+                                     num_iterations=num_inner_iterations, step_size=inner_step_size,
                                      curvature_min=curvature_min, curvature_max=curvature_max,
                                      max_grad_norm=max_grad_norm)
 

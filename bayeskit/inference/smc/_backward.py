@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayeskit._checks import renamed_kwargs
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc.engine import take
 from bayeskit.inference.smc._feynman_kac import FeynmanKac
@@ -184,9 +185,9 @@ def _schedule(total: int, n_prev: int, num_trials: int, max_trials: int | None):
     return levels
 
 
-def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_draws: int, *,
+def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_samples: int | None = None, *,
                     log_bound=None, num_trials: int = DEFAULT_NUM_TRIALS, max_trials: int | None = None,
-                    chunk_size: int | None = None, pairs=None):
+                    chunk_size: int | None = None, pairs=None, **deprecated):
     r"""Exact draws :math:`J^{i,k} \sim \Lambda_t(i, \cdot) \propto \omega_{t-1}^j m_t(\xi_{t-1}^j, \xi_t^i)`.
 
     Hybrid sampler (Dau & Chopin 2022) with static shapes: rejection sampling with proposals from
@@ -204,14 +205,21 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
     ``(len(i), N)`` block of the log-transition matrix; the same density, evaluated from quantities derived
     once per step (default: ``fk.log_transition`` on gathered pairs and :func:`log_transition_matrix`).
 
+    ``num_samples`` (K, required) is the number of draws per row ``i`` (``num_draws`` before this release; the
+    old name warns for one release).
+
     Returns:
-        ``(J, num_fallback)``: indices ``(M, num_draws)`` (``M`` = len(x)) and the number of draws that
+        ``(J, num_fallback)``: indices ``(M, num_samples)`` (``M`` = len(x)) and the number of draws that
         needed the exact O(N) fallback.
     """
+    num_samples = renamed_kwargs("sample_backward", deprecated, {"num_draws": "num_samples"}).get("num_samples",
+                                                                                                 num_samples)
+    if num_samples is None:
+        raise TypeError("sample_backward() missing required argument 'num_samples'")
     n_prev = log_weights_prev.shape[0]
     m = jax.tree_util.tree_leaves(x)[0].shape[0]
-    total = m * num_draws
-    target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws)
+    total = m * num_samples
+    target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_samples)
     key_rej, key_exact = jax.random.split(key)
     prepared = pairs(t, x_prev, x) if pairs is not None else None
     pair, rows = prepared if prepared is not None else _generic_pairs(fk)(t, x_prev, x)
@@ -294,7 +302,7 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_dra
         _, J = jax.lax.while_loop(lambda carry: carry[0] < count,
                                   lambda carry: (carry[0] + w, exact_draws(carry[1], carry[0], w)),
                                   (num_full * c, J))
-    return J.reshape(m, num_draws), count
+    return J.reshape(m, num_samples), count
 
 
 def check_backward_model(ssm, params, log_transition_bound, num_trials):
@@ -323,21 +331,26 @@ def log_bound_fn(ssm, params, log_transition_bound: Callable | None = None) -> T
     return TransitionBound(ssm, params, log_transition_bound)
 
 
-def backward_sample(key, fk: FeynmanKac, particles, log_weights, num_paths: int):
+def backward_sample(key, fk: FeynmanKac, particles, log_weights, num_samples: int | None = None, **deprecated):
     r"""Backward sampling through a stored particle system.
 
     Args:
         key: ``jax.random`` key.
         fk: the Feynman–Kac model (its ``log_transition`` gives :math:`\log m_t`).
         particles: (T, N, ...) clouds; log_weights: (T, N) their log-weights.
-        num_paths: M.
+        num_samples: M, the number of paths (required).
+        **deprecated: ``num_paths``, the old name of ``num_samples``.
 
     Returns:
         ``(paths, indices)``: paths (M, T, ...) and the particle index of each path at each time (M, T).
     """
+    num_samples = renamed_kwargs("backward_sample", deprecated, {"num_paths": "num_samples"}).get("num_samples",
+                                                                                                  num_samples)
+    if num_samples is None:
+        raise TypeError("backward_sample() missing required argument 'num_samples'")
     T = log_weights.shape[0]
     k_last, k_loop = jax.random.split(key)
-    b_last = categorical(k_last, log_weights[-1], num_paths)
+    b_last = categorical(k_last, log_weights[-1], num_samples)
 
     def step(b_next, inp):
         t, k = inp  # draw b_t given b_{t+1}

@@ -102,18 +102,31 @@ def path_log_density(ssm, params, path, ys):
 
 
 # -------------------------------------------------------------------------- parameter updates
-class NumPyroUpdate(NamedTuple):
+class _NumPyroUpdateFields(NamedTuple):
+    kernel: Any
+    kernel_kwargs: dict = {}
+    num_iterations: int = 1
+    num_warmup: int = 100
+
+
+class NumPyroUpdate(_NumPyroUpdateFields):
     """Update :math:`\\theta` given the states with a NumPyro MCMC kernel.
 
     Fields: ``kernel`` (a NumPyro ``MCMCKernel`` class such as ``numpyro.infer.NUTS``), ``kernel_kwargs``
-    (its options, e.g. ``{"target_accept_prob": 0.9}``), ``num_steps`` (kernel steps per Gibbs sweep),
-    ``num_warmup`` (Gibbs sweeps during which the kernel adapts its step size / mass matrix).
+    (its options, e.g. ``{"target_accept_prob": 0.9}``), ``num_iterations`` (kernel iterations per Gibbs sweep;
+    ``num_steps`` before this release, which still works, as a keyword and an attribute, with a
+    DeprecationWarning), ``num_warmup`` (Gibbs sweeps during which the kernel adapts its step size / mass matrix).
     """
 
-    kernel: Any
-    kernel_kwargs: dict = {}
-    num_steps: int = 1
-    num_warmup: int = 100
+    __slots__ = ()
+
+    def __new__(cls, kernel, kernel_kwargs: dict = {}, num_iterations: int = 1, num_warmup: int = 100,  # noqa: B006
+                **deprecated):
+        num_iterations = _checks.renamed_kwargs("NumPyroUpdate", deprecated, {"num_steps": "num_iterations"}).get(
+            "num_iterations", num_iterations)
+        return super().__new__(cls, kernel, kernel_kwargs, num_iterations, num_warmup)
+
+    num_steps = _checks.renamed_attribute("NumPyroUpdate", "num_steps", "num_iterations")
 
 
 def _theta_model(ssm):
@@ -156,7 +169,8 @@ def _numpyro_kernel(ssm, update: NumPyroUpdate):
     once for them. Options that cannot be hashed (arrays) get a fresh kernel, and a fresh compile, per call."""
     kwargs = dict(update.kernel_kwargs)
     try:
-        return _cached_kernel(ssm, update.kernel, tuple(sorted(kwargs.items())), update.num_warmup * update.num_steps)
+        return _cached_kernel(ssm, update.kernel, tuple(sorted(kwargs.items())),
+                              update.num_warmup * update.num_iterations)
     except TypeError:  # unhashable options
         return update.kernel(_theta_model(ssm), **kwargs)
 
@@ -168,10 +182,11 @@ def _cached_kernel(ssm, kernel_cls, kwargs_items, num_warmup):
 
 
 @partial(jax.jit, static_argnames=("ssm", "num_particles", "backward_sampling", "ancestor_sampling", "update",
-                                   "kernel", "num_steps"))
+                                   "kernel", "kernel_iterations"))
 def _pg_chunk(carry, keys, ys, *, ssm, num_particles, backward_sampling, ancestor_sampling, update, kernel,
-              num_steps):
-    """``num_iterations`` particle Gibbs sweeps (a scan over ``keys``) from ``carry = (path, params, kernel_state)``."""
+              kernel_iterations):
+    """Particle Gibbs sweeps (a scan over ``keys``) from ``carry = (path, params, kernel_state)``, each with
+    ``kernel_iterations`` iterations of the NumPyro kernel."""
 
     def sweep(carry, k):
         path, theta, ks = carry
@@ -190,7 +205,7 @@ def _pg_chunk(carry, keys, ys, *, ssm, num_particles, backward_sampling, ancesto
                 st = st._replace(rng_key=kk)
                 st = kernel.sample(st, (path, ys), {})
                 return st, st.mean_accept_prob if hasattr(st, "mean_accept_prob") else jnp.nan
-            ks, accs = jax.lax.scan(one, ks, jax.random.split(k_par, num_steps))
+            ks, accs = jax.lax.scan(one, ks, jax.random.split(k_par, kernel_iterations))
             sites = kernel.postprocess_fn((path, ys), {})(ks.z)
             theta = _params_from_sites(ssm, sites)
             acc = accs[-1]
@@ -323,8 +338,8 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
         sites = _prior_sites(ssm)
         init_z = unconstrain_fn(_theta_model(ssm), (initial_path, ys), {}, {k: _site_value(params, ssm, k)
                                                                             for k in sites})
-        kstate = kernel.init(k_nuts, parameter_update.num_warmup * parameter_update.num_steps, init_params=init_z,
-                             model_args=(initial_path, ys), model_kwargs={})
+        kstate = kernel.init(k_nuts, parameter_update.num_warmup * parameter_update.num_iterations,
+                             init_params=init_z, model_args=(initial_path, ys), model_kwargs={})
     elif parameter_update is not None and not callable(parameter_update):
         raise ConfigurationError("`parameter_update` must be None, a function (key, params, path, ys) -> params, a "
                                  f"NumPyro kernel class or a NumPyroUpdate, got {parameter_update!r}")
@@ -334,7 +349,7 @@ def particle_gibbs(key, ssm, params, ys, num_particles: int = 100, *, num_iterat
     run_chunk = partial(_pg_chunk, ys=ys, ssm=ssm, num_particles=num_particles,
                         backward_sampling=bool(backward_sampling), ancestor_sampling=bool(ancestor_sampling),
                         update=parameter_update if kernel is None else None, kernel=kernel,
-                        num_steps=parameter_update.num_steps if kernel is not None else 1)
+                        kernel_iterations=parameter_update.num_iterations if kernel is not None else 1)
     keys = jax.random.split(k_run, num_iterations)
     carry = (initial_path, params, kstate)
     carry, (paths, thetas, ess, kept, acc) = run_chunked(run_chunk, carry, keys, num_chunks=num_chunks,

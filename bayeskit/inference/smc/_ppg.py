@@ -140,7 +140,7 @@ def initial_reference(key, ssm, params, ys, num_particles: int = 100):
     """A starting frozen path: one path drawn from a bootstrap filter's genealogy (FFBS-free, O(TN))."""
     from bayeskit.inference.smc._smoothing import ffbs
 
-    return ffbs(key, ssm, params, ys, num_particles=num_particles, num_paths=1).paths[0]
+    return ffbs(key, ssm, params, ys, num_particles=num_particles, num_samples=1).paths[0]
 
 
 def ppg(key, ssm, params, ys, num_particles: int = 100, *, num_iterations: int = 100, burn_in: int = 0,

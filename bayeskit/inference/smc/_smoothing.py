@@ -44,18 +44,21 @@ def path_functional(functional: Callable, paths):
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=["paths", "estimate", "log_evidence", "ess"],
-         meta_fields=["num_particles", "num_paths"])
+         meta_fields=["num_particles", "num_samples"])
 @dataclasses.dataclass(frozen=True)
 class FFBSResult:
     """Output of :func:`ffbs`: ``paths`` (M, T, ...), ``estimate`` (mean over paths of the additive functional),
-    ``log_evidence``, ``ess`` (T,)."""
+    ``log_evidence``, ``ess`` (T,), ``num_particles`` and ``num_samples`` (M; ``num_paths`` before this release,
+    which still works with a DeprecationWarning)."""
 
     paths: Any
     estimate: Any
     log_evidence: Any
     ess: Any
     num_particles: int
-    num_paths: int
+    num_samples: int
+
+    num_paths = _checks.renamed_attribute("FFBSResult", "num_paths", "num_samples")
 
     def to_arviz(self):
         """ArviZ DataTree (docs: ArviZ output): ``posterior`` (the M paths ``x`` as draws of one chain, dims
@@ -71,43 +74,46 @@ class FFBSResult:
                            attrs={"log_evidence": float(self.log_evidence), "num_particles": self.num_particles})
 
 
-@partial(jax.jit, static_argnames=("ssm", "num_particles", "num_paths", "resampling", "functional", "progress_bar"))
-def _ffbs_jit(key, ssm, params, ys, ess_threshold, *, num_particles, num_paths, resampling, functional,
+@partial(jax.jit, static_argnames=("ssm", "num_particles", "num_samples", "resampling", "functional", "progress_bar"))
+def _ffbs_jit(key, ssm, params, ys, ess_threshold, *, num_particles, num_samples, resampling, functional,
               progress_bar=False):
     fk = bootstrap(ssm, params, ys)
     k_f, k_b = jax.random.split(key)
     state, out = engine.run(k_f, fk, num_particles, strategy=adaptive(resampling, ess_threshold), history=True,
                             progress_bar=progress_bar)
-    paths, _ = backward_sample(k_b, fk, out.particles, out.log_weights, num_paths)
+    paths, _ = backward_sample(k_b, fk, out.particles, out.log_weights, num_samples)
     est = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), path_functional(functional, paths))
     return paths, est, state.log_evidence, out.info
 
 
-def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_paths: int = 100, functional: Callable | None = None,
+def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_samples: int = 100, functional: Callable | None = None,
          resampling: str | Callable = "systematic", ess_threshold: float = 0.5,
-         progress_bar: bool = False) -> FFBSResult:
-    """Forward filtering backward sampling: ``num_paths`` paths from a bootstrap filter's backward kernel.
+         progress_bar: bool = False, **deprecated) -> FFBSResult:
+    """Forward filtering backward sampling: ``num_samples`` paths from a bootstrap filter's backward kernel.
 
     ``functional`` (``h(t, x_prev, x)`` per particle, as in :func:`~bayeskit.smc.paris`) gives ``estimate``,
     the average over paths of :math:`\\sum_t \\tilde h_t`. O(T N M) time, O(T N) memory. ``progress_bar``
     shows a tqdm bar of the forward filter's time steps (default False; ignored inside ``jit``/``vmap``).
+    ``num_paths``, the old name of ``num_samples``, warns for one release.
 
     Example:
         >>> import jax, bayeskit as bk
         >>> from bayeskit.models import linear_gaussian as lg
         >>> p = lg.example_params(1)
         >>> _, ys = lg.ssm.simulate(jax.random.key(0), p, 20)
-        >>> bk.smc.ffbs(jax.random.key(1), lg.ssm, p, ys, num_particles=50, num_paths=10).paths.shape
+        >>> bk.smc.ffbs(jax.random.key(1), lg.ssm, p, ys, num_particles=50, num_samples=10).paths.shape
         (10, 20, 1)
     """
     from bayeskit.inference.smc._paris import check_functional, default_functional
 
+    num_samples = _checks.renamed_kwargs("ffbs", deprecated, {"num_paths": "num_samples"}).get("num_samples",
+                                                                                               num_samples)
     functional = default_functional if functional is None else functional
     traced = _checks.is_traced(key, params, ys)
     if not traced:  # inside jit/vmap the host-side checks (which need concrete values) are skipped
         _checks.check_key(key)
         num_particles = _checks.check_positive_int(num_particles, "num_particles")
-        num_paths = _checks.check_positive_int(num_paths, "num_paths")
+        num_samples = _checks.check_positive_int(num_samples, "num_samples")
         get_scheme(resampling)
         ess_threshold = _checks.check_in_interval(ess_threshold, "ess_threshold", 0.0, 1.0)
         check_model(ssm, params, ys)
@@ -116,10 +122,10 @@ def ffbs(key, ssm, params, ys, num_particles: int = 100, *, num_paths: int = 100
     progress_bar = bool(progress_bar) and not traced
     with progress(progress_bar, jnp.shape(ys)[0], "FFBS (forward filter)"):
         paths, est, logz, info = _ffbs_jit(key, ssm, params, jnp.asarray(ys), ess_threshold,
-                                           num_particles=num_particles, num_paths=num_paths, resampling=resampling,
+                                           num_particles=num_particles, num_samples=num_samples, resampling=resampling,
                                            functional=functional, progress_bar=progress_bar)
         if progress_bar:
             jax.block_until_ready(paths)
     if not traced:
         check_weights(info.nonfinite, "ffbs")
-    return FFBSResult(paths, est, logz, info.ess, num_particles, num_paths)
+    return FFBSResult(paths, est, logz, info.ess, num_particles, num_samples)

@@ -65,7 +65,12 @@ def _shifted_exp(log_weights):
 
 
 def normalize_log_weights(log_weights):
-    """Return ``(normalised weights W, logsumexp(log_weights))``."""
+    r"""Return ``(normalised weights W, logsumexp(log_weights))``.
+
+    It normalises *weights*: the second value is :math:`\log \sum_i w_i`, which is a log-evidence increment
+    only when the incoming weights were normalised; the engine's estimate of the log normalising constant is
+    ``log_evidence`` (the glossary's one spelling).
+    """
     m, e = _shifted_exp(log_weights)
     s = jnp.sum(e)
     return e / s, m + jnp.log(s)

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit.inference.bridges._lightsb_model import LightSBParams
+from bayeskit.inference.bridges import LightSBParams
 
-__all__ = ["GaussianMixtureBenchmark", "gaussian_mixture_benchmark", "GaussianBridge", "gaussian_bridge"]
+__all__ = ["GaussianMixtureBenchmark", "gaussian_mixture_benchmark"]
 
 
 def _mvn_logpdf(x, mean, cov):
