@@ -66,14 +66,10 @@ class CellEnvelope(NamedTuple):
         v = (1.0 - jax.random.uniform(k2, i.shape, dtype=self.segcum.dtype)) * total
         # first position of the cell whose within-cell cumulative weight reaches v (bisection; never a
         # zero-weight ancestor, since v > 0 and the cumulative weight does not grow at one)
-        def halve(_, bounds):
-            lo, hi = bounds
+        for _ in range(max(1, math.ceil(math.log2(self.segcum.shape[0] + 1)))):  # unrolled: ~1.4x faster
             mid = (lo + hi) // 2
             go = self.segcum[mid] < v
-            return jnp.where(go, mid + 1, lo), jnp.where(go, hi, mid)
-
-        steps = max(1, math.ceil(math.log2(self.segcum.shape[0] + 1)))
-        lo, _ = jax.lax.fori_loop(0, steps, halve, (lo, hi))
+            lo, hi = jnp.where(go, mid + 1, lo), jnp.where(go, hi, mid)
         return self.order[lo], self.log_b[i, c]
 
     def log_ratio(self, j, i, log_b):
@@ -127,9 +123,12 @@ def build_envelope(z, y, log_weights) -> CellEnvelope:
     hi = jax.ops.segment_max(jnp.where(live[:, None], zr, -jnp.inf), cell, nc)
     lo = jnp.where(filled[:, None], lo, 0.0)
     hi = jnp.where(filled[:, None], hi, 0.0)
-    gapbox = jnp.maximum(jnp.maximum(lo[None] - yr[:, None], yr[:, None] - hi[None]), 0.0)
-    log_b = -0.5 * jnp.sum(jnp.square(gapbox), axis=-1)             # (M, C + 1), <= 0
-    # |gapbox_k| <= |y_k - z_k| holds coordinatewise in floating point; the slack covers the summation order
+    sq = 0.0  # squared distance of each target to each box, one coordinate at a time (a (M, C + 1, d)
+    for k in range(dim):  # intermediate reduced over its short last axis is ~9x slower on CPU)
+        gap = jnp.maximum(jnp.maximum(lo[None, :, k] - yr[:, k, None], yr[:, k, None] - hi[None, :, k]), 0.0)
+        sq = sq + gap * gap
+    log_b = -0.5 * sq                                                # (M, C + 1), <= 0
+    # gap_k <= |y_k - z_k| holds coordinatewise in floating point; the slack covers the summation order
     log_b = log_b + 64 * jnp.finfo(z.dtype).eps * (1.0 - log_b)
     log_env = jnp.where(filled[None], jnp.where(filled, log_mass, 0.0)[None] + log_b, -jnp.inf)
     top_env = jnp.max(log_env, axis=1, keepdims=True)
