@@ -57,9 +57,15 @@ class CellEnvelope(NamedTuple):
     def propose(self, key, i):
         """One proposal per entry of the target indices ``i``: ``(j, log B_{i, c(j)})``."""
         k1, k2 = jax.random.split(key)
-        rows = self.cell_cdf[i]
-        u = (1.0 - jax.random.uniform(k1, i.shape, dtype=rows.dtype)) * rows[:, -1]  # in (0, total]
-        c = jnp.minimum(jnp.sum((rows < u[:, None]).astype(jnp.int32), axis=1), rows.shape[1] - 1)
+        ncol = self.cell_cdf.shape[1]
+        flat = self.cell_cdf.reshape(-1)
+        base = i * ncol
+        u = (1.0 - jax.random.uniform(k1, i.shape, dtype=flat.dtype)) * flat[base + ncol - 1]  # in (0, total]
+        c, top = jnp.zeros_like(i), jnp.full_like(i, ncol - 1)
+        for _ in range(math.ceil(math.log2(ncol + 1))):  # the first cell whose cumulative mass reaches u
+            mid = (c + top) // 2
+            go = flat[base + mid] < u
+            c, top = jnp.where(go, mid + 1, c), jnp.where(go, top, mid)
         lo = self.start[c]
         hi = lo + jnp.maximum(self.count[c] - 1, 0)
         total = self.segcum[hi]
