@@ -22,6 +22,7 @@ import numpy as np
 from bayeskit._checks import renamed_kwargs
 from bayeskit.errors import ConfigurationError, ModelError
 from bayeskit.inference.smc.engine import take
+from bayeskit.inference.smc._cells import build_envelope
 from bayeskit.inference.smc._feynman_kac import FeynmanKac
 from bayeskit.inference.smc.resampling import categorical, categorical_from_cdf, categorical_rows, cdf
 
@@ -146,13 +147,22 @@ class TransitionBound:
             return _whitened(*g)[1]  # the peak density, shared by every particle
         return transition_log_bound(self.ssm, self.params, x_prev, t)
 
-    def prepare(self, t, x_prev, x):
+    def whiten(self, t, x_prev, x):
+        """``(v, u, const)``: whitened transition means ``v = W mu(x_prev)`` (N, d), whitened targets
+        ``u = W x`` (M, d) and the log normaliser, so that ``log m_t = const - |u_i - v_j|^2 / 2``; ``None``
+        unless the transition is a shared-scale ``MultivariateNormal`` (the ``whiten`` argument of
+        :func:`sample_backward`, for its per-target cell envelope)."""
         g = _shared_gaussian(self.ssm, self.params, t, x_prev)
         if g is None:
-            return None  # sample_backward falls back to the Feynman-Kac model's log_transition
+            return None
         W, const = _whitened(*g)
-        v = g[0] @ W.T  # (N, d)
-        u = x @ W.T     # (M, d)
+        return g[0] @ W.T, x @ W.T, const
+
+    def prepare(self, t, x_prev, x):
+        wh = self.whiten(t, x_prev, x)
+        if wh is None:
+            return None  # sample_backward falls back to the Feynman-Kac model's log_transition
+        v, u, const = wh
         vv = jnp.sum(jnp.square(v), axis=-1)
         uu = jnp.sum(jnp.square(u), axis=-1)
 
@@ -187,7 +197,7 @@ def _schedule(total: int, n_prev: int, num_trials: int, max_trials: int | None):
 
 def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_samples: int | None = None, *,
                     log_bound=None, num_trials: int = DEFAULT_NUM_TRIALS, max_trials: int | None = None,
-                    chunk_size: int | None = None, pairs=None, **deprecated):
+                    chunk_size: int | None = None, pairs=None, whiten=None, **deprecated):
     r"""Exact draws :math:`J^{i,k} \sim \Lambda_t(i, \cdot) \propto \omega_{t-1}^j m_t(\xi_{t-1}^j, \xi_t^i)`.
 
     Hybrid sampler (Dau & Chopin 2022) with static shapes: rejection sampling with proposals from
@@ -207,6 +217,12 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
 
     ``num_samples`` (K, required) is the number of draws per row ``i`` (``num_draws`` before this release; the
     old name warns for one release).
+
+    ``whiten`` (optional, e.g. :meth:`TransitionBound.whiten`): ``whiten(t, x_prev, x) -> (v, u, const)`` (or
+    ``None``) with :math:`\log m_t(\xi_{t-1}^j, \xi_t^i) = \mathrm{const} - \tfrac12\lVert u_i - v_j\rVert^2`
+    (a Gaussian transition). The rejection rounds then propose from a per-target mixture envelope over cells
+    of the cloud (:mod:`~bayeskit.inference.smc._cells`) instead of :math:`\mathrm{Cat}(W_{t-1})` with the
+    global bound: the same exact law, with an acceptance rate that does not collapse with the dimension.
 
     Returns:
         ``(J, num_fallback)``: indices ``(M, num_samples)`` (``M`` = len(x)) and the number of draws that
@@ -230,7 +246,9 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
     max_budget = n_prev if max_trials is None else max_trials
     if levels and log_bound is None:
         raise ConfigurationError("sample_backward needs `log_bound` when `num_trials` > 0")
-    cdf_prev = cdf(log_weights_prev) if levels else None
+    whitened = whiten(t, x_prev, x) if (whiten is not None and levels) else None
+    env = build_envelope(whitened[0], whitened[1], log_weights_prev) if whitened is not None else None
+    cdf_prev = cdf(log_weights_prev) if (levels and env is None) else None
     for level, (size, rounds) in enumerate(levels):
         if level == 0:
             slots = jnp.arange(total, dtype=jnp.int32)
@@ -266,9 +284,13 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
         def body(carry, size=size, i_target=i_target, key_level=key_level):
             r, Jl, acc, _ = carry
             k1, k2 = jax.random.split(jax.random.fold_in(key_level, r))
-            prop = categorical_from_cdf(k1, cdf_prev, size)  # CDF computed once per step, not per round
-            lm = pair(prop, i_target)
-            ok = jnp.log(jax.random.uniform(k2, (size,), dtype=lm.dtype)) < lm - log_bound
+            if env is None:
+                prop = categorical_from_cdf(k1, cdf_prev, size)  # CDF computed once per step, not per round
+                log_acc = pair(prop, i_target) - log_bound
+            else:  # per-target mixture envelope: cell ~ W_c B_ic, ancestor in it ~ W, accept m / B_ic
+                prop, log_b = env.propose(k1, i_target)
+                log_acc = env.log_ratio(prop, i_target, log_b)
+            ok = jnp.log(jax.random.uniform(k2, (size,), dtype=log_acc.dtype)) < log_acc
             new = ok & ~acc
             return r + 1, jnp.where(new, prop, Jl), acc | ok, jnp.sum(new, dtype=jnp.int32)
 

@@ -106,7 +106,7 @@ def paris_accumulator(functional: Callable, *, num_backward: int = 2, log_bound:
         bound = log_bound(t, prev.particles) if trials > 0 else None
         J, nfb = sample_backward(k_back, fk, t, prev.particles, prev.log_weights, state.particles, num_backward,
                                  log_bound=bound, num_trials=trials, max_trials=max_trials, chunk_size=chunk_size,
-                                 pairs=getattr(log_bound, "prepare", None))
+                                 pairs=getattr(log_bound, "prepare", None), whiten=getattr(log_bound, "whiten", None))
         pick = None
         if pinned_slot is not None:
             J = J.at[pinned_slot, 0].set(pinned_slot)
@@ -127,10 +127,12 @@ def _update_stats(t, functional, x_prev, stats_prev, x, J):
         lambda s, hh: jnp.mean((s[flat] + hh).reshape((n, k) + hh.shape[1:]), axis=1), stats_prev, h)
 
 
-def forward_smoother_accumulator(functional: Callable, *, online: bool = False) -> engine.Accumulator:
+def forward_smoother_accumulator(functional: Callable, *, online: bool = False, pairs=None) -> engine.Accumulator:
     """The exact forward-only smoother as an accumulator:
     :math:`\\tau_t^i = \\sum_j \\Lambda_t(i,j)[\\tau_{t-1}^j + \\tilde h_t(\\xi_{t-1}^j, \\xi_t^i)]`, O(N²) per step
-    (one row of the backward kernel at a time, so memory stays O(N))."""
+    (``_ROWS`` rows of the backward kernel at a time, so memory stays O(N)). ``pairs`` (optional, as in
+    :func:`~bayeskit.inference.smc._backward.sample_backward`): blocks of the log-transition matrix from
+    quantities derived once per step (for a Gaussian transition, one matrix product per block)."""
 
     def init_fn(key, state, fk):
         stats = _vmap_functional(functional, 0, None, state.particles)
@@ -139,18 +141,28 @@ def forward_smoother_accumulator(functional: Callable, *, online: bool = False) 
     def update_fn(key, t, stats_prev, prev, state, info, fk):
         x_prev, lw_prev = prev.particles, prev.log_weights
         n_prev = lw_prev.shape[0]
+        prepared = pairs(t, x_prev, state.particles) if pairs is not None else None
 
-        def one(xi):
-            lam = jax.nn.softmax(lw_prev + log_transition_matrix(fk, t, x_prev, engine.take(xi, None))[0])
+        def one(i):
+            xi = engine.take(state.particles, i)
+            if prepared is not None:
+                row = prepared[1](i[None])[0]
+            else:
+                row = log_transition_matrix(fk, t, x_prev, engine.take(xi, None))[0]
+            lam = jax.nn.softmax(lw_prev + row)
             xb = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_prev,) + a.shape), xi)
             h = _vmap_functional(functional, t, x_prev, xb)
             return jax.tree_util.tree_map(lambda s, hh: jnp.tensordot(lam.astype(hh.dtype), s + hh, axes=1),
                                           stats_prev, h)
 
-        stats = jax.lax.map(one, state.particles)
+        n = state.log_weights.shape[0]
+        stats = jax.lax.map(one, jnp.arange(n), batch_size=min(n, _ROWS))
         return stats, PaRISRecord(jnp.int32(0), weighted_mean(state.log_weights, stats) if online else None, None)
 
     return engine.Accumulator(init_fn, update_fn)
+
+
+_ROWS = 32  # rows of the backward kernel per block in the exact forward smoother
 
 
 class PaRISOutput(NamedTuple):
@@ -170,7 +182,8 @@ def run_paris(key, fk: FeynmanKac, num_particles: int, functional: Callable, *, 
               exact: bool = False, progress_bar: bool = False) -> PaRISOutput:
     """PaRIS on the engine (``exact=True``: the O(N²) forward-only smoother on the same particle system).
     Pure and jittable; memory O(N)."""
-    acc = (forward_smoother_accumulator(functional, online=online) if exact else
+    acc = (forward_smoother_accumulator(functional, online=online, pairs=getattr(log_bound, "prepare", None))
+           if exact else
            paris_accumulator(functional, num_backward=num_backward, log_bound=log_bound, num_trials=num_trials,
                              max_trials=max_trials, chunk_size=chunk_size, online=online))
     state, out = engine.run(key, fk, num_particles, strategy=strategy, accumulators=(acc,), progress_bar=progress_bar)
