@@ -92,8 +92,9 @@ def _update(m_pred, P_pred, y, H, R):
     return m, P, ll
 
 
+@jax.jit
 def kalman_filter(params, ys) -> KalmanFilterResult:
-    """Exact Kalman filter; ``ys`` of shape (T, p). Differentiable in ``params``."""
+    """Exact Kalman filter; ``ys`` of shape (T, p). Differentiable in ``params``; one compiled program per shape."""
     A, Q, H, R = params["A"], params["Q"], params["H"], params["R"]
     ys = jnp.asarray(ys)
     m0, P0, ll0 = _update(params["m0"], params["P0"], ys[0], H, R)
@@ -112,8 +113,9 @@ def kalman_filter(params, ys) -> KalmanFilterResult:
                               cat(params["P0"], Pps), lls)
 
 
+@jax.jit
 def rts_smoother(params, ys) -> SmootherResult:
-    """Exact Rauch–Tung–Striebel smoother with lag-one cross-covariances."""
+    """Exact Rauch–Tung–Striebel smoother with lag-one cross-covariances; one compiled program per shape."""
     A = params["A"]
     kf = kalman_filter(params, ys)
 
