@@ -152,17 +152,7 @@ def compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-KNOWN_RECOMPILING: dict = {}  # drivers that still recompile on a second call (none)
-
-
-def _marks(name):
-    marks = [] if name in FAST else [pytest.mark.slow]
-    if name in KNOWN_RECOMPILING:
-        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_RECOMPILING[name]))
-    return marks
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in CASES])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in FAST else [pytest.mark.slow]) for n in CASES])
 def test_second_call_compiles_nothing(name, compiles):
     run = CASES[name]
     jax.block_until_ready(jax.tree_util.tree_leaves(run()))
