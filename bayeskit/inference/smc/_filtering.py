@@ -295,25 +295,10 @@ def particle_filter(key, ssm, params, ys, num_particles: int = 1000, *, resampli
     return result
 
 
-_CALLS: dict = {}  # signatures of validated particle_filter calls (model, options, shapes, parameter values)
-
-
 def _check_filter_call(key, ssm, params, ys, num_particles, resampling, ess_threshold, sharding):
-    """The input checks of :func:`particle_filter`; returns ``(num_particles, ess_threshold)``. A call whose
-    model, options, key kind, parameter values and data shape passed before only has the values of ``ys``
-    checked (the hot path of a filter called in a loop)."""
-    fp = _fingerprint(params)
-    try:
-        sig = (ssm, num_particles, type(num_particles), resampling, ess_threshold, type(ess_threshold), sharding,
-               type(key), key.dtype, key.shape, fp, ys.shape, ys.dtype)
-        known = fp is not None and sig in _CALLS
-    except (TypeError, AttributeError):  # unhashable options or an unusual key: the full checks, every call
-        sig, known = None, False
-    if known:
-        arr = np.asarray(ys)
-        if not (arr.dtype.kind == "f" and np.isfinite(arr).all()):
-            _checks.check_finite_array(arr, "ys")
-        return _CALLS[sig]
+    """The input checks of :func:`particle_filter`; returns ``(num_particles, ess_threshold)``. The model part is
+    remembered per (model, parameter values) by :func:`check_model`, so a filter called in a loop only has
+    ``ys`` re-checked."""
     if not _is_single_typed_key(key):  # the common case skips the full (slower) check
         _checks.check_key(key)
     num_particles = _checks.check_positive_int(num_particles, "num_particles")
@@ -326,10 +311,6 @@ def _check_filter_call(key, ssm, params, ys, num_particles, resampling, ess_thre
             raise ConfigurationError(
                 f"`num_particles` ({num_particles}) must be divisible by the number of devices in "
                 f"`sharding` ({n_dev})")
-    if sig is not None and fp is not None:
-        if len(_CALLS) >= _VALIDATED_MAX:
-            _CALLS.pop(next(iter(_CALLS)))
-        _CALLS[sig] = (num_particles, ess_threshold)
     return num_particles, ess_threshold
 
 
