@@ -147,12 +147,14 @@ def _make(name):
     raise KeyError(name)
 
 
-# the results whose build alone takes 5-13 s (compilation, contended 2-core machine) run with -m slow
-# (scaling.particle_gibbs takes the same to_arviz branch as scaling.parallel_tempering, which stays fast;
-# scaling.best_of_n and scaling.beam_search give (step, particle) histories like scaling.particle_filtering,
-# the same branch of ScalingResult.to_arviz, which stays fast)
+# the results whose build alone takes 4-13 s (compilation, contended 2-core machine) run with -m slow. The fast
+# suite keeps one result of each to_arviz branch: particle_filter (filter dims), tempered (draws with weights),
+# scaling.particle_filtering ((step, particle) histories), scaling.parallel_tempering (chains), fkc_sample, and the
+# bridges. ffbs, particle_gibbs, paris, ppg, pmmh and fit build their trees with the same declared-dims helper as
+# particle_filter; scaling.best_of_n / beam_search / particle_gibbs take the branches of the scaling results kept.
 _SLOW = pytest.mark.slow
-RESULTS = ["particle_filter", "particle_filter_no_history", "ffbs", "particle_gibbs", "paris", "ppg", "pmmh", "fit",
+RESULTS = ["particle_filter", *(pytest.param(n, marks=_SLOW) for n in (
+               "particle_filter_no_history", "ffbs", "particle_gibbs", "paris", "ppg", "pmmh", "fit")),
            "tempered", "scaling.particle_filtering", pytest.param("scaling.best_of_n", marks=_SLOW),
            pytest.param("scaling.beam_search", marks=_SLOW),
            "scaling.parallel_tempering", pytest.param("scaling.particle_gibbs", marks=_SLOW), "fkc_sample",

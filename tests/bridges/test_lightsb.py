@@ -20,6 +20,9 @@ DIM, N = 2, 50
     # the other two instances add 15 s of compilation: slow suite
     pytest.param("diag", 5, 1.0, marks=pytest.mark.slow),
     pytest.param("full", 8, 10.0, marks=pytest.mark.slow)])
+# slow tier: compile-bound (16 s in the fast suite); fast coverage:
+# test_exact_gaussian_drift_reproduces_closed_form_marginals, test_gaussian_closed_form_fitted_and_simulated
+@pytest.mark.slow
 def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
     bench = gaussian_mixture_benchmark(jax.random.key(dim), dim, epsilon, diagonal=covariance == "diag")
     params = bench.lightsb_params(covariance)
@@ -139,6 +142,8 @@ def test_exact_gaussian_drift_reproduces_closed_form_marginals():
         np.testing.assert_allclose(np.asarray(path[t_idx]).mean(0), mt, atol=4 * np.sqrt(np.diag(st).max() / n))
 
 
+# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_gaussian_closed_form_fitted_and_simulated
+@pytest.mark.slow
 def test_fit_learns_benchmark_plan_small():
     eps = 1.0
     bench = gaussian_mixture_benchmark(jax.random.key(11), 2, eps)
@@ -190,6 +195,8 @@ def small_fit(small_data):
     return bk.bridges.LightSB.fit(jax.random.key(2), *small_data, num_iterations=20, **SMALL_FIT)
 
 
+# slow tier: compile-bound (8 s in the fast suite); fast coverage: test_arviz.py[LightSB], test_recompilation.py
+@pytest.mark.slow
 def test_shapes_keys_jit_vmap_arviz(small_data, small_fit):
     x0, x1 = small_data
     sb = small_fit
@@ -214,6 +221,9 @@ def test_shapes_keys_jit_vmap_arviz(small_data, small_fit):
     assert dt["optimization"]["loss"].shape == (20,)
 
 
+# slow tier: compile-bound (1 s in the fast suite); fast coverage: test_renamed_names.py (shares the fit of
+# test_shapes_keys_jit_vmap_arviz)
+@pytest.mark.slow
 def test_renamed_and_moved_names_warn_and_give_the_same_result(small_data, small_fit):
     """Glossary renames keep the old name for one release, with a warning, and give the same result:
     ``LightSB.fit(num_steps=...)`` (optimiser iterations) is ``num_iterations``; ``kernels.log_normaliser``

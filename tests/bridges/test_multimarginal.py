@@ -58,6 +58,8 @@ def test_lotka_volterra_refit_recovers_parameters():
         assert abs(got[k] - float(v)) < 0.03 * max(1.0, float(v)) + 0.01, (k, got[k], float(v))
 
 
+# slow tier: compile-bound (4 s in the fast suite); fast coverage: test_ipf_gp_matches_gaussian_closed_form
+@pytest.mark.slow
 def test_gradient_field_and_repressilator_are_drifts():
     gf = bk.bridges.GradientField(jax.random.key(0), 3, num_hidden=8)
     x = jnp.ones((5, 3))
@@ -130,6 +132,9 @@ def test_ipf_gp_matches_gaussian_closed_form():
         assert 0.6 < got.var() / st[0, 0] < 1.4, (k, got.var(), st)
 
 
+# slow tier: compile-bound (6 s in the fast suite); fast coverage: test_ipf_gp_matches_gaussian_closed_form,
+# test_arviz.py[multimarginal]
+@pytest.mark.slow
 def test_multimarginal_shapes_keys_arviz_and_vanilla():
     snaps = ou_snapshots([0.0, 0.5, 1.0], 20)
     kw = dict(num_refinements=2, num_ipf_iterations=2, time_step=0.1, max_gp_points=100)

@@ -81,6 +81,9 @@ def _grid_posterior(data):
     return L, S, w, lp
 
 
+# slow tier: compile-bound (6 s in the fast suite); fast coverage: test_predict_matches_dense_formula,
+# test_solve.py::test_solve_map_shapes_and_policy
+@pytest.mark.slow
 def test_map_matches_grid_mode(data):
     L, S, w, lp = _grid_posterior(data)
     post = gpdp.fit_gp(jax.random.key(0), data, method="map")

@@ -225,6 +225,9 @@ def concentration_fits():
     return out
 
 
+# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_local_posterior_equals_conjugate_posterior,
+# test_niw_kl_matches_monte_carlo
+@pytest.mark.slow
 def test_elbo_below_collapsed_bound_and_exact_marginal(concentration_fits):
     """ELBO(q) <= E_q[log p(D|phi)] - KL(q||p) (Monte Carlo) and <= max_phi log p(D|phi) (exact): bounds
     that hold for any q, here the fit on 10 episodes."""
@@ -267,6 +270,9 @@ def _errors(res):
             np.linalg.norm(np.asarray(q.expected_covariance()) - SIGMA_STAR))
 
 
+# slow tier: compile-bound (1 s in the fast suite); fast coverage: test_local_posterior_equals_conjugate_posterior
+# (shares the fits of test_elbo_below_collapsed_bound_and_exact_marginal)
+@pytest.mark.slow
 def test_learned_niw_concentrates_fast(concentration_fits):
     """Fast version: pseudo-counts track N and the expected covariance error shrinks (10 -> 150 episodes)."""
     errs, gaps = [], []

@@ -17,6 +17,9 @@ def _world():
     return world, world.generator(), world.verifier_reward_model(jax.random.key(1)), prompt
 
 
+# slow tier: compile-bound (11 s in the fast suite); fast coverage:
+# test_particle.py::test_budget_accounting_and_shapes
+@pytest.mark.slow
 def test_equal_generator_calls_at_equal_budget():
     # fixed-length generations (5 steps): at budget B every method extends B partial generations
     # per step

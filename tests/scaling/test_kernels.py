@@ -28,6 +28,9 @@ def masked_pf():
     return jax.jit(jax.vmap(one, in_axes=(0,) + (None,) * 5))
 
 
+# slow tier: compile-bound (5 s in the fast suite); fast coverage:
+# test_three_particles_in_eight_slots_are_the_three_particle_filter, test_recompilation.py
+@pytest.mark.slow
 def test_one_program_serves_every_count_and_setting(masked_pf):
     keys = jax.random.split(jax.random.key(2), 8)
     for n, tau, rs, w, ess in [(1, 1.0, 0, 0, 1.0), (3, 0.5, 1, 1, 0.5), (8, 2.0, 2, 0, 1.0), (5, 1.0, 1, 2, 1.0)]:
@@ -53,6 +56,9 @@ def _assert_full_mask_is_unmasked(masked_pf, scheme, weights, ess):
     np.testing.assert_array_equal(masked.answer, full.answer)
 
 
+# slow tier: compile-bound (9 s in the fast suite); fast coverage:
+# test_three_particles_in_eight_slots_are_the_three_particle_filter
+@pytest.mark.slow
 def test_all_slots_active_is_the_unmasked_filter(masked_pf):
     # with n = N the masked schemes draw the same ancestors from the same key: the same runs, bit for bit
     _assert_full_mask_is_unmasked(masked_pf, "systematic", "accumulated", 0.5)

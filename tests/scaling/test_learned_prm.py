@@ -44,6 +44,10 @@ def prm(world):
     return world.train_reward_model(jax.random.key(1))  # the defaults: 2048 problems, 1500 iterations
 
 
+# slow tier: compile-bound (18 s in the fast suite); fast coverage:
+# test_hand_set_generator_has_the_intended_step_accuracy, test_bad_training_arguments_raise (training the PRM is most
+# of it)
+@pytest.mark.slow
 def test_learned_prm_ranks_right_steps_above_wrong_ones(world, prm):
     q = world.reward_model_quality(jax.random.key(2), prm.reward_model(), num_problems=256,
                                    rollouts_per_prefix=8, exclude=prm.train_prompts)
@@ -57,6 +61,8 @@ def test_learned_prm_ranks_right_steps_above_wrong_ones(world, prm):
     assert 0.0 <= q["ece"] <= 1.0 and 0.0 <= q["brier"] <= 1.0
 
 
+# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_bad_training_arguments_raise
+@pytest.mark.slow
 def test_learned_prm_outputs_and_training_problems(world, prm):
     gen = world.generator()
     prompts, _ = bk.testing.ArithmeticWorld.sample_problems(jax.random.key(3), 4)
@@ -73,6 +79,8 @@ def test_learned_prm_outputs_and_training_problems(world, prm):
     assert 0 <= int(res.answer) < 10
 
 
+# slow tier: compile-bound (1 s in the fast suite); fast coverage: shares the trained PRM
+@pytest.mark.slow
 def test_learned_prm_is_deterministic_and_respects_exclude(world, prm):
     kw = dict(num_iterations=5)  # the fixture's shapes: no recompilation
     a = world.train_reward_model(jax.random.key(7), **kw)
@@ -94,6 +102,8 @@ def test_learned_prm_is_deterministic_and_respects_exclude(world, prm):
     assert not {tuple(p) for p in d.train_prompts.tolist()} & {tuple(p) for p in a.train_prompts[:1024].tolist()}
 
 
+# slow tier: compile-bound (1 s in the fast suite); fast coverage: shares the trained PRM
+@pytest.mark.slow
 def test_learned_prm_scores_a_state_the_same_in_every_slot(prm):
     start = jnp.array([3, 3, 1])
     digits = jnp.array([[4, 5, 9, 0, 2]] * 3)
@@ -125,6 +135,8 @@ def test_bad_training_arguments_raise(world, kwargs, name):
     assert isinstance(info.value, BayeskitError)
 
 
+# slow tier: compile-bound (0 s in the fast suite); fast coverage: shares the trained PRM
+@pytest.mark.slow
 def test_bad_quality_arguments_raise(world, prm):
     with pytest.raises(ConfigurationError, match="num_problems"):
         world.reward_model_quality(jax.random.key(0), prm.reward_model(), num_problems=1)

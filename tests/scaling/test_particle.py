@@ -92,6 +92,10 @@ def _exact_target_paths(key, num):
     return hist
 
 
+# slow tier: compile-bound (10 s in the fast suite); fast coverage:
+# tests/smc/test_engine.py::test_conditional_keeps_the_reference_in_its_slot,
+# tests/smc/test_csmc.py::test_csmc_jax_kernel_matches_enumeration
+@pytest.mark.slow
 def test_conditional_smc_leaves_target_invariant():
     # start from exact target draws, do one conditional-SMC update with N = 2: the new reference
     # is again an exact draw, for any N (Andrieu, Doucet & Holenstein 2010)

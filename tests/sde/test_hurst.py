@@ -59,6 +59,9 @@ def test_exact_hurst_posterior_covers_true_value():
     assert 0.05 < post["q025"] and post["q975"] < 0.6
 
 
+# slow tier: compile-bound (19 s in the fast suite); fast coverage:
+# test_kalman_log_likelihood_equals_dense_gaussian_evidence, test_exact_hurst_posterior_covers_true_value
+@pytest.mark.slow
 def test_elbo_is_a_lower_bound_for_every_hurst():
     """The ELBO of the exact-OU scheme, with learned step-noise scales, never exceeds log p(y | H) (the
     diffrax Heun "ELBO" did, by 80-120 nats for H <= 0.2 on 8 x 25 fOU observations). Controls fitted at fixed H = 0.1, 0.3, 0.5 (vmapped);

@@ -71,6 +71,9 @@ def bridge_fit():
     return res, mean, cov, logz
 
 
+# slow tier: compile-bound (16 s in the fast suite); fast coverage:
+# test_elbo_kernel_reproducible_jittable_and_learns_parameters, test_exact_moments_match_closed_form_covariance
+@pytest.mark.slow
 def test_bridge_posterior_variance_and_elbo(bridge_fit):
     """fBM bridge (H=0.3, K=5, gamma_max=20, x(2)=0 observed with sd 0.1): VI vs exact Gaussian posterior."""
     res, mean, cov, logz = bridge_fit
@@ -88,6 +91,9 @@ def test_bridge_posterior_variance_and_elbo(bridge_fit):
     assert logz - res.final_elbo < 0.75, (res.final_elbo, logz)
 
 
+# slow tier: compile-bound (1 s in the fast suite); fast coverage: shares the fit of
+# test_bridge_posterior_variance_and_elbo; docs/sde.md
+@pytest.mark.slow
 def test_result_shapes_and_arviz(bridge_fit):
     res, *_ = bridge_fit
     n = res.grid.shape[0]

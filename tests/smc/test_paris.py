@@ -244,6 +244,8 @@ def test_example_runs_quick(tmp_path):
     assert (tmp_path / "paris_ppg.png").exists() and len(rows) == 3
 
 
+# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_paris_reproducible_and_jittable
+@pytest.mark.slow
 def test_smoothing_drivers_run_under_vmap_and_jit(problem, ppg_run):
     """ffbs and ppg called inside jax.vmap / jax.jit (as the examples batch replicates) skip their host-side checks
     and return the same values as the same call made eagerly (ffbs used to fail on a traced log-density). The

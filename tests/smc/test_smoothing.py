@@ -125,6 +125,8 @@ def test_bad_inputs(problem):
         bk.smc.ffbs(jax.random.key(0), ssm, {}, jnp.zeros(5))
 
 
+# slow tier: compile-bound (14 s in the fast suite); fast coverage: test_backward_draws_chi_square
+@pytest.mark.slow
 @pytest.mark.parametrize("vectorized", [True, False])
 def test_gaussian_backward_pairs_match_log_density_and_law(vectorized):
     """The shared-scale MultivariateNormal path of the backward kernel (whitened pairs, blocked rows, exact
@@ -200,6 +202,8 @@ def _cell_envelope_fallbacks(cases):
     return fallbacks
 
 
+# slow tier: compile-bound (11 s in the fast suite); fast coverage: test_backward_draws_chi_square
+@pytest.mark.slow
 def test_gaussian_cell_envelope_draws_follow_lambda():
     """With a single trial (most draws from one envelope round) the envelope's draws and the global peak bound's
     both follow Lambda_t exactly, and the envelope is tighter: far fewer draws fall back to the exact draw."""
