@@ -161,6 +161,9 @@ def test_particle_gibbs_driver_chain_targets_posterior(pg_result):
     assert res.generator_calls <= 1600 * WORLD.max_steps
 
 
+# slow tier: compile-bound (13 s in the fast suite); fast coverage: test_same_key_same_answer_and_selection_modes,
+# test_budget.py::test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two
+@pytest.mark.slow
 def test_budget_accounting_and_shapes(small):
     pf = small["pf"]
     assert pf.budget == 8 and pf.answers.shape == (8,) and pf.log_weights.shape == (8,)
@@ -197,6 +200,9 @@ def test_accumulated_weights_with_ess_resampling():
     assert not r.history["resampled"].all()
 
 
+# slow tier: shares the runs of test_budget_accounting_and_shapes; fast coverage:
+# tests/test_arviz.py[scaling.particle_filtering]
+@pytest.mark.slow
 def test_to_arviz(small):
     dt = small["pf"].to_arviz()
     assert dt["history"]["log_weights"].dims == ("step", "particle")
