@@ -1,3 +1,11 @@
+"""Test configuration. Two tiers, both run by CI (.ci/run) on every landed main:
+
+* the fast suite, ``python -m pytest``: the feedback loop after every change, under 4 minutes on 2 CPU cores from a
+  fresh clone. It keeps at least one real test per capability, checked against an exact or trusted answer.
+* the slow tier, ``python -m pytest -m slow``: the long statistical must-shows, and the tests whose time is compiling
+  a program of their own while a faster exactness test covers the same capability. Each of those carries a
+  ``# slow tier:`` comment naming the fast test that covers it; no assertion differs between the tiers.
+"""
 import os
 from pathlib import Path
 

@@ -148,16 +148,17 @@ def _make(name):
 
 
 # the results whose build alone takes 4-13 s (compilation, contended 2-core machine) run with -m slow. The fast
-# suite keeps one result of each to_arviz branch: particle_filter (filter dims), tempered (draws with weights),
-# scaling.particle_filtering ((step, particle) histories), scaling.parallel_tempering (chains), fkc_sample, and the
-# bridges. ffbs, particle_gibbs, paris, ppg, pmmh and fit build their trees with the same declared-dims helper as
-# particle_filter; scaling.best_of_n / beam_search / particle_gibbs take the branches of the scaling results kept.
+# suite keeps particle_filter (a filter's declared dims), scaling.particle_filtering ((step, particle) histories),
+# fkc_sample and the three bridges; ffbs, particle_gibbs, paris, ppg, pmmh and fit build their trees with the same
+# declared-dims helper (bayeskit.diagnostics.to_datatree) as particle_filter, and tempered's to_arviz is also checked
+# in the fast suite by tests/smc/test_tempered.py::test_driver_gaussian_outputs_and_to_arviz.
 _SLOW = pytest.mark.slow
 RESULTS = ["particle_filter", *(pytest.param(n, marks=_SLOW) for n in (
                "particle_filter_no_history", "ffbs", "particle_gibbs", "paris", "ppg", "pmmh", "fit")),
-           "tempered", "scaling.particle_filtering", pytest.param("scaling.best_of_n", marks=_SLOW),
-           pytest.param("scaling.beam_search", marks=_SLOW),
-           "scaling.parallel_tempering", pytest.param("scaling.particle_gibbs", marks=_SLOW), "fkc_sample",
+           pytest.param("tempered", marks=_SLOW), "scaling.particle_filtering",
+           pytest.param("scaling.best_of_n", marks=_SLOW), pytest.param("scaling.beam_search", marks=_SLOW),
+           pytest.param("scaling.parallel_tempering", marks=_SLOW), pytest.param("scaling.particle_gibbs", marks=_SLOW),
+           "fkc_sample",
            pytest.param("gpdp.solve", marks=_SLOW),
            pytest.param("gpdp.fit_parametric", marks=_SLOW), pytest.param("sde.fit_vi", marks=_SLOW),
            pytest.param("NIWMeta.fit", marks=_SLOW), pytest.param("NIWMeta.predict", marks=_SLOW), "LightSB",

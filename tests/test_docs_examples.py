@@ -41,12 +41,12 @@ def blocks(path):
 
 
 EXAMPLE_PAGES = [p for p in PAGES if blocks(p)]
-# pages whose examples take about 20 s of CPU time or more each run with -m slow. Measured with a cold compilation
-# cache on 2 busy cores after the examples' sizes were cut (user+sys of the process, per page): smoothing 34 s,
-# smc 28 s, scaling 25 s, bridges 21 s; the other nine pages 7-17 s, 229 s for the whole file. Compiling each
-# page's few jitted programs is most of it, so smaller sizes barely help (225 s before the cut): running these
-# four in the fast suite would add about 110 s of CPU to it.
-SLOW_PAGES = {"docs/bridges.md", "docs/smc.md", "docs/smoothing.md", "docs/scaling.md"}
+# pages whose examples take about 13 s or more each run with -m slow: compiling each page's few jitted programs is
+# most of it, so smaller sizes barely help. Measured with a cold compilation cache on 2 busy cores (user+sys per page):
+# smoothing 34 s, smc 28 s, scaling 25 s, bridges 21 s; in the fast suite's own profile, numpyro-models 13-16 s and
+# meta 10-13 s of wall. The other seven pages take 3-13 s each and stay in the fast suite.
+SLOW_PAGES = {"docs/bridges.md", "docs/smc.md", "docs/smoothing.md", "docs/scaling.md", "docs/numpyro-models.md",
+              "docs/meta.md"}
 
 
 def _page_param(p):

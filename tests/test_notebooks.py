@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-jupytext = pytest.importorskip("jupytext")
-pytest.importorskip("nbformat")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def build():
+    # imported here, not at collection: jupytext + nbformat take about 2 s to import in each xdist worker
+    pytest.importorskip("jupytext")
+    pytest.importorskip("nbformat")
     spec = importlib.util.spec_from_file_location("notebooks_build", ROOT / "notebooks" / "build.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -46,6 +46,9 @@ def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
         np.testing.assert_allclose(bk.bridges.kernels.drift(params, x, t, epsilon), bench.drift(x, t), atol=1e-10)
 
 
+# slow tier: compile-bound (7 s in the fast suite); fast coverage: test_gaussian_closed_form_fitted_and_simulated,
+# test_exact_gaussian_drift_reproduces_closed_form_marginals
+@pytest.mark.slow
 def test_sampler_matches_exact_components_draw_by_draw():
     # with identical component picks and identical noise the LightSB sampler equals r_k + S_k x + sqrt(eps) S_k^1/2 z
     bench = gaussian_mixture_benchmark(jax.random.key(3), DIM, 0.5)
@@ -221,7 +224,7 @@ def test_shapes_keys_jit_vmap_arviz(small_data, small_fit):
     assert dt["optimization"]["loss"].shape == (20,)
 
 
-# slow tier: compile-bound (1 s in the fast suite); fast coverage: test_renamed_names.py (shares the fit of
+# slow tier: uses the fixture of a slow-tier test; fast coverage: test_renamed_names.py (shares the fit of
 # test_shapes_keys_jit_vmap_arviz)
 @pytest.mark.slow
 def test_renamed_and_moved_names_warn_and_give_the_same_result(small_data, small_fit):

@@ -18,7 +18,8 @@ def _world():
 
 
 # slow tier: compile-bound (11 s in the fast suite); fast coverage:
-# test_particle.py::test_budget_accounting_and_shapes
+# test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two,
+# test_particle.py::test_same_key_same_answer_and_selection_modes
 @pytest.mark.slow
 def test_equal_generator_calls_at_equal_budget():
     # fixed-length generations (5 steps): at budget B every method extends B partial generations

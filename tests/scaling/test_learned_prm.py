@@ -79,7 +79,8 @@ def test_learned_prm_outputs_and_training_problems(world, prm):
     assert 0 <= int(res.answer) < 10
 
 
-# slow tier: compile-bound (1 s in the fast suite); fast coverage: shares the trained PRM
+# slow tier: uses the fixture of a slow-tier test; fast coverage:
+# test_bad_training_arguments_raise (shares the PRM trained for test_learned_prm_ranks_right_steps_above_wrong_ones)
 @pytest.mark.slow
 def test_learned_prm_is_deterministic_and_respects_exclude(world, prm):
     kw = dict(num_iterations=5)  # the fixture's shapes: no recompilation
@@ -102,7 +103,8 @@ def test_learned_prm_is_deterministic_and_respects_exclude(world, prm):
     assert not {tuple(p) for p in d.train_prompts.tolist()} & {tuple(p) for p in a.train_prompts[:1024].tolist()}
 
 
-# slow tier: compile-bound (1 s in the fast suite); fast coverage: shares the trained PRM
+# slow tier: uses the fixture of a slow-tier test; fast coverage:
+# test_bad_training_arguments_raise (shares the PRM trained for test_learned_prm_ranks_right_steps_above_wrong_ones)
 @pytest.mark.slow
 def test_learned_prm_scores_a_state_the_same_in_every_slot(prm):
     start = jnp.array([3, 3, 1])
@@ -135,7 +137,8 @@ def test_bad_training_arguments_raise(world, kwargs, name):
     assert isinstance(info.value, BayeskitError)
 
 
-# slow tier: compile-bound (0 s in the fast suite); fast coverage: shares the trained PRM
+# slow tier: uses the fixture of a slow-tier test; fast coverage:
+# test_bad_training_arguments_raise (shares the PRM trained for test_learned_prm_ranks_right_steps_above_wrong_ones)
 @pytest.mark.slow
 def test_bad_quality_arguments_raise(world, prm):
     with pytest.raises(ConfigurationError, match="num_problems"):

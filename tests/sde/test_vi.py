@@ -91,8 +91,9 @@ def test_bridge_posterior_variance_and_elbo(bridge_fit):
     assert logz - res.final_elbo < 0.75, (res.final_elbo, logz)
 
 
-# slow tier: compile-bound (1 s in the fast suite); fast coverage: shares the fit of
-# test_bridge_posterior_variance_and_elbo; docs/sde.md
+# slow tier: uses the fixture of a slow-tier test; fast coverage: docs/sde.md,
+# test_elbo_kernel_reproducible_jittable_and_learns_parameters (shares the fit of
+# test_bridge_posterior_variance_and_elbo)
 @pytest.mark.slow
 def test_result_shapes_and_arviz(bridge_fit):
     res, *_ = bridge_fit
