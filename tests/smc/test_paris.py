@@ -140,7 +140,17 @@ def test_bad_inputs(problem):
                                lambda p, x, t: dist.Normal(x, 1.0), vectorized=True)
     with pytest.raises(ModelError, match="log_transition_bound"):
         bk.smc.paris(jax.random.key(0), gamma, {}, jnp.abs(ys) + 1.0, 50)
-    res = bk.smc.paris(jax.random.key(0), gamma, {}, jnp.abs(ys) + 1.0, 50, num_trials=0)  # exact draws: fine
+
+
+# slow tier: compile-bound (5 s in the fast suite); fast coverage:
+# test_csmc.py::test_ppg_sweep_keeps_smoothing_distribution (exact draws, num_trials=0)
+@pytest.mark.slow
+def test_exact_draws_need_no_transition_bound(problem):
+    """The model test_bad_inputs rejects for want of a log_transition_bound runs with exact draws (num_trials=0)."""
+    ys, _ = problem
+    gamma = bk.StateSpaceModel(lambda p: dist.Gamma(2.0, 1.0), lambda p, x, t: dist.Gamma(2.0, 1.0 / x),
+                               lambda p, x, t: dist.Normal(x, 1.0), vectorized=True)
+    res = bk.smc.paris(jax.random.key(0), gamma, {}, jnp.abs(ys) + 1.0, 50, num_trials=0)
     assert np.isfinite(float(res.estimate))
 
 
