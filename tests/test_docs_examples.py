@@ -41,12 +41,13 @@ def blocks(path):
 
 
 EXAMPLE_PAGES = [p for p in PAGES if blocks(p)]
-# pages whose examples take about 13 s or more each run with -m slow: compiling each page's few jitted programs is
+# pages whose examples take about 8 s or more each run with -m slow: compiling each page's few jitted programs is
 # most of it, so smaller sizes barely help. Measured with a cold compilation cache on 2 busy cores (user+sys per page):
-# smoothing 34 s, smc 28 s, scaling 25 s, bridges 21 s; in the fast suite's own profile, numpyro-models 13-16 s and
-# meta 10-13 s of wall. The other seven pages take 3-13 s each and stay in the fast suite.
+# smoothing 34 s, smc 28 s, scaling 25 s, bridges 21 s; in the fast suite's own profile (wall per page): numpyro-models
+# 13-16 s, meta 10-13 s, gpdp 12-14 s, sde 10-11 s, tempered 7-9 s. README, getting-started, arviz and scale (3-8 s
+# each) stay in the fast suite.
 SLOW_PAGES = {"docs/bridges.md", "docs/smc.md", "docs/smoothing.md", "docs/scaling.md", "docs/numpyro-models.md",
-              "docs/meta.md"}
+              "docs/meta.md", "docs/gpdp.md", "docs/sde.md", "docs/tempered.md"}
 
 
 def _page_param(p):

@@ -57,7 +57,7 @@ def nuts_result(training):
                          num_transition_samples=10)
 
 
-# slow tier: compile-bound (10 s in the fast suite); fast coverage: test_solve_map_shapes_and_policy, docs/gpdp.md
+# slow tier: compile-bound (10 s in the fast suite); fast coverage: test_solve_map_shapes_and_policy
 @pytest.mark.slow
 def test_to_arviz(nuts_result):
     tree = nuts_result.to_arviz()

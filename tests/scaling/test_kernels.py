@@ -29,7 +29,7 @@ def masked_pf():
 
 
 # slow tier: compile-bound (5 s in the fast suite); fast coverage:
-# test_three_particles_in_eight_slots_are_the_three_particle_filter, test_recompilation.py
+# test_particle.py::test_pf_answer_distribution_converges_to_tilted_posterior, test_recompilation.py
 @pytest.mark.slow
 def test_one_program_serves_every_count_and_setting(masked_pf):
     keys = jax.random.split(jax.random.key(2), 8)
@@ -57,7 +57,7 @@ def _assert_full_mask_is_unmasked(masked_pf, scheme, weights, ess):
 
 
 # slow tier: compile-bound (9 s in the fast suite); fast coverage:
-# test_three_particles_in_eight_slots_are_the_three_particle_filter
+# test_particle.py::test_pf_answer_distribution_converges_to_tilted_posterior
 @pytest.mark.slow
 def test_all_slots_active_is_the_unmasked_filter(masked_pf):
     # with n = N the masked schemes draw the same ancestors from the same key: the same runs, bit for bit
@@ -89,6 +89,9 @@ PARTITIONABLE = pytest.mark.skipif(not jax.config.jax_threefry_partitionable,
                                    "partitionable threefry (JAX's default)")
 
 
+# slow tier: compile-bound (7-9 s in the fast suite); fast coverage:
+# test_particle.py::test_pf_answer_distribution_converges_to_tilted_posterior (the filter a masked run must equal)
+@pytest.mark.slow
 @PARTITIONABLE
 def test_three_particles_in_eight_slots_are_the_three_particle_filter(masked_pf):
     # with partitionable threefry (JAX's default) slot i's draws do not depend on the number of slots and the

@@ -91,7 +91,7 @@ def test_bridge_posterior_variance_and_elbo(bridge_fit):
     assert logz - res.final_elbo < 0.75, (res.final_elbo, logz)
 
 
-# slow tier: uses the fixture of a slow-tier test; fast coverage: docs/sde.md,
+# slow tier: uses the fixture of a slow-tier test; fast coverage:
 # test_elbo_kernel_reproducible_jittable_and_learns_parameters (shares the fit of
 # test_bridge_posterior_variance_and_elbo)
 @pytest.mark.slow

@@ -133,6 +133,9 @@ def _check_msc_gradient(ys, lam, iterations, num_chains):
         assert abs(m.mean() - float(exact[k])) < 4 * se, (k, m.mean(), float(exact[k]), se)
 
 
+# slow tier: compile-bound (10-12 s in the fast suite); fast coverage:
+# test_paris.py::test_paris_score_matches_kalman_grad (the score estimate that fit climbs)
+@pytest.mark.slow
 def test_msc_gradient_matches_exact_inclusive_kl_gradient(problem):
     """A poor q_lambda as the cSMC proposal still gives a chain targeting p(x | y): the MSC gradient is exact on
     average (the exact value from the RTS moments)."""
