@@ -47,7 +47,7 @@ def _fit(ys, estimator, iterations=300):
 
 
 # slow tier: compile-bound (12 s in the fast suite); fast coverage:
-# test_msc_gradient_matches_exact_inclusive_kl_gradient, test_paris.py::test_paris_score_matches_kalman_grad
+# test_paris.py::test_paris_score_matches_kalman_grad (the score estimate that fit climbs)
 @pytest.mark.slow
 def test_fit_ppg_converges_to_kalman_mle(problem):
     """Polyak average of the last 100 PPG-driven iterates within half a standard error of the exact MLE
