@@ -39,8 +39,8 @@ if _CACHE:
 # Modules holding the suite's longest single tests run first (each module stays contiguous, so its module-scoped
 # fixtures are built once per worker). With --dist worksteal an idle worker steals from the end of the other's
 # queue, so the run then ends on short tests rather than one worker finishing a 10 s test alone.
-_FIRST = ("tests/test_docs_examples.py", "tests/smc/test_pmmh.py", "tests/smc/test_learning.py",
-          "tests/smc/test_paris.py", "tests/smc/test_smoothing.py")
+_FIRST = ("tests/test_docs_examples.py", "tests/smc/test_pmmh.py", "tests/smc/test_smoothing.py",
+          "tests/smc/test_paris.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ files). Two HTML comments, invisible on the rendered page, may stand on the line
   tests do not have); the reason is required.
 """
 
+import ast
 import os
 import re
 from pathlib import Path
@@ -91,3 +92,98 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
     plt.close("all")
     assert ran >= 1, f"{page.name}: every example is skipped"
     assert os.getcwd() == str(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# every page, in the fast suite: its examples parse and every bayeskit name they use exists (SLOW_PAGES run in full
+# only with -m slow; this catches the commonest way an example breaks, a renamed or removed name, in seconds)
+# ------------------------------------------------------------------------------------------------------------------
+def _bayeskit_aliases(tree, aliases):
+    """Add ``{local name: object}`` for the page's ``import bayeskit...`` / ``from bayeskit... import ...``;
+    return the problems (names that do not import)."""
+    import importlib
+
+    problems = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "bayeskit":
+                    mod = importlib.import_module(a.name)
+                    aliases[a.asname or a.name.split(".")[0]] = mod if a.asname else importlib.import_module("bayeskit")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bayeskit":
+            mod = importlib.import_module(node.module)
+            for a in node.names:
+                if not hasattr(mod, a.name):
+                    problems.append(f"`from {node.module} import {a.name}`: no such name")
+                else:
+                    aliases[a.asname or a.name] = getattr(mod, a.name)
+    return problems
+
+
+def _chain(node):
+    """``["bk", "smc", "ffbs"]`` for the expression ``bk.smc.ffbs``, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return [node.id, *reversed(parts)] if isinstance(node, ast.Name) else None
+
+
+def check_bayeskit_names(code: str, aliases: dict) -> list[str]:
+    """Problems with the bayeskit names ``code`` uses: attributes that do not exist, and keyword arguments that a
+    bayeskit function or class does not take (a renamed keyword kept only as a deprecated alias counts)."""
+    import inspect
+
+    tree = ast.parse(code)
+    problems = _bayeskit_aliases(tree, aliases)
+    resolved = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and (chain := _chain(node)) and chain[0] in aliases:
+            obj = aliases[chain[0]]
+            for i, attr in enumerate(chain[1:], 1):
+                if not hasattr(obj, attr):
+                    problems.append(f"`{'.'.join(chain[:i + 1])}`: no such name")
+                    break
+                obj = getattr(obj, attr)
+            else:
+                resolved[id(node)] = obj
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Name) and node.func.id in aliases:
+            fn, name = aliases[node.func.id], node.func.id
+        elif id(node.func) in resolved:
+            fn, name = resolved[id(node.func)], ".".join(_chain(node.func))
+        else:
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        var_kw = [p.name for p in params.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        if var_kw and var_kw[0] != "deprecated":
+            continue  # the function forwards other keywords (e.g. a model's)
+        for kw in node.keywords:
+            if kw.arg is not None and kw.arg not in params:
+                problems.append(f"`{name}(..., {kw.arg}=...)`: {name} takes no keyword `{kw.arg}`")
+    return problems
+
+
+def test_name_check_sees_a_missing_name_and_a_renamed_keyword():
+    aliases = {}
+    code = ("import bayeskit as bk\nfrom bayeskit.models import linear_gaussian as lg\n"
+            "bk.smc.ffbs(key, lg.ssm, p, ys, num_samples=5)\nbk.smc.ffbs(key, lg.ssm, p, ys, num_paths=5)\n"
+            "bk.smc.no_such_driver(key)\nlg.no_such_model\n")
+    assert sorted(check_bayeskit_names(code, aliases)) == [
+        "`bk.smc.ffbs(..., num_paths=...)`: bk.smc.ffbs takes no keyword `num_paths`",
+        "`bk.smc.no_such_driver`: no such name", "`lg.no_such_model`: no such name"]
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=[p.relative_to(ROOT).as_posix() for p in EXAMPLE_PAGES])
+def test_page_examples_parse_and_use_existing_names(page):
+    aliases, problems = {}, []
+    for line, code, setup, _ in blocks(page):
+        for part in (setup, code):
+            if part:
+                problems += [f"{page.name}:{line}: {p}" for p in check_bayeskit_names(part, aliases)]
+    assert not problems, "\n".join(problems)
