@@ -3,8 +3,11 @@
 * the fast suite, ``python -m pytest``: the feedback loop after every change, under 4 minutes on 2 CPU cores from a
   fresh clone. It keeps at least one real test per capability, checked against an exact or trusted answer.
 * the slow tier, ``python -m pytest -m slow``: the long statistical must-shows, and the tests whose time is compiling
-  a program of their own while a faster exactness test covers the same capability. Each of those carries a
-  ``# slow tier:`` comment naming the fast test that covers it; no assertion differs between the tiers.
+  a program of their own while a faster exactness test keeps their capability (the same backend or driver) in the
+  fast suite. Each of those carries a ``# slow tier:`` comment naming that fast test; what the slow test alone
+  checks (an option such as sharding or a fixed schedule, a second model, a training run) is checked only in the
+  slow tier. Moving a test changed no assertion (PaRIS's test_bad_inputs was split: its exact-draws run is a slow
+  test of its own).
 """
 import os
 from pathlib import Path

@@ -150,8 +150,9 @@ def _make(name):
 # the results whose build alone takes 4-13 s (compilation, contended 2-core machine) run with -m slow. The fast
 # suite keeps particle_filter (a filter's declared dims), scaling.particle_filtering ((step, particle) histories),
 # fkc_sample and the three bridges; ffbs, particle_gibbs, paris, ppg, pmmh and fit build their trees with the same
-# declared-dims helper (bayeskit.diagnostics.to_datatree) as particle_filter, and tempered's to_arviz is also checked
-# in the fast suite by tests/smc/test_tempered.py::test_driver_gaussian_outputs_and_to_arviz.
+# declared-dims helper (bayeskit.diagnostics.to_datatree) as particle_filter. Only the slow tier round-trips those
+# six, tempered (whose to_arviz the fast tests/smc/test_tempered.py::test_driver_gaussian_outputs_and_to_arviz
+# calls, without summary or netCDF), the filter without history, and the scaling results with reference answers.
 _SLOW = pytest.mark.slow
 RESULTS = ["particle_filter", *(pytest.param(n, marks=_SLOW) for n in (
                "particle_filter_no_history", "ffbs", "particle_gibbs", "paris", "ppg", "pmmh", "fit")),

@@ -1,5 +1,6 @@
-"""The slow tier's coverage claims hold: every test moved to the slow tier names, in its ``# slow tier:`` comment,
-fast tests that exist and are not themselves marked slow (tests/conftest.py explains the two tiers)."""
+"""The slow tier's claims hold: every test moved to the slow tier names, in its ``# slow tier:`` comment, the fast
+tests that keep its capability in the fast suite; they must exist and not be marked slow themselves
+(tests/conftest.py explains the two tiers)."""
 
 import ast
 import re
@@ -42,8 +43,8 @@ def _claims():
             name = re.match(r"def (\w+)\(", lines[j]).group(1)
             comment = " ".join(text)
             refs = []
-            if "fast coverage:" in comment:
-                named = re.sub(r"\([^)]*\)", "", comment.split("fast coverage:", 1)[1])  # not the asides
+            if "capability kept fast by:" in comment:
+                named = re.sub(r"\([^)]*\)", "", comment.split("capability kept fast by:", 1)[1])  # not the asides
                 for m in _REF.finditer(named):
                     file, func = m.groups()
                     if file or func:

@@ -17,10 +17,9 @@ DIM, N = 2, 50
 
 @pytest.mark.parametrize("covariance,dim,epsilon", [
     ("full", 2, 0.1),
-    # the other two instances add 15 s of compilation: slow suite
     pytest.param("diag", 5, 1.0, marks=pytest.mark.slow),
     pytest.param("full", 8, 10.0, marks=pytest.mark.slow)])
-# slow tier: compile-bound (16 s in the fast suite); fast coverage:
+# slow tier: compile-bound (16 s in the fast suite); capability kept fast by:
 # test_exact_gaussian_drift_reproduces_closed_form_marginals, test_gaussian_closed_form_fitted_and_simulated
 @pytest.mark.slow
 def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
@@ -46,7 +45,7 @@ def test_exact_parameters_give_exact_plan_and_drift(covariance, dim, epsilon):
         np.testing.assert_allclose(bk.bridges.kernels.drift(params, x, t, epsilon), bench.drift(x, t), atol=1e-10)
 
 
-# slow tier: compile-bound (7 s in the fast suite); fast coverage: test_gaussian_closed_form_fitted_and_simulated,
+# slow tier: compile-bound (7 s in the fast suite); capability kept fast by: test_gaussian_closed_form_fitted_and_simulated,
 # test_exact_gaussian_drift_reproduces_closed_form_marginals
 @pytest.mark.slow
 def test_sampler_matches_exact_components_draw_by_draw():
@@ -145,7 +144,7 @@ def test_exact_gaussian_drift_reproduces_closed_form_marginals():
         np.testing.assert_allclose(np.asarray(path[t_idx]).mean(0), mt, atol=4 * np.sqrt(np.diag(st).max() / n))
 
 
-# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_gaussian_closed_form_fitted_and_simulated
+# slow tier: compile-bound (9 s in the fast suite); capability kept fast by: test_gaussian_closed_form_fitted_and_simulated
 @pytest.mark.slow
 def test_fit_learns_benchmark_plan_small():
     eps = 1.0
@@ -198,7 +197,8 @@ def small_fit(small_data):
     return bk.bridges.LightSB.fit(jax.random.key(2), *small_data, num_iterations=20, **SMALL_FIT)
 
 
-# slow tier: compile-bound (8 s in the fast suite); fast coverage: test_arviz.py[LightSB], test_recompilation.py
+# slow tier: compile-bound (8 s in the fast suite); capability kept fast by: test_arviz.py[LightSB] (jit/vmap of
+# the sampler and the key checks only here)
 @pytest.mark.slow
 def test_shapes_keys_jit_vmap_arviz(small_data, small_fit):
     x0, x1 = small_data
@@ -224,8 +224,8 @@ def test_shapes_keys_jit_vmap_arviz(small_data, small_fit):
     assert dt["optimization"]["loss"].shape == (20,)
 
 
-# slow tier: uses the fixture of a slow-tier test; fast coverage: test_renamed_names.py (shares the fit of
-# test_shapes_keys_jit_vmap_arviz)
+# slow tier: uses the fixture of a slow-tier test; capability kept fast by:
+# test_gaussian_closed_form_fitted_and_simulated (the renamed LightSB names are checked only here)
 @pytest.mark.slow
 def test_renamed_and_moved_names_warn_and_give_the_same_result(small_data, small_fit):
     """Glossary renames keep the old name for one release, with a warning, and give the same result:

@@ -148,7 +148,7 @@ def test_bridge_paths_are_exact_reference_bridges():
         bridge_paths(jax.random.key(0), ref, x, y[:10], 1.5, 15)
 
 
-# slow tier: compile-bound (12 s in the fast suite); fast coverage: test_exact_parameters_give_exact_plan,
+# slow tier: compile-bound (12 s in the fast suite); capability kept fast by: test_exact_parameters_give_exact_plan,
 # test_arviz.py[LinearLightSB]
 @pytest.mark.slow
 def test_fitted_linear_lightsb_matches_closed_form():

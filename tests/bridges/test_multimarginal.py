@@ -58,7 +58,7 @@ def test_lotka_volterra_refit_recovers_parameters():
         assert abs(got[k] - float(v)) < 0.03 * max(1.0, float(v)) + 0.01, (k, got[k], float(v))
 
 
-# slow tier: compile-bound (4 s in the fast suite); fast coverage: test_ipf_gp_matches_gaussian_closed_form
+# slow tier: compile-bound (4 s in the fast suite); capability kept fast by: test_ipf_gp_matches_gaussian_closed_form
 @pytest.mark.slow
 def test_gradient_field_and_repressilator_are_drifts():
     gf = bk.bridges.GradientField(jax.random.key(0), 3, num_hidden=8)
@@ -132,7 +132,7 @@ def test_ipf_gp_matches_gaussian_closed_form():
         assert 0.6 < got.var() / st[0, 0] < 1.4, (k, got.var(), st)
 
 
-# slow tier: compile-bound (6 s in the fast suite); fast coverage: test_ipf_gp_matches_gaussian_closed_form,
+# slow tier: compile-bound (6 s in the fast suite); capability kept fast by: test_ipf_gp_matches_gaussian_closed_form,
 # test_arviz.py[multimarginal]
 @pytest.mark.slow
 def test_multimarginal_shapes_keys_arviz_and_vanilla():

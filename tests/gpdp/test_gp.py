@@ -81,7 +81,7 @@ def _grid_posterior(data):
     return L, S, w, lp
 
 
-# slow tier: compile-bound (6 s in the fast suite); fast coverage: test_predict_matches_dense_formula,
+# slow tier: compile-bound (6 s in the fast suite); capability kept fast by: test_predict_matches_dense_formula,
 # test_solve.py::test_solve_map_shapes_and_policy
 @pytest.mark.slow
 def test_map_matches_grid_mode(data):

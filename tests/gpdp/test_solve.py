@@ -57,7 +57,7 @@ def nuts_result(training):
                          num_transition_samples=10)
 
 
-# slow tier: compile-bound (10 s in the fast suite); fast coverage: test_solve_map_shapes_and_policy
+# slow tier: compile-bound (10 s in the fast suite); capability kept fast by: test_solve_map_shapes_and_policy
 @pytest.mark.slow
 def test_to_arviz(nuts_result):
     tree = nuts_result.to_arviz()
@@ -126,7 +126,7 @@ def test_bad_data(training):
         gpdp.solve_mdp(np.ones((1, 2, 2)) / 2, np.zeros((1, 2)), 1.0, horizon=0)
 
 
-# slow tier: compile-bound (6 s in the fast suite); fast coverage: test_parametric_tensor_point_vs_draws,
+# slow tier: compile-bound (6 s in the fast suite); capability kept fast by: test_parametric_tensor_point_vs_draws,
 # test_waic_formula
 @pytest.mark.slow
 def test_parametric_fit_mle_and_criteria(training):

@@ -51,7 +51,7 @@ def test_fit_shapes_history_and_key_reproducibility(fitted):
     assert not np.array_equal(other.history["elbo"], fitted.history["elbo"])  # minibatches differ
 
 
-# slow tier: compile-bound (4 s in the fast suite); fast coverage: test_predictive_mean_matches_conjugate_posterior
+# slow tier: compile-bound (4 s in the fast suite); capability kept fast by: test_predictive_mean_matches_conjugate_posterior
 @pytest.mark.slow
 def test_predict_shapes_and_uncertainty(fitted):
     sx, sy = episodes(1, n=3, k=3)
@@ -84,7 +84,7 @@ def test_predictive_mean_matches_conjugate_posterior(fitted):
         assert np.all(np.abs(np.asarray(pred.mean[i]) - exact) < 4 * sd / np.sqrt(4000))
 
 
-# slow tier: compile-bound (4 s in the fast suite); fast coverage: test_fit_shapes_history_and_key_reproducibility
+# slow tier: compile-bound (4 s in the fast suite); capability kept fast by: test_fit_shapes_history_and_key_reproducibility
 @pytest.mark.slow
 def test_streaming_generator_and_iterator_no_state_growth():
     cfg = M.NIWMeta(linear_model(2), covariance="diag", local_approximation="laplace", optimizer=optax.adam(0.05),
@@ -99,7 +99,7 @@ def test_streaming_generator_and_iterator_no_state_growth():
     assert r3.history["elbo"].shape == (5,)
 
 
-# slow tier: compile-bound (4 s in the fast suite); fast coverage: test_fit_shapes_history_and_key_reproducibility
+# slow tier: compile-bound (4 s in the fast suite); capability kept fast by: test_fit_shapes_history_and_key_reproducibility
 @pytest.mark.slow
 def test_sgld_approximation_runs_and_is_reproducible():
     em = linear_model(2)
@@ -146,7 +146,7 @@ def test_to_arviz(fitted):
     assert {"posterior", "posterior_predictive", "predictions", "observed_data"} <= set(pt.children)
 
 
-# slow tier: compile-bound (8 s in the fast suite); fast coverage: test_fit_shapes_history_and_key_reproducibility
+# slow tier: compile-bound (8 s in the fast suite); capability kept fast by: test_fit_shapes_history_and_key_reproducibility
 @pytest.mark.slow
 def test_network_and_equinox_episode_models():
     import equinox as eqx
@@ -164,7 +164,7 @@ def test_network_and_equinox_episode_models():
     np.testing.assert_allclose(ll, -np.log(4.0) * np.ones(5), rtol=1e-6)
 
 
-# slow tier: compile-bound (5 s in the fast suite); fast coverage: test_fit_shapes_history_and_key_reproducibility
+# slow tier: compile-bound (5 s in the fast suite); capability kept fast by: test_fit_shapes_history_and_key_reproducibility
 @pytest.mark.slow
 def test_baselines_reduce_loss():
     em = linear_model(2)
@@ -182,7 +182,7 @@ def test_baselines_reduce_loss():
     assert np.all(np.asarray(after) < np.asarray(before))
 
 
-# slow tier: compile-bound (4 s in the fast suite); fast coverage:
+# slow tier: compile-bound (4 s in the fast suite); capability kept fast by:
 # test_renamed_names.py::test_meta_inner_and_vi_iterations
 @pytest.mark.slow
 def test_renamed_num_steps_warns_and_gives_the_same_result():

@@ -225,7 +225,7 @@ def concentration_fits():
     return out
 
 
-# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_local_posterior_equals_conjugate_posterior,
+# slow tier: compile-bound (9 s in the fast suite); capability kept fast by: test_local_posterior_equals_conjugate_posterior,
 # test_niw_kl_matches_monte_carlo
 @pytest.mark.slow
 def test_elbo_below_collapsed_bound_and_exact_marginal(concentration_fits):
@@ -270,7 +270,7 @@ def _errors(res):
             np.linalg.norm(np.asarray(q.expected_covariance()) - SIGMA_STAR))
 
 
-# slow tier: uses the fixture of a slow-tier test; fast coverage: test_local_posterior_equals_conjugate_posterior
+# slow tier: uses the fixture of a slow-tier test; capability kept fast by: test_local_posterior_equals_conjugate_posterior
 # (shares the fits of test_elbo_below_collapsed_bound_and_exact_marginal)
 @pytest.mark.slow
 def test_learned_niw_concentrates_fast(concentration_fits):

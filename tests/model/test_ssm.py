@@ -61,7 +61,7 @@ def test_to_numpyro_vectorized_multivariate_model():
     np.testing.assert_allclose(lj, manual, rtol=1e-10)
 
 
-# slow tier: compile-bound (7 s in the fast suite); fast coverage: test_to_numpyro_has_the_same_joint_density
+# slow tier: compile-bound (7 s in the fast suite); capability kept fast by: test_to_numpyro_has_the_same_joint_density
 # (NUTS on that model is NumPyro's own sampler)
 @pytest.mark.slow
 def test_to_numpyro_with_prior_runs_nuts():

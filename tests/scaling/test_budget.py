@@ -17,7 +17,7 @@ def _world():
     return world, world.generator(), world.verifier_reward_model(jax.random.key(1)), prompt
 
 
-# slow tier: compile-bound (11 s in the fast suite); fast coverage:
+# slow tier: compile-bound (11 s in the fast suite); capability kept fast by:
 # test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two,
 # test_particle.py::test_same_key_same_answer_and_selection_modes
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_gaussian_mixture_score_is_gradient_of_log_density():
     np.testing.assert_allclose(GM.score(x), auto, rtol=1e-10, atol=1e-12)
 
 
-# slow tier: compile-bound (7 s in the fast suite); fast coverage: test_annealed_target_matches_quadrature
+# slow tier: compile-bound (7 s in the fast suite); capability kept fast by: test_annealed_target_matches_quadrature
 @pytest.mark.slow
 def test_product_of_experts_matches_closed_form():
     prod = bk.testing.product_of_mixtures(GM, GM2)

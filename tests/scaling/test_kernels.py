@@ -28,8 +28,8 @@ def masked_pf():
     return jax.jit(jax.vmap(one, in_axes=(0,) + (None,) * 5))
 
 
-# slow tier: compile-bound (5 s in the fast suite); fast coverage:
-# test_particle.py::test_pf_answer_distribution_converges_to_tilted_posterior, test_recompilation.py
+# slow tier: compile-bound (5 s in the fast suite); capability kept fast by:
+# test_particle.py::test_pf_answer_distribution_converges_to_tilted_posterior
 @pytest.mark.slow
 def test_one_program_serves_every_count_and_setting(masked_pf):
     keys = jax.random.split(jax.random.key(2), 8)
@@ -56,7 +56,7 @@ def _assert_full_mask_is_unmasked(masked_pf, scheme, weights, ess):
     np.testing.assert_array_equal(masked.answer, full.answer)
 
 
-# slow tier: compile-bound (9 s in the fast suite); fast coverage:
+# slow tier: compile-bound (9 s in the fast suite); capability kept fast by:
 # test_particle.py::test_pf_answer_distribution_converges_to_tilted_posterior
 @pytest.mark.slow
 def test_all_slots_active_is_the_unmasked_filter(masked_pf):
@@ -89,7 +89,7 @@ PARTITIONABLE = pytest.mark.skipif(not jax.config.jax_threefry_partitionable,
                                    "partitionable threefry (JAX's default)")
 
 
-# slow tier: compile-bound (7-9 s in the fast suite); fast coverage:
+# slow tier: compile-bound (7-9 s in the fast suite); capability kept fast by:
 # test_particle.py::test_pf_answer_distribution_converges_to_tilted_posterior (the filter a masked run must equal)
 @pytest.mark.slow
 @PARTITIONABLE

@@ -44,7 +44,7 @@ def prm(world):
     return world.train_reward_model(jax.random.key(1))  # the defaults: 2048 problems, 1500 iterations
 
 
-# slow tier: compile-bound (18 s in the fast suite); fast coverage:
+# slow tier: compile-bound (18 s in the fast suite); capability kept fast by:
 # test_hand_set_generator_has_the_intended_step_accuracy, test_bad_training_arguments_raise (training the PRM is most
 # of it)
 @pytest.mark.slow
@@ -61,7 +61,7 @@ def test_learned_prm_ranks_right_steps_above_wrong_ones(world, prm):
     assert 0.0 <= q["ece"] <= 1.0 and 0.0 <= q["brier"] <= 1.0
 
 
-# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_bad_training_arguments_raise
+# slow tier: compile-bound (9 s in the fast suite); capability kept fast by: test_bad_training_arguments_raise
 @pytest.mark.slow
 def test_learned_prm_outputs_and_training_problems(world, prm):
     gen = world.generator()
@@ -79,7 +79,7 @@ def test_learned_prm_outputs_and_training_problems(world, prm):
     assert 0 <= int(res.answer) < 10
 
 
-# slow tier: uses the fixture of a slow-tier test; fast coverage:
+# slow tier: uses the fixture of a slow-tier test; capability kept fast by:
 # test_bad_training_arguments_raise (shares the PRM trained for test_learned_prm_ranks_right_steps_above_wrong_ones)
 @pytest.mark.slow
 def test_learned_prm_is_deterministic_and_respects_exclude(world, prm):
@@ -103,7 +103,7 @@ def test_learned_prm_is_deterministic_and_respects_exclude(world, prm):
     assert not {tuple(p) for p in d.train_prompts.tolist()} & {tuple(p) for p in a.train_prompts[:1024].tolist()}
 
 
-# slow tier: uses the fixture of a slow-tier test; fast coverage:
+# slow tier: uses the fixture of a slow-tier test; capability kept fast by:
 # test_bad_training_arguments_raise (shares the PRM trained for test_learned_prm_ranks_right_steps_above_wrong_ones)
 @pytest.mark.slow
 def test_learned_prm_scores_a_state_the_same_in_every_slot(prm):
@@ -137,7 +137,7 @@ def test_bad_training_arguments_raise(world, kwargs, name):
     assert isinstance(info.value, BayeskitError)
 
 
-# slow tier: uses the fixture of a slow-tier test; fast coverage:
+# slow tier: uses the fixture of a slow-tier test; capability kept fast by:
 # test_bad_training_arguments_raise (shares the PRM trained for test_learned_prm_ranks_right_steps_above_wrong_ones)
 @pytest.mark.slow
 def test_bad_quality_arguments_raise(world, prm):

@@ -92,7 +92,7 @@ def _exact_target_paths(key, num):
     return hist
 
 
-# slow tier: compile-bound (10 s in the fast suite); fast coverage:
+# slow tier: compile-bound (10 s in the fast suite); capability kept fast by:
 # tests/smc/test_engine.py::test_conditional_keeps_the_reference_in_its_slot,
 # tests/smc/test_csmc.py::test_csmc_jax_kernel_matches_enumeration
 @pytest.mark.slow
@@ -161,7 +161,7 @@ def test_particle_gibbs_driver_chain_targets_posterior(pg_result):
     assert res.generator_calls <= 1600 * WORLD.max_steps
 
 
-# slow tier: compile-bound (13 s in the fast suite); fast coverage: test_same_key_same_answer_and_selection_modes,
+# slow tier: compile-bound (13 s in the fast suite); capability kept fast by: test_same_key_same_answer_and_selection_modes,
 # test_budget.py::test_two_particle_filter_at_zero_temperature_is_beam_search_at_budget_two
 @pytest.mark.slow
 def test_budget_accounting_and_shapes(small):
@@ -200,7 +200,7 @@ def test_accumulated_weights_with_ess_resampling():
     assert not r.history["resampled"].all()
 
 
-# slow tier: shares the runs of test_budget_accounting_and_shapes; fast coverage:
+# slow tier: shares the runs of test_budget_accounting_and_shapes; capability kept fast by:
 # tests/test_arviz.py[scaling.particle_filtering]
 @pytest.mark.slow
 def test_to_arviz(small):

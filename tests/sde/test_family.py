@@ -50,7 +50,7 @@ def test_noise_factor_scales_brownian_paths():
     np.testing.assert_allclose(np.asarray(kl), 10 * 0.5 * (s**2 - 1 - 2 * np.log(s)), rtol=1e-12)
 
 
-# slow tier: compile-bound (8 s in the fast suite); fast coverage: test_noise_factor_kl_is_the_exact_gaussian_kl
+# slow tier: compile-bound (8 s in the fast suite); capability kept fast by: test_noise_factor_kl_is_the_exact_gaussian_kl
 @pytest.mark.slow
 def test_recenter_hurst_leaves_the_elbo_unchanged():
     """Moving the expansion point of the H-dependent path posterior to the mean of q(H) is a

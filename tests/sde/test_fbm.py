@@ -83,7 +83,7 @@ def test_weight_system_against_quadrature(kind, h):
     np.testing.assert_allclose(float(c), scipy.integrate.quad(lambda t: float(var(t, h)), 0, T)[0], rtol=1e-8)
 
 
-# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_weight_system_against_quadrature,
+# slow tier: compile-bound (9 s in the fast suite); capability kept fast by: test_weight_system_against_quadrature,
 # test_variance_error_within_half_percent_k20
 @pytest.mark.slow
 def test_optimal_weights_minimise_error_and_gradient_in_hurst():

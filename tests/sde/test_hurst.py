@@ -59,7 +59,7 @@ def test_exact_hurst_posterior_covers_true_value():
     assert 0.05 < post["q025"] and post["q975"] < 0.6
 
 
-# slow tier: compile-bound (19 s in the fast suite); fast coverage:
+# slow tier: compile-bound (19 s in the fast suite); capability kept fast by:
 # test_kalman_log_likelihood_equals_dense_gaussian_evidence, test_exact_hurst_posterior_covers_true_value
 @pytest.mark.slow
 def test_elbo_is_a_lower_bound_for_every_hurst():

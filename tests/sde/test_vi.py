@@ -71,7 +71,7 @@ def bridge_fit():
     return res, mean, cov, logz
 
 
-# slow tier: compile-bound (16 s in the fast suite); fast coverage:
+# slow tier: compile-bound (16 s in the fast suite); capability kept fast by:
 # test_elbo_kernel_reproducible_jittable_and_learns_parameters, test_exact_moments_match_closed_form_covariance
 @pytest.mark.slow
 def test_bridge_posterior_variance_and_elbo(bridge_fit):
@@ -91,7 +91,7 @@ def test_bridge_posterior_variance_and_elbo(bridge_fit):
     assert logz - res.final_elbo < 0.75, (res.final_elbo, logz)
 
 
-# slow tier: uses the fixture of a slow-tier test; fast coverage:
+# slow tier: uses the fixture of a slow-tier test; capability kept fast by:
 # test_elbo_kernel_reproducible_jittable_and_learns_parameters (shares the fit of
 # test_bridge_posterior_variance_and_elbo)
 @pytest.mark.slow

@@ -120,7 +120,7 @@ def test_ppg_sweep_keeps_smoothing_distribution():
     assert stats.chisquare(counts, M * pi).pvalue > 1e-3, (counts, M * pi)
 
 
-# slow tier: compile-bound (13 s in the fast suite); fast coverage: test_csmc_jax_kernel_matches_enumeration,
+# slow tier: compile-bound (13 s in the fast suite); capability kept fast by: test_csmc_jax_kernel_matches_enumeration,
 # test_ppg_sweep_keeps_smoothing_distribution
 @pytest.mark.slow
 def test_particle_gibbs_chain_matches_rts():

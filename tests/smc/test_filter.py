@@ -85,7 +85,8 @@ def test_negative_control_wrong_model_fails_the_same_check():
     assert abs(ratio.mean() - 1.0) > 4 * ratio.std(ddof=1) / np.sqrt(64) or z.max() > 4.5
 
 
-# slow tier: compile-bound (7 s in the fast suite); fast coverage: test_unbiased_evidence_and_filtering_moments
+# slow tier: compile-bound (7 s in the fast suite); capability kept fast by: test_unbiased_evidence_and_filtering_moments
+# (a guided `proposal` only here)
 @pytest.mark.slow
 def test_guided_filter_with_locally_optimal_proposal():
     # 1-D LG model: q(x_t | x_{t-1}, y_t) proportional to m * g is Gaussian and known in closed form
@@ -148,7 +149,8 @@ def test_to_arviz_named_dims(with_history):
     assert np.isfinite(tree.attrs["log_evidence"])
 
 
-# slow tier: compile-bound (5 s in the fast suite); fast coverage: test_many_series_in_one_call_match_one_by_one
+# slow tier: compile-bound (5 s in the fast suite); capability kept fast by: test_many_series_in_one_call_match_one_by_one
+# (`sharding` only here)
 @pytest.mark.slow
 def test_sharded_filter_matches_unsharded():
     assert len(jax.devices()) >= 4, "tests/conftest.py sets --xla_force_host_platform_device_count=4"

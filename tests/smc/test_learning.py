@@ -46,8 +46,8 @@ def _fit(ys, estimator, iterations=300):
                       constraints={"rho": constraints.interval(-1.0, 1.0)})
 
 
-# slow tier: compile-bound (12 s in the fast suite); fast coverage:
-# test_paris.py::test_paris_score_matches_kalman_grad (the score estimate that fit climbs)
+# slow tier: compile-bound (12 s in the fast suite); capability kept fast by:
+# test_msc_gradient_matches_exact_inclusive_kl_gradient (bk.smc.fit, method="msc")
 @pytest.mark.slow
 def test_fit_ppg_converges_to_kalman_mle(problem):
     """Polyak average of the last 100 PPG-driven iterates within half a standard error of the exact MLE
@@ -133,9 +133,6 @@ def _check_msc_gradient(ys, lam, iterations, num_chains):
         assert abs(m.mean() - float(exact[k])) < 4 * se, (k, m.mean(), float(exact[k]), se)
 
 
-# slow tier: compile-bound (10-12 s in the fast suite); fast coverage:
-# test_paris.py::test_paris_score_matches_kalman_grad (the score estimate that fit climbs)
-@pytest.mark.slow
 def test_msc_gradient_matches_exact_inclusive_kl_gradient(problem):
     """A poor q_lambda as the cSMC proposal still gives a chain targeting p(x | y): the MSC gradient is exact on
     average (the exact value from the RTS moments)."""

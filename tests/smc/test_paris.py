@@ -142,7 +142,7 @@ def test_bad_inputs(problem):
         bk.smc.paris(jax.random.key(0), gamma, {}, jnp.abs(ys) + 1.0, 50)
 
 
-# slow tier: compile-bound (5 s in the fast suite); fast coverage:
+# slow tier: compile-bound (5 s in the fast suite); capability kept fast by:
 # test_csmc.py::test_ppg_sweep_keeps_smoothing_distribution (exact draws, num_trials=0)
 @pytest.mark.slow
 def test_exact_draws_need_no_transition_bound(problem):
@@ -254,7 +254,8 @@ def test_example_runs_quick(tmp_path):
     assert (tmp_path / "paris_ppg.png").exists() and len(rows) == 3
 
 
-# slow tier: compile-bound (9 s in the fast suite); fast coverage: test_paris_reproducible_and_jittable
+# slow tier: compile-bound (9 s in the fast suite); capability kept fast by: test_paris_reproducible_and_jittable
+# (PaRIS under jit; ffbs and ppg under vmap and jit only here)
 @pytest.mark.slow
 def test_smoothing_drivers_run_under_vmap_and_jit(problem, ppg_run):
     """ffbs and ppg called inside jax.vmap / jax.jit (as the examples batch replicates) skip their host-side checks

@@ -35,7 +35,7 @@ def test_particle_filter_bar_changes_nothing(data, capsys):
     np.testing.assert_array_equal(np.asarray(quiet.log_evidence), np.asarray(shown.log_evidence))
 
 
-# slow tier: compile-bound (8 s in the fast suite); fast coverage: test_particle_filter_bar_changes_nothing
+# slow tier: compile-bound (8 s in the fast suite); capability kept fast by: test_particle_filter_bar_changes_nothing
 @pytest.mark.slow
 def test_pmmh_bar_changes_nothing(capsys):
     import numpyro

@@ -125,7 +125,8 @@ def test_bad_inputs(problem):
         bk.smc.ffbs(jax.random.key(0), ssm, {}, jnp.zeros(5))
 
 
-# slow tier: compile-bound (14 s in the fast suite); fast coverage: test_backward_draws_chi_square
+# slow tier: compile-bound (14 s in the fast suite); capability kept fast by: test_backward_draws_chi_square
+# (the shared-scale MultivariateNormal pair evaluation, and non-vectorized models, only here)
 @pytest.mark.slow
 @pytest.mark.parametrize("vectorized", [True, False])
 def test_gaussian_backward_pairs_match_log_density_and_law(vectorized):
@@ -202,7 +203,8 @@ def _cell_envelope_fallbacks(cases):
     return fallbacks
 
 
-# slow tier: compile-bound (11 s in the fast suite); fast coverage: test_backward_draws_chi_square
+# slow tier: compile-bound (11 s in the fast suite); capability kept fast by: test_backward_draws_chi_square
+# (the per-target cell envelope of d > 1 Gaussian transitions only here)
 @pytest.mark.slow
 def test_gaussian_cell_envelope_draws_follow_lambda():
     """With a single trial (most draws from one envelope round) the envelope's draws and the global peak bound's

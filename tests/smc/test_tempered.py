@@ -232,7 +232,8 @@ def test_hmc_moves_gaussian_closed_form():
     assert np.all((acc > 0.2) & (acc <= 1.0))
 
 
-# slow tier: compile-bound (8 s in the fast suite); fast coverage: test_driver_gaussian_outputs_and_to_arviz
+# slow tier: compile-bound (8 s in the fast suite); capability kept fast by: test_driver_gaussian_outputs_and_to_arviz
+# (a fixed `schedule` only here)
 @pytest.mark.slow
 def test_fixed_schedule_keys_and_vmap():
     y = gaussian_data(2, seed=2)
@@ -252,7 +253,7 @@ def test_fixed_schedule_keys_and_vmap():
 # --------------------------------------------------------------------------------------------------
 # asymmetric: Cauchy prior x N(2, 0.5^2) likelihood, against quadrature
 # --------------------------------------------------------------------------------------------------
-# slow tier: compile-bound (7 s in the fast suite); fast coverage: test_gaussian_log_evidence_and_moments_closed_form,
+# slow tier: compile-bound (7 s in the fast suite); capability kept fast by: test_gaussian_log_evidence_and_moments_closed_form,
 # test_next_tempering_matches_target_on_asymmetric_loglik_with_negative_control
 @pytest.mark.slow
 def test_cauchy_prior_asymmetric_likelihood_quadrature():
@@ -270,7 +271,7 @@ def test_cauchy_prior_asymmetric_likelihood_quadrature():
     within(theta.var(axis=1), v)
 
 
-# slow tier: compile-bound (5 s in the fast suite); fast coverage: test_driver_gaussian_outputs_and_to_arviz
+# slow tier: compile-bound (5 s in the fast suite); capability kept fast by: test_driver_gaussian_outputs_and_to_arviz
 @pytest.mark.slow
 def test_driver_cauchy_ladder_and_ess():
     res = tempered(jax.random.key(6), cauchy_model, num_particles=1000, target_ess=0.3, progress_bar=True)
@@ -282,7 +283,8 @@ def test_driver_cauchy_ladder_and_ess():
 # --------------------------------------------------------------------------------------------------
 # two well-separated modes
 # --------------------------------------------------------------------------------------------------
-# slow tier: compile-bound (6 s in the fast suite); fast coverage: test_gaussian_log_evidence_and_moments_closed_form
+# slow tier: compile-bound (6 s in the fast suite); capability kept fast by: test_gaussian_log_evidence_and_moments_closed_form
+# (a two-mode target only here)
 @pytest.mark.slow
 def test_two_mode_weights_within_mc_error():
     w_pos, log_z = mixture_truth()
@@ -297,8 +299,8 @@ def test_two_mode_weights_within_mc_error():
 # --------------------------------------------------------------------------------------------------
 # eight schools
 # --------------------------------------------------------------------------------------------------
-# slow tier: compile-bound (4 s in the fast suite); fast coverage:
-# tests/model/test_density.py::test_prior_likelihood_split_matches_scipy
+# slow tier: compile-bound (4 s in the fast suite); capability kept fast by:
+# test_gaussian_log_evidence_and_moments_closed_form (the split is checked against log_density only here)
 @pytest.mark.slow
 def test_prior_likelihood_split_matches_log_density():
     dens = log_density(eight_schools, EIGHT_Y, EIGHT_S)
@@ -315,7 +317,7 @@ def test_prior_likelihood_split_matches_log_density():
     np.testing.assert_allclose(np.asarray(ll), np.asarray(ll_ref), rtol=1e-10)
 
 
-# slow tier: compile-bound (7 s in the fast suite); fast coverage: test_gaussian_log_evidence_and_moments_closed_form
+# slow tier: compile-bound (7 s in the fast suite); capability kept fast by: test_gaussian_log_evidence_and_moments_closed_form
 @pytest.mark.slow
 def test_eight_schools_fast_against_nuts_reference():
     dens, fn = runner(eight_schools, EIGHT_Y, EIGHT_S, num_particles=1000, num_mcmc_steps=10)
@@ -492,8 +494,8 @@ def test_public_names_stay_functions_after_their_modules_are_imported():
 # --------------------------------------------------------------------------------------------------
 # the loop on the engine is the tempered SMC algorithm, step by step
 # --------------------------------------------------------------------------------------------------
-# slow tier: compile-bound (11 s in the fast suite); fast coverage:
-# tests/smc/test_engine_while.py::test_run_while_is_its_definition_and_stops_at_one
+# slow tier: compile-bound (11 s in the fast suite); capability kept fast by:
+# test_gaussian_log_evidence_and_moments_closed_form (the tempering loop step by step only here)
 @pytest.mark.slow
 def test_run_is_the_tempering_loop_step_by_step():
     """``run_tempered`` (the engine's while variant over the tempered model) against the algorithm written
@@ -565,7 +567,8 @@ def repeat_model(y):
     numpyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
 
 
-# slow tier: compile-bound (7 s in the fast suite); fast coverage: tests/test_recompilation.py (its fast cases)
+# slow tier: compile-bound (7 s in the fast suite); capability kept fast by:
+# test_gaussian_log_evidence_and_moments_closed_form (tempered's no-recompilation check only here)
 @pytest.mark.slow
 def test_second_call_compiles_nothing_and_uses_the_new_inputs(count_compiles):
     y1, y2 = gaussian_data(3, n=2, seed=21), gaussian_data(3, n=2, seed=22)
