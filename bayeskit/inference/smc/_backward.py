@@ -160,21 +160,24 @@ class TransitionBound:
 
     def prepare(self, t, x_prev, x):
         wh = self.whiten(t, x_prev, x)
-        if wh is None:
-            return None  # sample_backward falls back to the Feynman-Kac model's log_transition
-        v, u, const = wh
-        vv = jnp.sum(jnp.square(v), axis=-1)
-        uu = jnp.sum(jnp.square(u), axis=-1)
+        return None if wh is None else _whitened_pairs(*wh)  # None: the Feynman-Kac model's log_transition
 
-        def pair(j, i):
-            return const - 0.5 * jnp.sum(jnp.square(u[i] - v[j]), axis=-1)
 
-        def rows(i):
-            # |u - v|^2 = |u|^2 + |v|^2 - 2 u.v: a block of rows is one matrix product (no rows x N x d
-            # intermediate); clipped at 0 against rounding, so that no entry exceeds the peak density
-            sq = uu[i][:, None] + vv[None, :] - 2.0 * (u[i] @ v.T)
-            return const - 0.5 * jnp.maximum(sq, 0.0)
-        return pair, rows
+def _whitened_pairs(v, u, const):
+    """``(pair, rows)`` (the ``pairs`` of :func:`sample_backward`) from whitened quantities ``(v, u, const)`` (see
+    :meth:`TransitionBound.whiten`): a pair costs O(d), a block of rows is one matrix product."""
+    vv = jnp.sum(jnp.square(v), axis=-1)
+    uu = jnp.sum(jnp.square(u), axis=-1)
+
+    def pair(j, i):
+        return const - 0.5 * jnp.sum(jnp.square(u[i] - v[j]), axis=-1)
+
+    def rows(i):
+        # |u - v|^2 = |u|^2 + |v|^2 - 2 u.v: a block of rows is one matrix product (no rows x N x d
+        # intermediate); clipped at 0 against rounding, so that no entry exceeds the peak density
+        sq = uu[i][:, None] + vv[None, :] - 2.0 * (u[i] @ v.T)
+        return const - 0.5 * jnp.maximum(sq, 0.0)
+    return pair, rows
 
 
 def _schedule(total: int, n_prev: int, num_trials: int, max_trials: int | None):
@@ -223,6 +226,8 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
     (a Gaussian transition). The rejection rounds then propose from a per-target mixture envelope over cells
     of the cloud (:mod:`~bayeskit.inference.smc._cells`) instead of :math:`\mathrm{Cat}(W_{t-1})` with the
     global bound: the same exact law, with an acceptance rate that does not collapse with the dimension.
+    Without ``pairs``, the pairs are then derived from the same whitened quantities, as
+    :meth:`TransitionBound.prepare` derives them.
 
     Returns:
         ``(J, num_fallback)``: indices ``(M, num_samples)`` (``M`` = len(x)) and the number of draws that
@@ -237,7 +242,12 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
     total = m * num_samples
     target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_samples)
     key_rej, key_exact = jax.random.split(key)
-    prepared = pairs(t, x_prev, x) if pairs is not None else None
+    # whitened once per step: the envelope's coordinates and, unless `pairs` is given, the pairs
+    whitened = whiten(t, x_prev, x) if whiten is not None else None
+    if pairs is not None:
+        prepared = pairs(t, x_prev, x)
+    else:
+        prepared = _whitened_pairs(*whitened) if whitened is not None else None
     pair, rows = prepared if prepared is not None else _generic_pairs(fk)(t, x_prev, x)
     J = jnp.zeros((total,), jnp.int32)
     accepted = jnp.zeros((total,), bool)
@@ -246,8 +256,7 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
     max_budget = n_prev if max_trials is None else max_trials
     if levels and log_bound is None:
         raise ConfigurationError("sample_backward needs `log_bound` when `num_trials` > 0")
-    whitened = whiten(t, x_prev, x) if (whiten is not None and levels) else None
-    env = build_envelope(whitened[0], whitened[1], log_weights_prev) if whitened is not None else None
+    env = build_envelope(whitened[0], whitened[1], log_weights_prev) if (whitened is not None and levels) else None
     cdf_prev = cdf(log_weights_prev) if (levels and env is None) else None
     for level, (size, rounds) in enumerate(levels):
         if level == 0:

@@ -106,7 +106,7 @@ def paris_accumulator(functional: Callable, *, num_backward: int = 2, log_bound:
         bound = log_bound(t, prev.particles) if trials > 0 else None
         J, nfb = sample_backward(k_back, fk, t, prev.particles, prev.log_weights, state.particles, num_backward,
                                  log_bound=bound, num_trials=trials, max_trials=max_trials, chunk_size=chunk_size,
-                                 pairs=getattr(log_bound, "prepare", None), whiten=getattr(log_bound, "whiten", None))
+                                 whiten=getattr(log_bound, "whiten", None))
         pick = None
         if pinned_slot is not None:
             J = J.at[pinned_slot, 0].set(pinned_slot)
