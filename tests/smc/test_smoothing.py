@@ -1,5 +1,7 @@
 """Backward kernels, FFBS and the O(N^2) forward-only smoother against exact answers (float64)."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,13 +184,11 @@ def _cell_envelope_fallbacks(cases):
     xs = jnp.repeat(x, per, axis=0)
     tb = bk.smc.kernels.log_bound_fn(model, params)
 
-    @jax.jit
+    @partial(jax.jit, static_argnums=(1, 2))
     def draws(key, trials, whiten):
         return sample_backward(key, fk, 1, x_prev, lw_prev, xs, 1, log_bound=tb(1, x_prev), num_trials=trials,
                                max_trials=None if trials > 1 else 1, pairs=tb.prepare,
                                whiten=tb.whiten if whiten else None)
-
-    draws = jax.jit(draws.__wrapped__, static_argnums=(1, 2))
     fallbacks = {}
     for trials, whiten in cases:
         J, nfb = draws(jax.random.key(3), trials, whiten)
