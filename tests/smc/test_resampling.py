@@ -57,8 +57,8 @@ def test_unknown_scheme_raises():
 
 @pytest.mark.parametrize("n, m", [(1, 1), (7, 7), (50, 13), (13, 50), (1000, 1000)])
 def test_search_and_repeat_expansions_agree(n, m):
-    # CPU expands offspring counts by binary search for small N; every other case by jnp.repeat.
-    # Both must return the same ancestors from the same running totals (including zero counts,
+    # CPU finds the ancestors by binary search for small N; every other case marks where each particle's
+    # offspring end and counts the marks (a scatter and a running sum). Both must return the same ancestors from the same running totals (including zero counts,
     # all mass on one particle and all mass on the last).
     rng = np.random.default_rng(n * 1000 + m)
     cases = [rng.multinomial(m, rng.dirichlet(np.full(n, 0.3))) for _ in range(20)]
@@ -79,3 +79,20 @@ def test_large_n_uses_the_linear_expansion_consistently(scheme, monkeypatch):
     monkeypatch.setattr(R, "SEARCH_MAX", 10)
     large = np.asarray(R.get_scheme(scheme)(jax.random.key(4), lw, 300))
     np.testing.assert_array_equal(small, large)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_sum_matches_cumsum(dtype, monkeypatch):
+    # the blocked CPU running sum (block prefix sums by one matrix product) against NumPy's sequential one,
+    # for lengths around the block size, 2-D rows, and both the blocked and the plain path
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(R, "BLOCKED_MIN", 64)
+    for shape in [(64,), (65,), (95,), (1000,), (3, 257)]:
+        x = rng.uniform(size=shape).astype(dtype)
+        got = np.asarray(R.running_sum(jnp.asarray(x)))
+        want = np.cumsum(x.astype(np.float64), axis=-1)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * want[..., -1:].max())
+        assert got.dtype == dtype
+    counts = jnp.asarray(rng.integers(0, 5, size=700), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(R._count_running_sum(counts, 4 * 700)), np.cumsum(np.asarray(counts)))

@@ -11,19 +11,24 @@ Every scheme has the same signature ``scheme(key, log_weights, num_samples) -> a
 indices into the particle axis), takes *unnormalised* log-weights, and satisfies the unbiasedness
 property :math:`\mathbb{E}[\#\{j : A_j = i\}] = M W_i` for ``num_samples = M``.
 
-The systematic, stratified and residual schemes are O(N): they compute offspring counts from the
-cumulative weights in one pass and expand them with ``jnp.repeat(..., total_repeat_length=M)``
-(a scatter and a cumulative sum) instead of a binary search per particle. Multinomial resampling
-draws sorted uniforms from normalised exponential spacings and counts them per particle.
+The systematic, stratified and residual schemes are O(N): they compute the running totals ``below_i``
+(uniforms below the cumulative weight C_i) in one pass, mark where each particle's offspring end (a scatter)
+and count the marks (a running sum): ``A_j = #{i : below_i <= j}``. Multinomial resampling draws sorted
+uniforms from normalised exponential spacings and counts them per particle.
 
-On CPU, for up to ``2**17`` particles, the expansion of the counts is a binary search instead
-(``searchsorted`` of ``0..M-1`` in the running totals of the counts): it returns the same indices,
-and XLA:CPU's scatter made the O(N) expansion 1.4-2x slower than the whole rest of a bootstrap
-filter step at N = 1e3-1e4 (``benchmarks/throughput.py``). Multinomial resampling there is one
-binary search of the sorted uniforms in the cumulative weights (same indices; 8-9x faster than the
-sort-based count at N = 1e3-1e4). Above that size, and on every other platform, the O(N) expansion
-is used: in a whole filter on a 2-core CPU the search was faster at N = 4e4 (0.94 vs 1.14 x the plain
-JAX filter of ``benchmarks/filter_overhead.py``) and about even at 1e5, the expansion faster at 3e5 (0.56 vs 1.04).
+On CPU two choices depend on N (measured in a whole bootstrap filter, ``benchmarks/filter_overhead.py``, 2-core
+CPU, against a plain jitted JAX filter that resamples by ``searchsorted``):
+
+* the running sums (:func:`running_sum`) of 2**13 entries or more add blocks of 32 by one matrix product:
+  2-4x faster than XLA:CPU's cumulative sum, an associative scan; below that the extra operations cost more
+  than they save;
+* up to ``SEARCH_MAX = 2**12`` particles the ancestors come from a binary search of ``0..M-1`` in the running
+  totals instead (the same indices): at N = 1e3-4e3 the scatter and its running sum cost more per step than
+  the search. Above it the O(N) expansion wins: the filter went from 0.98x to 0.81x the plain filter's time at
+  N = 1e4 and from 1.05x to 0.60x at 1e5 (the matrix products also use the second core: in CPU time 0.96x
+  and 0.87x).
+
+Every other platform uses ``jnp.cumsum`` and the O(N) expansion.
 """
 
 from __future__ import annotations
@@ -98,16 +103,49 @@ def weight_stats(log_weights):
     return m + jnp.log(s1), s1 * s1 / s2, ~(s1 > 0)
 
 
+_BLOCK = 32  # block length of the CPU running sum
+BLOCKED_MIN = 1 << 13  # fewer entries: jnp.cumsum
+
+
+def _blocked_running_sum(x):
+    """Running sum along the last axis as ``_BLOCK``-long blocks: each block's prefix sums are one matrix
+    product with an upper-triangular matrix of ones, then the (``_BLOCK`` times shorter) running sum of the
+    block totals is added. Same sums up to rounding; the block products are exact in float64 and sum at most
+    ``_BLOCK`` terms in float32."""
+    n = x.shape[-1]
+    pad = (-n) % _BLOCK
+    xb = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], -1, _BLOCK)
+    tri = jnp.triu(jnp.ones((_BLOCK, _BLOCK), x.dtype))
+    within = jnp.matmul(xb, tri, precision=jax.lax.Precision.HIGHEST)
+    totals = jnp.cumsum(within[..., -1], axis=-1)
+    offsets = jnp.concatenate([jnp.zeros_like(totals[..., :1]), totals[..., :-1]], axis=-1)
+    return (within + offsets[..., None]).reshape(*x.shape[:-1], -1)[..., :n]
+
+
+def running_sum(x):
+    """``jnp.cumsum(x, axis=-1)`` of a float array, faster on CPU. XLA:CPU computes a cumulative sum as an
+    associative scan (about 4-6 ns per entry); blocks of 32 summed by a matrix product take 1.5-2.5 ns (2-4x
+    faster for 1e3-1e5 entries per row, float32 and float64). Other platforms, integer arrays and rows
+    shorter than 64 use ``jnp.cumsum``."""
+    x = jnp.asarray(x)
+    if x.ndim == 0 or x.size < BLOCKED_MIN or not jnp.issubdtype(x.dtype, jnp.floating):
+        return jnp.cumsum(x, axis=-1)
+    return jax.lax.platform_dependent(x, cpu=_blocked_running_sum, default=lambda a: jnp.cumsum(a, axis=-1))
+
+
+def _count_running_sum(counts, bound: int):
+    """Running sum of nonnegative int32 ``counts`` whose total is at most ``bound`` (static): through
+    float32 (:func:`running_sum`) while that is exact, i.e. ``bound < 2**24``."""
+    if bound >= 2 ** 24:
+        return jnp.cumsum(counts)
+    return jnp.rint(running_sum(counts.astype(jnp.float32))).astype(jnp.int32)
+
+
 def _cumulative(log_weights):
     w, _ = normalize_log_weights(log_weights)
-    c = jnp.cumsum(w)
+    c = running_sum(w)
     # guard the top end against rounding so that every uniform falls below it
     return c.at[-1].set(1.0)
-
-
-def _expand(counts, num_samples):
-    n = counts.shape[0]
-    return jnp.repeat(jnp.arange(n, dtype=jnp.int32), counts, total_repeat_length=num_samples)
 
 
 def _counts_from_below(below):
@@ -115,7 +153,7 @@ def _counts_from_below(below):
     return jnp.diff(below, prepend=jnp.zeros((1,), below.dtype))
 
 
-SEARCH_MAX = 1 << 17  # largest N or M for which CPU expands the counts by binary search
+SEARCH_MAX = 1 << 12  # largest N or M for which CPU finds the ancestors by binary search
 
 
 def _search_on_small_cpu(operand, sizes, by_search, by_counts):
@@ -126,19 +164,31 @@ def _search_on_small_cpu(operand, sizes, by_search, by_counts):
     return jax.lax.platform_dependent(operand, cpu=by_search, default=by_counts)
 
 
+def _scatter_ancestors(below, num_samples: int):
+    """``A_j = #{i : below_i <= j}`` in O(N + M): mark where each particle's offspring end, then a running
+    count of the marks."""
+    n = below.shape[0]
+    marks = jnp.zeros((num_samples + 1,), jnp.int32).at[jnp.clip(below, 0, num_samples)].add(
+        1, mode="promise_in_bounds")
+    return jnp.minimum(_count_running_sum(marks[:num_samples], n), n - 1).astype(jnp.int32)
+
+
 def _ancestors_from_below(below, num_samples: int):
     """Ancestor indices from the running totals ``below`` (nondecreasing, ``below[-1] = M``):
     particle i is repeated ``below[i] - below[i-1]`` times, i.e. ``A_j = #{i : below_i <= j}``."""
     n = below.shape[0]
 
-    def by_repeat(b):
-        return _expand(_counts_from_below(b), num_samples)
-
     def by_search(b):
         a = jnp.searchsorted(b, jnp.arange(num_samples, dtype=b.dtype), side="right")
         return jnp.minimum(a, n - 1).astype(jnp.int32)
 
-    return _search_on_small_cpu(below, (n, num_samples), by_search, by_repeat)
+    return _search_on_small_cpu(below, (n, num_samples), by_search, lambda b: _scatter_ancestors(b, num_samples))
+
+
+def _expand(counts, num_samples):
+    """Each index ``i`` repeated ``counts[i]`` times (``sum(counts) <= num_samples``; the positions past the
+    total hold the last index)."""
+    return _scatter_ancestors(_count_running_sum(counts.astype(jnp.int32), num_samples), num_samples)
 
 
 def systematic(key, log_weights, num_samples: int):
@@ -165,7 +215,7 @@ def multinomial(key, log_weights, num_samples: int):
     """Multinomial resampling: i.i.d. draws from Cat(W), via sorted uniforms (exponential spacings)."""
     c = _cumulative(log_weights)
     e = jax.random.exponential(key, (num_samples + 1,), dtype=c.dtype)
-    u = jnp.cumsum(e[:-1]) / jnp.sum(e)  # sorted uniforms on (0, 1)
+    u = running_sum(e[:-1]) / jnp.sum(e)  # sorted uniforms on (0, 1)
     n = c.shape[0]
 
     def by_counts(u):
@@ -224,7 +274,7 @@ def get_scheme(resampling) -> Callable:
 def cdf(log_weights):
     """The CDF of :math:`\\mathrm{Cat}(W)` with its last entry set to +inf (robust to rounding), for
     repeated :func:`categorical_from_cdf` draws from the same weights."""
-    c = jnp.cumsum(jax.nn.softmax(log_weights))
+    c = running_sum(jax.nn.softmax(log_weights))
     return c.at[-1].set(jnp.inf)
 
 
@@ -247,7 +297,7 @@ def categorical_rows(key, logits):
     The uniform is taken in (0, total], so a zero-weight entry is never drawn."""
     m = jnp.max(logits, axis=-1, keepdims=True)
     m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
-    c = jnp.cumsum(jnp.exp(logits - m), axis=-1)
+    c = running_sum(jnp.exp(logits - m))
     u = (1.0 - jax.random.uniform(key, logits.shape[:-1], dtype=c.dtype)) * c[..., -1]
     idx = jnp.sum((c < u[..., None]).astype(jnp.int32), axis=-1)
     return jnp.minimum(idx, logits.shape[-1] - 1).astype(jnp.int32)
