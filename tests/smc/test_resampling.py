@@ -96,3 +96,15 @@ def test_running_sum_matches_cumsum(dtype, monkeypatch):
         assert got.dtype == dtype
     counts = jnp.asarray(rng.integers(0, 5, size=700), jnp.int32)
     np.testing.assert_array_equal(np.asarray(R._count_running_sum(counts, 4 * 700)), np.cumsum(np.asarray(counts)))
+
+
+@pytest.mark.parametrize("scheme", ["stratified", "systematic"])
+def test_vmapped_batch_takes_the_linear_expansion_with_the_same_ancestors(scheme, monkeypatch):
+    # under vmap a batch with more particles in all than SEARCH_MAX expands by the scatter; one series alone
+    # searches: both give the same ancestors for the same key
+    monkeypatch.setattr(R, "SEARCH_MAX", 1000)
+    lw = jax.random.normal(jax.random.key(1), (5, 300)) * 2
+    fn = R.get_scheme(scheme)
+    batched = jax.jit(jax.vmap(lambda l: fn(jax.random.key(2), l, 300)))(lw)
+    one_by_one = np.stack([np.asarray(fn(jax.random.key(2), l, 300)) for l in lw])
+    np.testing.assert_array_equal(np.asarray(batched), one_by_one)

@@ -175,14 +175,39 @@ def _scatter_ancestors(below, num_samples: int):
 
 def _ancestors_from_below(below, num_samples: int):
     """Ancestor indices from the running totals ``below`` (nondecreasing, ``below[-1] = M``):
-    particle i is repeated ``below[i] - below[i-1]`` times, i.e. ``A_j = #{i : below_i <= j}``."""
+    particle i is repeated ``below[i] - below[i-1]`` times, i.e. ``A_j = #{i : below_i <= j}``.
+
+    On CPU, up to ``SEARCH_MAX`` particles, by binary search; under ``vmap`` the batch counts: a batch of
+    filters whose particles number more than ``SEARCH_MAX`` in all takes the O(N) expansion (100 filters of
+    1000 particles: 0.23 s instead of 0.30 s, ``benchmarks/batched.py``'s workload)."""
     n = below.shape[0]
+    size = max(n, num_samples)
 
     def by_search(b):
         a = jnp.searchsorted(b, jnp.arange(num_samples, dtype=b.dtype), side="right")
         return jnp.minimum(a, n - 1).astype(jnp.int32)
 
-    return _search_on_small_cpu(below, (n, num_samples), by_search, lambda b: _scatter_ancestors(b, num_samples))
+    def by_scatter(b):
+        return _scatter_ancestors(b, num_samples)
+
+    def chosen(b):
+        return _search_on_small_cpu(b, (size,), by_search, by_scatter)
+
+    if size > SEARCH_MAX:
+        return by_scatter(below)
+
+    @jax.custom_batching.custom_vmap
+    def ancestors(b):
+        return chosen(b)
+
+    @ancestors.def_vmap
+    def _batched(axis_size, in_batched, b):
+        (batched,) = in_batched
+        if not batched:
+            return chosen(b), False
+        return jax.vmap(by_scatter if axis_size * size > SEARCH_MAX else chosen)(b), True
+
+    return ancestors(below)
 
 
 def _expand(counts, num_samples):
