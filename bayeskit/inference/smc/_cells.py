@@ -25,8 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayeskit.inference.smc.resampling import running_sum
-
 __all__ = ["CellEnvelope", "build_envelope", "CELLS"]
 
 CELLS = 64          # cells kept (the heaviest), plus one for the rest
@@ -140,7 +138,7 @@ def build_envelope(z, y, log_weights) -> CellEnvelope:
     log_b = log_b + 64 * jnp.finfo(z.dtype).eps * (1.0 - log_b)
     log_env = jnp.where(filled[None], jnp.where(filled, log_mass, 0.0)[None] + log_b, -jnp.inf)
     top_env = jnp.max(log_env, axis=1, keepdims=True)
-    cell_cdf = running_sum(jnp.exp(log_env - top_env))
+    cell_cdf = jnp.cumsum(jnp.exp(log_env - top_env), axis=1)
 
     order = jnp.argsort(cell, stable=True).astype(jnp.int32)
     count = jax.ops.segment_sum(jnp.ones((n,), jnp.int32), cell, nc)
