@@ -292,14 +292,19 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
 
         def body(carry, size=size, i_target=i_target, key_level=key_level):
             r, Jl, acc, _ = carry
-            k1, k2 = jax.random.split(jax.random.fold_in(key_level, r))
+            k_round = jax.random.fold_in(key_level, r)
             if env is None:
+                k1, k2 = jax.random.split(k_round)
                 prop = categorical_from_cdf(k1, cdf_prev, size)  # CDF computed once per step, not per round
                 log_acc = pair(prop, i_target) - log_bound
+                u_acc = jax.random.uniform(k2, (size,), dtype=log_acc.dtype)
             else:  # per-target mixture envelope: cell ~ W_c B_ic, ancestor in it ~ W, accept m / B_ic
-                prop, log_b = env.propose(k1, i_target)
+                # the round's three uniforms per draw in one call of the generator
+                u3 = jax.random.uniform(k_round, (3, size), dtype=env.segcum.dtype)
+                prop, log_b = env.propose(u3[:2], i_target)
                 log_acc = env.log_ratio(prop, i_target, log_b)
-            ok = jnp.log(jax.random.uniform(k2, (size,), dtype=log_acc.dtype)) < log_acc
+                u_acc = u3[2].astype(log_acc.dtype)
+            ok = jnp.log(u_acc) < log_acc
             new = ok & ~acc
             return r + 1, jnp.where(new, prop, Jl), acc | ok, jnp.sum(new, dtype=jnp.int32)
 

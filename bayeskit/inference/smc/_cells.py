@@ -54,13 +54,13 @@ class CellEnvelope(NamedTuple):
     count: jax.Array
     segcum: jax.Array
 
-    def propose(self, key, i):
-        """One proposal per entry of the target indices ``i``: ``(j, log B_{i, c(j)})``."""
-        k1, k2 = jax.random.split(key)
+    def propose(self, uniforms, i):
+        """One proposal per entry of the target indices ``i``, from two uniforms on [0, 1) per entry
+        (``uniforms``: (2, len(i))): ``(j, log B_{i, c(j)})``."""
         ncol = self.cell_cdf.shape[1]
         flat = self.cell_cdf.reshape(-1)
         base = i * ncol
-        u = (1.0 - jax.random.uniform(k1, i.shape, dtype=flat.dtype)) * flat[base + ncol - 1]  # in (0, total]
+        u = (1.0 - uniforms[0].astype(flat.dtype)) * flat[base + ncol - 1]  # in (0, total]
         c, top = jnp.zeros_like(i), jnp.full_like(i, ncol - 1)
         for _ in range(math.ceil(math.log2(ncol + 1))):  # the first cell whose cumulative mass reaches u
             mid = (c + top) // 2
@@ -69,7 +69,7 @@ class CellEnvelope(NamedTuple):
         lo = self.start[c]
         hi = lo + jnp.maximum(self.count[c] - 1, 0)
         total = self.segcum[hi]
-        v = (1.0 - jax.random.uniform(k2, i.shape, dtype=self.segcum.dtype)) * total
+        v = (1.0 - uniforms[1].astype(self.segcum.dtype)) * total
         # first position of the cell whose within-cell cumulative weight reaches v (bisection; never a
         # zero-weight ancestor, since v > 0 and the cumulative weight does not grow at one)
         for _ in range(max(1, math.ceil(math.log2(self.segcum.shape[0] + 1)))):  # unrolled: ~1.4x faster
@@ -138,7 +138,10 @@ def build_envelope(z, y, log_weights) -> CellEnvelope:
     log_b = log_b + 64 * jnp.finfo(z.dtype).eps * (1.0 - log_b)
     log_env = jnp.where(filled[None], jnp.where(filled, log_mass, 0.0)[None] + log_b, -jnp.inf)
     top_env = jnp.max(log_env, axis=1, keepdims=True)
-    cell_cdf = jnp.cumsum(jnp.exp(log_env - top_env), axis=1)
+    # the running sum over the C + 1 cells as one product with a triangular matrix of ones: 3-4x faster on CPU
+    # than jnp.cumsum along the short minor axis
+    tri = jnp.triu(jnp.ones((nc, nc), z.dtype))
+    cell_cdf = jnp.matmul(jnp.exp(log_env - top_env), tri, precision=jax.lax.Precision.HIGHEST)
 
     order = jnp.argsort(cell, stable=True).astype(jnp.int32)
     count = jax.ops.segment_sum(jnp.ones((n,), jnp.int32), cell, nc)
