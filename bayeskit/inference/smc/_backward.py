@@ -30,6 +30,7 @@ __all__ = ["log_transition_matrix", "sample_backward", "backward_sample", "trans
            "check_backward_model", "DEFAULT_NUM_TRIALS", "TransitionBound"]
 
 DEFAULT_NUM_TRIALS = 10
+_ROUND_OVERHEAD = 2048  # a rejection round's fixed cost, in pair evaluations (about 16 us on CPU)
 
 
 def log_transition_matrix(fk: FeynmanKac, t, x_prev, x):
@@ -276,22 +277,27 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
         # proposal's value, so every draw keeps its exact law.
         fits = levels[level + 1][0] if level + 1 < len(levels) else 0
 
-        # after `num_trials` rounds a level goes on only while each round pays for itself: a round costs
-        # `size` pair evaluations plus a fixed loop overhead (counted as one exact draw, N), an exact
-        # fallback draw costs N, so go on while a round accepts at least (size + N) / N draws. Level 0 may
-        # run past its `rounds` (up to the budget the later levels leave); a deep level stops as soon as
-        # its few stragglers (draws of low acceptance, d > 1) stop being accepted, instead of spinning
-        # through thousands of near-empty rounds. Again only acceptance counts decide.
+        # after `num_trials` rounds a level goes on only while its rounds pay for themselves: a round costs
+        # `size` pair evaluations plus a fixed loop overhead (counted as min(N, _ROUND_OVERHEAD) pair
+        # evaluations: about one exact draw at N ~ 1e3, a small fraction of one at N = 1e5), an exact
+        # fallback draw costs N, so go on while the rounds accept at least (size + overhead) / N draws each,
+        # on average: `rate` is a moving average of the draws accepted per round (the last round's count
+        # alone, often 0 when a few hundred stragglers each accept with probability 1e-3, stopped levels that
+        # still paid: PaRIS at N = 1e5 sent 440 draws per step to the O(N) fallback). Level 0 may run past its
+        # `rounds` (up to the budget the later levels leave); a deep level stops once its few stragglers
+        # (draws of low acceptance, d > 1) stop being accepted, instead of spinning through thousands of
+        # near-empty rounds. Again only acceptance counts decide.
         cap = rounds + (max_budget - sum(r_ for _, r_ in levels) if level == 0 else 0)
         min_rounds = min(rounds, num_trials)
+        overhead = min(n_prev, _ROUND_OVERHEAD)
 
-        def cond(carry, min_rounds=min_rounds, fits=fits, cap=cap, size=size):
-            r, _, acc, gain = carry
+        def cond(carry, min_rounds=min_rounds, fits=fits, cap=cap, size=size, overhead=overhead):
+            r, _, acc, rate = carry
             return ((r < cap) & (jnp.sum((~acc).astype(jnp.int32)) > fits)
-                    & ((r < min_rounds) | (gain.astype(jnp.float32) * n_prev >= size + n_prev)))
+                    & ((r < min_rounds) | (rate * n_prev >= size + overhead)))
 
         def body(carry, size=size, i_target=i_target, key_level=key_level):
-            r, Jl, acc, _ = carry
+            r, Jl, acc, rate = carry
             k_round = jax.random.fold_in(key_level, r)
             if env is None:
                 k1, k2 = jax.random.split(k_round)
@@ -306,9 +312,11 @@ def sample_backward(key, fk: FeynmanKac, t, x_prev, log_weights_prev, x, num_sam
                 u_acc = u3[2].astype(log_acc.dtype)
             ok = jnp.log(u_acc) < log_acc
             new = ok & ~acc
-            return r + 1, jnp.where(new, prop, Jl), acc | ok, jnp.sum(new, dtype=jnp.int32)
+            gain = jnp.sum(new, dtype=jnp.int32).astype(jnp.float32)
+            rate = jnp.where(r == 0, gain, rate + (gain - rate) / 8)
+            return r + 1, jnp.where(new, prop, Jl), acc | ok, rate
 
-        _, Jl, accl, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid, jnp.int32(0)))
+        _, Jl, accl, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), J[safe], ~valid, jnp.float32(0)))
         J = J.at[slots].set(Jl, mode="drop")
         accepted = accepted.at[slots].set(accl, mode="drop")
 

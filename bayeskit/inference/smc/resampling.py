@@ -19,9 +19,9 @@ uniforms from normalised exponential spacings and counts them per particle.
 On CPU two choices depend on N (measured in a whole bootstrap filter, ``benchmarks/filter_overhead.py``, 2-core
 CPU, against a plain jitted JAX filter that resamples by ``searchsorted``):
 
-* the running sums (:func:`running_sum`) of 2**13 entries or more add blocks of 32 by one matrix product:
-  2-4x faster than XLA:CPU's cumulative sum, an associative scan; below that the extra operations cost more
-  than they save;
+* running sums (:func:`running_sum`) along rows of 2**13 entries or more add blocks of 32 by one matrix
+  product: 2-4x faster than XLA:CPU's cumulative sum, an associative scan; below that the extra operations
+  cost more than they save (the resampling weights, and the exact backward draws' inverse-CDF rows at large N);
 * up to ``SEARCH_MAX = 2**12`` particles the ancestors come from a binary search of ``0..M-1`` in the running
   totals instead (the same indices): at N = 1e3-4e3 the scatter and its running sum cost more per step than
   the search. Above it the O(N) expansion wins: the filter went from 0.98x to 0.81x the plain filter's time at
@@ -104,7 +104,7 @@ def weight_stats(log_weights):
 
 
 _BLOCK = 32  # block length of the CPU running sum
-BLOCKED_MIN = 1 << 13  # fewer entries: jnp.cumsum
+BLOCKED_MIN = 1 << 13  # shorter rows: jnp.cumsum
 
 
 def _blocked_running_sum(x):
@@ -125,11 +125,11 @@ def _blocked_running_sum(x):
 def running_sum(x):
     """``jnp.cumsum(x, axis=-1)`` of a float array, faster on CPU. XLA:CPU computes a cumulative sum as an
     associative scan (about 4-6 ns per entry); blocks of 32 summed by a matrix product take 1.5-2.5 ns (2-4x
-    faster for 1e3-1e5 entries per row, float32 and float64). Other platforms, integer arrays and arrays of
-    fewer than ``BLOCKED_MIN`` entries use ``jnp.cumsum``. Used by the resampling schemes; the backward
-    kernel's inverse-CDF rows keep ``jnp.cumsum`` (PaRIS at d = 10, N = 2000 was 5-8% slower with it)."""
+    faster for 1e3-1e5 entries per row, float32 and float64). Other platforms, integer arrays and rows shorter
+    than ``BLOCKED_MIN`` use ``jnp.cumsum`` (in a whole filter at N <= 4e3 the extra operations cost more than
+    they save; PaRIS at d = 10, N = 2000 was 5-8% slower with blocked (64, 2000) inverse-CDF rows)."""
     x = jnp.asarray(x)
-    if x.ndim == 0 or x.size < BLOCKED_MIN or not jnp.issubdtype(x.dtype, jnp.floating):
+    if x.ndim == 0 or x.shape[-1] < BLOCKED_MIN or not jnp.issubdtype(x.dtype, jnp.floating):
         return jnp.cumsum(x, axis=-1)
     return jax.lax.platform_dependent(x, cpu=_blocked_running_sum, default=lambda a: jnp.cumsum(a, axis=-1))
 
@@ -323,7 +323,7 @@ def categorical_rows(key, logits):
     The uniform is taken in (0, total], so a zero-weight entry is never drawn."""
     m = jnp.max(logits, axis=-1, keepdims=True)
     m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
-    c = jnp.cumsum(jnp.exp(logits - m), axis=-1)
+    c = running_sum(jnp.exp(logits - m))
     u = (1.0 - jax.random.uniform(key, logits.shape[:-1], dtype=c.dtype)) * c[..., -1]
     idx = jnp.sum((c < u[..., None]).astype(jnp.int32), axis=-1)
     return jnp.minimum(idx, logits.shape[-1] - 1).astype(jnp.int32)
