@@ -24,9 +24,10 @@ CPU, against a plain jitted JAX filter that resamples by ``searchsorted``):
   cost more than they save (the resampling weights, and the exact backward draws' inverse-CDF rows at large N);
 * up to ``SEARCH_MAX = 2**12`` particles the ancestors come from a binary search of ``0..M-1`` in the running
   totals instead (the same indices): at N = 1e3-4e3 the scatter and its running sum cost more per step than
-  the search. Above it the O(N) expansion wins: the filter went from 0.98x to 0.81x the plain filter's time at
-  N = 1e4 and from 1.05x to 0.60x at 1e5 (the matrix products also use the second core: in CPU time 0.96x
-  and 0.87x).
+  the search. Above it the O(N) expansion wins at N = 1e5: the filter went from 1.05x to 0.58-0.60x the plain
+  filter's time (in CPU time from 1.08-1.11x to 0.84-0.87x: XLA:CPU also runs a step's independent operations
+  on the second core); at N = 1e4 from 0.92-0.98x to 0.81-0.91x in wall time, not in CPU time. Making the
+  blocked running sum nondecreasing then cost 5-10% (0.67-0.68x at 1e5, 0.90-0.92x at 1e4 in one check).
 
 Every other platform uses ``jnp.cumsum`` and the O(N) expansion.
 """
@@ -110,8 +111,11 @@ BLOCKED_MIN = 1 << 13  # shorter rows: jnp.cumsum
 def _blocked_running_sum(x):
     """Running sum along the last axis as ``_BLOCK``-long blocks: each block's prefix sums are one matrix
     product with an upper-triangular matrix of ones, then the (``_BLOCK`` times shorter) running sum of the
-    block totals is added. Same sums up to rounding; the block products are exact in float64 and sum at most
-    ``_BLOCK`` terms in float32."""
+    block totals is added. Same sums up to rounding (each block product sums at most ``_BLOCK`` terms). For
+    nonnegative entries the result never decreases: inside a block every prefix sum accumulates the same
+    terms in the same order, and each block is raised to at least the largest end of the blocks before it
+    (the totals' running sum may round a block's start an ulp below the previous block's end, and an
+    inverse-CDF draw could then land on a zero-weight entry)."""
     n = x.shape[-1]
     pad = (-n) % _BLOCK
     xb = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], -1, _BLOCK)
@@ -119,7 +123,10 @@ def _blocked_running_sum(x):
     within = jnp.matmul(xb, tri, precision=jax.lax.Precision.HIGHEST)
     totals = jnp.cumsum(within[..., -1], axis=-1)
     offsets = jnp.concatenate([jnp.zeros_like(totals[..., :1]), totals[..., :-1]], axis=-1)
-    return (within + offsets[..., None]).reshape(*x.shape[:-1], -1)[..., :n]
+    sums = within + offsets[..., None]
+    ends = jax.lax.cummax(sums[..., -1], axis=sums.ndim - 2)
+    floor = jnp.concatenate([jnp.full_like(ends[..., :1], -jnp.inf), ends[..., :-1]], axis=-1)
+    return jnp.maximum(sums, floor[..., None]).reshape(*x.shape[:-1], -1)[..., :n]
 
 
 def running_sum(x):
@@ -178,9 +185,10 @@ def _ancestors_from_below(below, num_samples: int):
     """Ancestor indices from the running totals ``below`` (nondecreasing, ``below[-1] = M``):
     particle i is repeated ``below[i] - below[i-1]`` times, i.e. ``A_j = #{i : below_i <= j}``.
 
-    On CPU, up to ``SEARCH_MAX`` particles, by binary search; under ``vmap`` the batch counts: a batch of
-    filters whose particles number more than ``SEARCH_MAX`` in all takes the O(N) expansion (100 filters of
-    1000 particles: 0.23 s instead of 0.30 s, ``benchmarks/batched.py``'s workload)."""
+    On CPU, up to ``SEARCH_MAX`` particles, by binary search; under ``vmap`` the batch counts (the innermost
+    ``vmap``'s): a batch of filters whose particles number more than ``SEARCH_MAX`` in all takes the O(N)
+    expansion (100 filters of 1000 particles, ``benchmarks/batched.py``'s workload: 0.24 s instead of
+    0.30 s in one session)."""
     n = below.shape[0]
     size = max(n, num_samples)
 
