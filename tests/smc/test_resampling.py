@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from bayeskit.errors import ConfigurationError
+from bayeskit.inference.smc import _cumulative as C
 from bayeskit.inference.smc import resampling as R
 
 SCHEMES = ["multinomial", "stratified", "systematic", "residual"]
@@ -65,7 +66,7 @@ def test_search_and_repeat_expansions_agree(n, m):
     cases += [np.eye(n, dtype=int)[0] * m, np.eye(n, dtype=int)[-1] * m]
     for counts in cases:
         below = jnp.asarray(np.cumsum(counts), jnp.int32)
-        rep = R._expand(R._counts_from_below(below), m)
+        rep = R._expand(jnp.asarray(counts, jnp.int32), m)
         searched = R._ancestors_from_below(below, m)  # binary search on this (CPU) backend
         np.testing.assert_array_equal(np.asarray(searched), np.asarray(rep))
         np.testing.assert_array_equal(np.asarray(rep), np.repeat(np.arange(n), counts))
@@ -86,16 +87,16 @@ def test_running_sum_matches_cumsum(dtype, monkeypatch):
     # the blocked CPU running sum (block prefix sums by one matrix product) against NumPy's sequential one,
     # for lengths around the block size, 2-D rows, and both the blocked and the plain path
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(R, "BLOCKED_MIN", 64)
+    monkeypatch.setattr(C, "BLOCKED_MIN", 64)
     for shape in [(64,), (65,), (95,), (1000,), (3, 257)]:
         x = rng.uniform(size=shape).astype(dtype)
-        got = np.asarray(R.running_sum(jnp.asarray(x)))
+        got = np.asarray(C.running_sum(jnp.asarray(x)))
         want = np.cumsum(x.astype(np.float64), axis=-1)
         tol = 1e-5 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * want[..., -1:].max())
         assert got.dtype == dtype
     counts = jnp.asarray(rng.integers(0, 5, size=700), jnp.int32)
-    np.testing.assert_array_equal(np.asarray(R._count_running_sum(counts, 4 * 700)), np.cumsum(np.asarray(counts)))
+    np.testing.assert_array_equal(np.asarray(C.count_running_sum(counts, 4 * 700)), np.cumsum(np.asarray(counts)))
 
 
 @pytest.mark.parametrize("scheme", ["stratified", "systematic"])
@@ -114,10 +115,10 @@ def test_blocked_running_sum_never_decreases_and_keeps_zero_weights_undrawn():
     # nonnegative entries with runs of zeros across block boundaries, in float32 at a size on the blocked path:
     # the running sum must not decrease (an inverse-CDF draw would otherwise land on a zero-weight entry)
     rng = np.random.default_rng(1)
-    n = R.BLOCKED_MIN + 77
+    n = C.BLOCKED_MIN + 77
     x = rng.exponential(size=n).astype(np.float32) * 1e3
     x[rng.random(n) < 0.5] = 0.0
-    c = np.asarray(R.running_sum(jnp.asarray(x)))
+    c = np.asarray(C.running_sum(jnp.asarray(x)))
     assert np.all(np.diff(c) >= 0)
     np.testing.assert_allclose(c, np.cumsum(x.astype(np.float64)), rtol=1e-5)
     logits = jnp.asarray(np.where(x[None, :] > 0, np.log(np.maximum(x, 1e-30)), -np.inf), jnp.float32)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayeskit.inference.smc._cumulative import short_running_sum
+
 __all__ = ["CellEnvelope", "build_envelope", "CELLS"]
 
 CELLS = 64          # cells kept (the heaviest), plus one for the rest
@@ -138,10 +140,9 @@ def build_envelope(z, y, log_weights) -> CellEnvelope:
     log_b = log_b + 64 * jnp.finfo(z.dtype).eps * (1.0 - log_b)
     log_env = jnp.where(filled[None], jnp.where(filled, log_mass, 0.0)[None] + log_b, -jnp.inf)
     top_env = jnp.max(log_env, axis=1, keepdims=True)
-    # the running sum over the C + 1 cells as one product with a triangular matrix of ones: 3-4x faster on CPU
-    # than jnp.cumsum along the short minor axis
-    tri = jnp.triu(jnp.ones((nc, nc), z.dtype))
-    cell_cdf = jnp.matmul(jnp.exp(log_env - top_env), tri, precision=jax.lax.Precision.HIGHEST)
+    # the running sum over the C + 1 cells as one matrix product: 3-4x faster on CPU than jnp.cumsum along the
+    # short minor axis
+    cell_cdf = short_running_sum(jnp.exp(log_env - top_env))
 
     order = jnp.argsort(cell, stable=True).astype(jnp.int32)
     count = jax.ops.segment_sum(jnp.ones((n,), jnp.int32), cell, nc)

@@ -19,9 +19,9 @@ uniforms from normalised exponential spacings and counts them per particle.
 On CPU two choices depend on N (measured in a whole bootstrap filter, ``benchmarks/filter_overhead.py``, 2-core
 CPU, against a plain jitted JAX filter that resamples by ``searchsorted``):
 
-* running sums (:func:`running_sum`) along rows of 2**13 entries or more add blocks of 32 by one matrix
-  product: 2-4x faster than XLA:CPU's cumulative sum, an associative scan; below that the extra operations
-  cost more than they save (the resampling weights, and the exact backward draws' inverse-CDF rows at large N);
+* running sums along rows of 2**13 entries or more add blocks of 32 by one matrix product
+  (``bayeskit.inference.smc._cumulative``; the resampling weights, and the exact backward draws' inverse-CDF
+  rows at large N);
 * up to ``SEARCH_MAX = 2**12`` particles the ancestors come from a binary search of ``0..M-1`` in the running
   totals instead (the same indices): at N = 1e3-4e3 the scatter and its running sum cost more per step than
   the search. Above it the O(N) expansion wins at N = 1e5: the filter went from 1.05x to 0.58-0.60x the plain
@@ -38,6 +38,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from bayeskit.inference.smc._cumulative import count_running_sum, running_sum
 
 __all__ = [
     "normalize_log_weights",
@@ -104,61 +106,11 @@ def weight_stats(log_weights):
     return m + jnp.log(s1), s1 * s1 / s2, ~(s1 > 0)
 
 
-_BLOCK = 32  # block length of the CPU running sum
-BLOCKED_MIN = 1 << 13  # shorter rows: jnp.cumsum
-
-
-def _blocked_running_sum(x):
-    """Running sum along the last axis as ``_BLOCK``-long blocks: each block's prefix sums are one matrix
-    product with an upper-triangular matrix of ones, then the (``_BLOCK`` times shorter) running sum of the
-    block totals is added. Same sums up to rounding (each block product sums at most ``_BLOCK`` terms). For
-    nonnegative entries the result never decreases: inside a block every prefix sum accumulates the same
-    terms in the same order, and each block is raised to at least the largest end of the blocks before it
-    (the totals' running sum may round a block's start an ulp below the previous block's end, and an
-    inverse-CDF draw could then land on a zero-weight entry)."""
-    n = x.shape[-1]
-    pad = (-n) % _BLOCK
-    xb = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]).reshape(*x.shape[:-1], -1, _BLOCK)
-    tri = jnp.triu(jnp.ones((_BLOCK, _BLOCK), x.dtype))
-    within = jnp.matmul(xb, tri, precision=jax.lax.Precision.HIGHEST)
-    totals = jnp.cumsum(within[..., -1], axis=-1)
-    offsets = jnp.concatenate([jnp.zeros_like(totals[..., :1]), totals[..., :-1]], axis=-1)
-    sums = within + offsets[..., None]
-    ends = jax.lax.cummax(sums[..., -1], axis=sums.ndim - 2)
-    floor = jnp.concatenate([jnp.full_like(ends[..., :1], -jnp.inf), ends[..., :-1]], axis=-1)
-    return jnp.maximum(sums, floor[..., None]).reshape(*x.shape[:-1], -1)[..., :n]
-
-
-def running_sum(x):
-    """``jnp.cumsum(x, axis=-1)`` of a float array, faster on CPU. XLA:CPU computes a cumulative sum as an
-    associative scan (about 4-6 ns per entry); blocks of 32 summed by a matrix product take 1.5-2.5 ns (2-4x
-    faster for 1e3-1e5 entries per row, float32 and float64). Other platforms, integer arrays and rows shorter
-    than ``BLOCKED_MIN`` use ``jnp.cumsum`` (in a whole filter at N <= 4e3 the extra operations cost more than
-    they save; PaRIS at d = 10, N = 2000 was 5-8% slower with blocked (64, 2000) inverse-CDF rows)."""
-    x = jnp.asarray(x)
-    if x.ndim == 0 or x.shape[-1] < BLOCKED_MIN or not jnp.issubdtype(x.dtype, jnp.floating):
-        return jnp.cumsum(x, axis=-1)
-    return jax.lax.platform_dependent(x, cpu=_blocked_running_sum, default=lambda a: jnp.cumsum(a, axis=-1))
-
-
-def _count_running_sum(counts, bound: int):
-    """Running sum of nonnegative int32 ``counts`` whose total is at most ``bound`` (static): through
-    float32 (:func:`running_sum`) while that is exact, i.e. ``bound < 2**24``."""
-    if bound >= 2 ** 24:
-        return jnp.cumsum(counts)
-    return jnp.rint(running_sum(counts.astype(jnp.float32))).astype(jnp.int32)
-
-
 def _cumulative(log_weights):
     w, _ = normalize_log_weights(log_weights)
     c = running_sum(w)
     # guard the top end against rounding so that every uniform falls below it
     return c.at[-1].set(1.0)
-
-
-def _counts_from_below(below):
-    """Offspring counts from ``below[i]`` = number of uniforms strictly below C_i."""
-    return jnp.diff(below, prepend=jnp.zeros((1,), below.dtype))
 
 
 SEARCH_MAX = 1 << 12  # largest N or M for which CPU finds the ancestors by binary search
@@ -178,7 +130,7 @@ def _scatter_ancestors(below, num_samples: int):
     n = below.shape[0]
     marks = jnp.zeros((num_samples + 1,), jnp.int32).at[jnp.clip(below, 0, num_samples)].add(
         1, mode="promise_in_bounds")
-    return jnp.minimum(_count_running_sum(marks[:num_samples], n), n - 1).astype(jnp.int32)
+    return jnp.minimum(count_running_sum(marks[:num_samples], n), n - 1).astype(jnp.int32)
 
 
 def _ancestors_from_below(below, num_samples: int):
@@ -199,11 +151,11 @@ def _ancestors_from_below(below, num_samples: int):
     def by_scatter(b):
         return _scatter_ancestors(b, num_samples)
 
-    def chosen(b):
-        return _search_on_small_cpu(b, (size,), by_search, by_scatter)
-
     if size > SEARCH_MAX:
         return by_scatter(below)
+
+    def chosen(b):
+        return jax.lax.platform_dependent(b, cpu=by_search, default=by_scatter)
 
     @jax.custom_batching.custom_vmap
     def ancestors(b):
@@ -222,7 +174,7 @@ def _ancestors_from_below(below, num_samples: int):
 def _expand(counts, num_samples):
     """Each index ``i`` repeated ``counts[i]`` times (``sum(counts) <= num_samples``; the positions past the
     total hold the last index)."""
-    return _scatter_ancestors(_count_running_sum(counts.astype(jnp.int32), num_samples), num_samples)
+    return _scatter_ancestors(count_running_sum(counts.astype(jnp.int32), num_samples), num_samples)
 
 
 def systematic(key, log_weights, num_samples: int):
@@ -254,7 +206,7 @@ def multinomial(key, log_weights, num_samples: int):
 
     def by_counts(u):
         below = jnp.searchsorted(u, c, side="left", method="sort").astype(jnp.int32)
-        return _expand(_counts_from_below(below.at[-1].set(num_samples)), num_samples)
+        return _scatter_ancestors(below.at[-1].set(num_samples), num_samples)
 
     def by_search(u):
         # A_j = #{i : c_i <= u_j}: the same indices as the counts above, in one binary search
